@@ -1,0 +1,49 @@
+"""actor-system: a deferred-message actor runtime for Python on AWS Lambda."""
+
+import logging
+
+from actor_system.actor import ActorRef, ActorType, Context
+from actor_system.budget import Budget
+from actor_system.clock import ManualClock, SystemClock
+from actor_system.errors import (
+    ActorSystemError,
+    BackendError,
+    BudgetExhausted,
+    ConfigError,
+    DecodeError,
+    InvalidSend,
+    LeaseLost,
+    MessageTooLarge,
+    Retry,
+    UnknownActorType,
+    UnknownMessageType,
+)
+from actor_system.options import Options
+from actor_system.runtime import DrainReport
+from actor_system.system import ActorSystem, DeadLetter
+
+logging.getLogger("actor_system").addHandler(logging.NullHandler())
+
+__all__ = [
+    "ActorRef",
+    "ActorSystem",
+    "ActorSystemError",
+    "ActorType",
+    "BackendError",
+    "Budget",
+    "BudgetExhausted",
+    "ConfigError",
+    "Context",
+    "DeadLetter",
+    "DecodeError",
+    "DrainReport",
+    "InvalidSend",
+    "LeaseLost",
+    "ManualClock",
+    "MessageTooLarge",
+    "Options",
+    "Retry",
+    "SystemClock",
+    "UnknownActorType",
+    "UnknownMessageType",
+]

@@ -1,0 +1,254 @@
+"""Actor types, references, handler registration and the handler's context."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+from actor_system.envelope import Envelope, Outgoing, check_size, due_ms, encode, new_id
+from actor_system.errors import ConfigError, InvalidSend, UnknownActorType, UnknownMessageType
+
+if typing.TYPE_CHECKING:
+    from actor_system.options import Options
+
+S = TypeVar("S", bound=BaseModel)
+F = TypeVar("F", bound=Callable[..., Any])
+
+_TYPE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_MAX_ID = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ActorRef:
+    """The address of one actor: its type name and its id."""
+
+    type: str
+    id: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.type, str) or not _TYPE_NAME.match(self.type):
+            raise InvalidSend(f"actor type {self.type!r} must match {_TYPE_NAME.pattern}")
+        if not isinstance(self.id, str) or not 0 < len(self.id) <= _MAX_ID:
+            raise InvalidSend(f"actor id {self.id!r} must be a string of 1 to {_MAX_ID} chars")
+        if any(c in self.id for c in "{}\n\r\0"):
+            raise InvalidSend(f"actor id {self.id!r} must not contain braces or line breaks")
+
+    @property
+    def key(self) -> str:
+        return f"{self.type}/{self.id}"
+
+    @classmethod
+    def from_key(cls, key: str) -> ActorRef:
+        type_name, _, actor_id = key.partition("/")
+        return cls(type_name, actor_id)
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class _Sender(Protocol):
+    def send(
+        self,
+        ref: ActorRef,
+        msg: BaseModel,
+        delay: float | timedelta | None,
+        at: datetime | None,
+        idempotency_key: str | None,
+    ) -> str: ...
+
+    def cancel(self, message_id: str) -> None: ...
+
+
+class Context(Generic[S]):
+    """What a handler sees: its actor's state and ref, the message's id and attempt, the time,
+    and ``send``/``cancel``, which take effect only when the turn commits."""
+
+    __slots__ = ("_sender", "attempt", "message_id", "now", "self", "state")
+
+    def __init__(
+        self,
+        state: S,
+        self_ref: ActorRef,
+        message_id: str,
+        attempt: int,
+        now: datetime,
+        sender: _Sender,
+    ) -> None:
+        self.state = state
+        self.self = self_ref
+        self.message_id = message_id
+        self.attempt = attempt
+        self.now = now
+        self._sender = sender
+
+    def send(
+        self,
+        ref: ActorRef,
+        msg: BaseModel,
+        *,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Send ``msg`` to ``ref`` now, after ``delay`` or at ``at``; returns the message id."""
+        return self._sender.send(ref, msg, delay, at, idempotency_key)
+
+    def cancel(self, message_id: str) -> None:
+        """Cancel a deferred message when this turn commits (no effect if already delivered)."""
+        self._sender.cancel(message_id)
+
+
+Handler = Callable[[Context[Any], Any], None]
+
+
+def message_name(model: type[BaseModel]) -> str:
+    """The name under which a message type travels."""
+    return model.__name__
+
+
+class ActorType(Generic[S]):
+    """A kind of actor: a state model and one handler per message type."""
+
+    def __init__(self, name: str, *, state: type[S]) -> None:
+        if not isinstance(name, str) or not _TYPE_NAME.match(name):
+            raise ConfigError(f"actor type name {name!r} must match {_TYPE_NAME.pattern}")
+        if not (isinstance(state, type) and issubclass(state, BaseModel)):
+            raise ConfigError(f"state of actor type {name!r} must be a pydantic model class")
+        try:
+            state()
+        except Exception as e:
+            raise ConfigError(
+                f"state model {state.__name__} of actor type {name!r} must be constructible "
+                f"with no arguments (give every field a default): {e}"
+            ) from e
+        self.name = name
+        self.state_type = state
+        self._handlers: dict[str, tuple[type[BaseModel], Handler]] = {}
+
+    def handler(self, fn: F) -> F:
+        """Register ``fn(ctx, msg)``; the annotation of ``msg`` picks the message type."""
+        model = _message_annotation(self.name, fn)
+        key = message_name(model)
+        if key in self._handlers:
+            previous = self._handlers[key][1]
+            raise ConfigError(
+                f"actor type {self.name!r} already has a handler for {key} "
+                f"({previous.__qualname__}); {fn.__qualname__} cannot also handle it"
+            )
+        self._handlers[key] = (model, fn)
+        return fn
+
+    def ref(self, actor_id: str) -> ActorRef:
+        """The reference of the actor of this type with the given id."""
+        return ActorRef(self.name, actor_id)
+
+    def resolve(self, type_name: str) -> tuple[type[BaseModel], Handler]:
+        """The message model and handler for a message type name."""
+        try:
+            return self._handlers[type_name]
+        except KeyError:
+            known = ", ".join(sorted(self._handlers)) or "none"
+            raise UnknownMessageType(
+                f"actor type {self.name!r} has no handler for message type {type_name!r} "
+                f"(known: {known})"
+            ) from None
+
+    @property
+    def message_types(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def __repr__(self) -> str:
+        return f"ActorType({self.name!r}, state={self.state_type.__name__})"
+
+
+def _message_annotation(actor: str, fn: Callable[..., Any]) -> type[BaseModel]:
+    where = f"handler {getattr(fn, '__qualname__', fn)!r} of actor type {actor!r}"
+    params = list(inspect.signature(fn).parameters.values())
+    if len(params) != 2:
+        raise ConfigError(f"{where} must take exactly two parameters (ctx, msg)")
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception as e:
+        raise ConfigError(f"{where} has annotations that cannot be resolved: {e}") from e
+    model = hints.get(params[1].name)
+    if model is None:
+        raise ConfigError(f"{where} needs a message annotation, e.g. `msg: MyMessage`")
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise ConfigError(f"{where}: message annotation {model!r} is not a pydantic model")
+    return model
+
+
+class Registry:
+    """The actor types of one system, and the encoding of outgoing messages."""
+
+    def __init__(self, actors: Iterable[ActorType[Any]], options: Options) -> None:
+        self.options = options
+        self._types: dict[str, ActorType[Any]] = {}
+        for actor in actors:
+            if not isinstance(actor, ActorType):
+                raise ConfigError(f"actors must be ActorType instances, got {actor!r}")
+            if actor.name in self._types:
+                raise ConfigError(f"actor type {actor.name!r} is registered twice")
+            self._types[actor.name] = actor
+
+    def get(self, type_name: str) -> ActorType[Any]:
+        try:
+            return self._types[type_name]
+        except KeyError:
+            known = ", ".join(sorted(self._types)) or "none"
+            raise UnknownActorType(
+                f"actor type {type_name!r} is not registered with this system (known: {known})"
+            ) from None
+
+    def __iter__(self) -> typing.Iterator[ActorType[Any]]:
+        return iter(self._types.values())
+
+    def prepare(
+        self,
+        ref: ActorRef,
+        msg: BaseModel,
+        *,
+        now_s: float,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        idempotency_key: str | None = None,
+        message_id: str | None = None,
+        attempt: int = 1,
+    ) -> Outgoing:
+        """Validate and encode one send; raises before anything reaches a backend."""
+        if not isinstance(ref, ActorRef):
+            raise InvalidSend(f"target must be an ActorRef (use actor.ref(id)), got {ref!r}")
+        if not isinstance(msg, BaseModel):
+            raise InvalidSend(f"message must be a pydantic model instance, got {msg!r}")
+        model, _ = self.get(ref.type).resolve(message_name(type(msg)))
+        if type(msg) is not model:
+            raise UnknownMessageType(
+                f"{type(msg).__qualname__} is not the {model.__qualname__} that actor type "
+                f"{ref.type!r} handles under the name {model.__name__!r}"
+            )
+        due = due_ms(now_s, delay, at, self.options.max_delay_s)
+        target = ref.key
+        mid = message_id or new_id(target, idempotency_key)
+        env = Envelope(
+            id=mid,
+            target=target,
+            type=message_name(model),
+            payload=msg.model_dump(mode="json"),
+            attempt=attempt,
+            sent_at_ms=int(now_s * 1000),
+            due_at_ms=due,
+        )
+        entry = encode(env)
+        check_size(entry, self.options.max_message_bytes, f"message {env.type} to {target}")
+        return Outgoing(mid, target, entry, due)
+
+
+def utc(now_s: float) -> datetime:
+    return datetime.fromtimestamp(now_s, UTC)

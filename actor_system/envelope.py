@@ -1,0 +1,136 @@
+"""The envelope that carries a message, and its msgpack codec.
+
+On the wire a mailbox entry is the 32-character message id followed by the msgpack envelope,
+so that Lua scripts can read the id (for de-duplication) without decoding msgpack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgpack
+
+from actor_system.errors import DecodeError, InvalidSend, MessageTooLarge
+
+FORMAT_VERSION = 1
+ID_LENGTH = 32
+_FIELDS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One message on its way to an actor."""
+
+    id: str
+    target: str  # "type/id"
+    type: str  # message type name
+    payload: dict[str, Any]
+    attempt: int
+    sent_at_ms: int
+    due_at_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """An encoded message ready for a mailbox (``due_ms`` is None) or the delay queue."""
+
+    id: str
+    target: str
+    entry: bytes
+    due_ms: int | None
+
+
+def new_id(target: str, idempotency_key: str | None = None) -> str:
+    """A random id, or one derived from the caller's idempotency key (same key, same id)."""
+    if idempotency_key is None:
+        return uuid.uuid4().hex
+    digest = hashlib.blake2b(f"{target}\x00{idempotency_key}".encode(), digest_size=16)
+    return digest.hexdigest()
+
+
+def encode(env: Envelope) -> bytes:
+    """Encode an envelope as a mailbox entry (id prefix + msgpack)."""
+    body: bytes = msgpack.packb(
+        [
+            FORMAT_VERSION,
+            env.id,
+            env.target,
+            env.type,
+            env.payload,
+            env.attempt,
+            env.sent_at_ms,
+            env.due_at_ms,
+        ],
+        use_bin_type=True,
+    )
+    return env.id.encode("ascii") + body
+
+
+def decode(raw: bytes) -> Envelope:
+    """Decode a mailbox entry; raises DecodeError (keeping ``raw``) on anything malformed."""
+    if len(raw) <= ID_LENGTH:
+        raise DecodeError(f"entry of {len(raw)} bytes is too short to hold an envelope", raw)
+    try:
+        fields = msgpack.unpackb(raw[ID_LENGTH:], raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises several unrelated exception types
+        raise DecodeError(f"undecodable msgpack: {type(e).__name__}: {e}", raw) from e
+    if not isinstance(fields, list) or len(fields) != _FIELDS:
+        raise DecodeError("envelope is not an array of 8 fields", raw)
+    version, mid, target, mtype, payload, attempt, sent_at, due_at = fields
+    if version != FORMAT_VERSION:
+        raise DecodeError(f"unsupported envelope format version {version!r}", raw)
+    checks = (
+        isinstance(mid, str) and len(mid) == ID_LENGTH and raw[:ID_LENGTH] == mid.encode(),
+        isinstance(target, str) and "/" in target,
+        isinstance(mtype, str) and bool(mtype),
+        isinstance(payload, dict),
+        type(attempt) is int and attempt >= 1,
+        type(sent_at) is int,
+        due_at is None or type(due_at) is int,
+    )
+    if not all(checks):
+        raise DecodeError("envelope fields have wrong types", raw)
+    return Envelope(mid, target, mtype, payload, attempt, sent_at, due_at)
+
+
+def due_ms(
+    now_s: float,
+    delay: float | timedelta | None,
+    at: datetime | None,
+    max_delay_s: float,
+) -> int | None:
+    """The due time in epoch ms for a deferred send, or None for an immediate one."""
+    if delay is not None and at is not None:
+        raise InvalidSend("pass either delay= or at=, not both")
+    if at is not None:
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise InvalidSend(f"at={at!r} is a naive datetime; pass a timezone-aware one")
+        seconds = at.timestamp() - now_s
+        if seconds <= 0:
+            return None
+    elif delay is not None:
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise InvalidSend(f"delay={delay!r} must be seconds (int or float) or a timedelta")
+        if not math.isfinite(seconds) or seconds < 0:
+            raise InvalidSend(f"delay={delay!r} must be a finite number of seconds >= 0")
+        if seconds == 0:
+            return None
+    else:
+        return None
+    if seconds > max_delay_s:
+        raise InvalidSend(f"delay of {seconds:.0f}s exceeds max_delay_s={max_delay_s:.0f}")
+    return math.ceil((now_s + seconds) * 1000)
+
+
+def check_size(entry: bytes, max_bytes: int, what: str) -> None:
+    """Raise MessageTooLarge when an encoded entry is over the limit."""
+    if len(entry) > max_bytes:
+        raise MessageTooLarge(
+            f"{what} encodes to {len(entry)} bytes, over max_message_bytes={max_bytes}"
+        )

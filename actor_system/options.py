@@ -1,0 +1,64 @@
+"""Tunable limits and timings, with their documented defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from actor_system.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Limits and timings of one ActorSystem; every field has a default.
+
+    batch: messages claimed per actor turn. actors_per_round: ready actors taken per round trip.
+    lease_ms: how long a turn owns its actor before another drainer may recover it.
+    done_window_s / done_max: how long and how many processed ids each actor keeps for dedup.
+    poll_interval_s: the longest blocking wait of an idle worker.
+    """
+
+    prefix: str = "as"
+    batch: int = 100
+    actors_per_round: int = 16
+    max_attempts: int = 5
+    lease_ms: int = 30_000
+    max_message_bytes: int = 256 * 1024
+    max_delay_s: float = 366 * 24 * 3600.0
+    max_outbox: int = 1_000
+    delay_shards: int = 16
+    done_window_s: float = 24 * 3600.0
+    done_max: int = 10_000
+    poll_interval_s: float = 1.0
+    redis_hz: int = 10
+
+    def __post_init__(self) -> None:
+        positive = (
+            "batch",
+            "actors_per_round",
+            "max_attempts",
+            "lease_ms",
+            "max_message_bytes",
+            "max_delay_s",
+            "max_outbox",
+            "delay_shards",
+            "done_window_s",
+            "done_max",
+            "poll_interval_s",
+            "redis_hz",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"option {name}={value!r} must be a positive number")
+        if not self.prefix or any(c in self.prefix for c in "{}: \n"):
+            raise ConfigError(f"option prefix={self.prefix!r} must be non-empty without {{}}: ")
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> Options:
+        """Build options from keyword values, rejecting unknown names."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        return cls(**values)

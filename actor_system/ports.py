@@ -1,0 +1,118 @@
+"""The ports the drain loop talks to; adapters implement them (see ``adapters/``).
+
+A turn's lease, in-flight claim, state load and commit are one port, ``TurnStore``, because a
+Redis backend does each of its steps in one atomic script: round trips, not Python, are the
+cost of a turn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from actor_system.envelope import Outgoing
+
+# One action per claimed entry, decided by the turn and carried out by the commit.
+DONE = b"d"  # processed: record the id for dedup, drop the entry
+RETRY = b"r"  # failed: back to the head of the mailbox, attempts + 1
+KEEP = b"k"  # not run (turn abandoned): back to the head of the mailbox unchanged
+WITHDRAW = b"w"  # re-sent through the delay queue by Retry(delay=...): attempts + 1
+DEAD = b"x"  # dead-lettered; the DLQ record follows the code byte
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What a turn starts from: the lease's fence, the state and the claimed entries."""
+
+    actor: str
+    fence: int
+    state: bytes | None
+    version: int
+    entries: list[tuple[bytes, int]]  # (entry, earlier failed attempts)
+    recovered: int  # entries taken back from a dead holder's in-flight list
+    duplicates: int  # entries dropped at claim because their id was already processed
+
+
+@dataclass(slots=True)
+class Commit:
+    """What a turn writes back, atomically and only while its lease token is still current."""
+
+    actor: str
+    token: str
+    fence: int
+    state: bytes | None  # None: unchanged
+    actions: list[bytes]
+    outbox: list[Outgoing] = field(default_factory=list)
+    cancels: list[str] = field(default_factory=list)
+
+
+class Clock(Protocol):
+    """Wall-clock time in epoch seconds; the manual clock drives tests."""
+
+    def now(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class Mailbox(Protocol):
+    """Per-actor FIFO inboxes and the index of actors with pending work."""
+
+    def push(self, items: Sequence[Outgoing], now_ms: int) -> None:
+        """Deliver immediate items to mailboxes and deferred ones to the delay queue."""
+
+    def poll(self, now_ms: int, max_actors: int) -> tuple[list[str], int]:
+        """Recover expired leases, promote due deferred messages, pop up to ``max_actors``
+        ready actors. Returns (actor keys, messages promoted)."""
+
+    def wait_ready(self, timeout_s: float) -> str | None:
+        """Block up to ``timeout_s`` for an actor to become ready; pop and return it."""
+
+
+class TurnStore(Protocol):
+    """Leases, in-flight claims, state and the atomic commit of a turn."""
+
+    def begin(
+        self, actors: Sequence[str], token: str, lease_ms: int, batch: int, now_ms: int
+    ) -> list[Claim | None]:
+        """Take each actor's lease and claim up to ``batch`` entries; None where it is held."""
+
+    def commit(self, commits: Sequence[Commit], now_ms: int) -> list[int | None]:
+        """Apply each commit and release its lease; the new state version, or None when the
+        lease was lost (nothing written)."""
+
+    def renew(self, actor: str, token: str, lease_ms: int, now_ms: int) -> bool:
+        """Extend a lease we hold; False if it is no longer ours."""
+
+    def load_state(self, actor: str) -> tuple[bytes | None, int]:
+        """The committed state bytes (None if never written) and version."""
+
+
+class DelayQueue(Protocol):
+    """Deferred messages by due time."""
+
+    def cancel(self, message_id: str) -> bool:
+        """Remove a not-yet-promoted deferred message; False if unknown or already promoted."""
+
+    def next_due_ms(self) -> int | None:
+        """The earliest due time pending, if any."""
+
+    def pending(self) -> int:
+        """How many deferred messages wait."""
+
+
+class DeadLetters(Protocol):
+    """Messages that could not be processed, each with its reason."""
+
+    def dead_letters(self, limit: int) -> list[bytes]:
+        """The newest records first (msgpack maps)."""
+
+    def dead_letter_count(self) -> int: ...
+
+
+class Backend(Mailbox, TurnStore, DelayQueue, DeadLetters, Protocol):
+    """Everything the drain loop needs from its stores."""
+
+    def close(self) -> None: ...

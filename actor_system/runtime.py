@@ -1,0 +1,347 @@
+"""The drain loop: promote due messages, take ready actors, run their turns, commit.
+
+A turn follows DESIGN.md: lease + claim + state load in one script (``begin``), handlers run
+in order with their sends kept in an outbox, then state, processed ids, outbox and lease
+release in one script (``commit``) that refuses to write if the lease is no longer ours.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+from pydantic import BaseModel, ValidationError
+
+from actor_system.actor import ActorRef, ActorType, Context, Handler, Registry, utc
+from actor_system.envelope import ID_LENGTH, Envelope, Outgoing, check_size, decode
+from actor_system.errors import (
+    ActorSystemError,
+    DecodeError,
+    InvalidSend,
+    MessageTooLarge,
+    Retry,
+    UnknownMessageType,
+)
+from actor_system.ports import (
+    DEAD,
+    DONE,
+    KEEP,
+    RETRY,
+    WITHDRAW,
+    Backend,
+    Claim,
+    Clock,
+    Commit,
+)
+
+if TYPE_CHECKING:
+    from datetime import datetime, timedelta
+
+    from actor_system.budget import Budget
+    from actor_system.options import Options
+
+log = logging.getLogger("actor_system")
+
+
+@dataclass(slots=True)
+class DrainReport:
+    """What a drain did: committed turns and messages, and what went wrong."""
+
+    turns: int = 0
+    messages: int = 0
+    dead_letters: int = 0
+    retries: int = 0
+    duplicates: int = 0
+    promoted: int = 0
+    recovered: int = 0
+    lease_conflicts: int = 0
+    leases_lost: int = 0
+    idle: bool = True
+
+    def add(self, other: DrainReport) -> None:
+        for f in fields(self):
+            if f.name != "idle":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+class Outbox:
+    """Sends and cancels made by handlers during a turn; written by the commit."""
+
+    def __init__(self, registry: Registry, now_s: float) -> None:
+        self._registry = registry
+        self._now_s = now_s
+        self.items: list[Outgoing] = []
+        self.cancels: list[str] = []
+
+    def send(
+        self,
+        ref: ActorRef,
+        msg: BaseModel,
+        delay: float | timedelta | None,
+        at: datetime | None,
+        idempotency_key: str | None,
+    ) -> str:
+        limit = self._registry.options.max_outbox
+        if len(self.items) >= limit:
+            raise InvalidSend(f"a turn may send at most max_outbox={limit} messages")
+        item = self._registry.prepare(
+            ref, msg, now_s=self._now_s, delay=delay, at=at, idempotency_key=idempotency_key
+        )
+        self.items.append(item)
+        return item.id
+
+    def cancel(self, message_id: str) -> None:
+        if not (isinstance(message_id, str) and len(message_id) == ID_LENGTH):
+            raise InvalidSend(f"{message_id!r} is not a message id")
+        self.cancels.append(message_id)
+
+
+@dataclass(slots=True)
+class _Step:
+    """A message whose handler ran successfully, kept to replay the turn after a failure."""
+
+    fn: Handler
+    msg: BaseModel
+    env: Envelope
+    attempt: int
+
+
+@dataclass(slots=True)
+class _Turn:
+    claim: Claim
+    ref: ActorRef
+    actor: ActorType[Any]
+    now_s: float
+    actions: list[bytes] = field(default_factory=list)
+    steps: list[_Step] = field(default_factory=list)
+    report: DrainReport = field(default_factory=DrainReport)
+
+
+class Runtime:
+    """Runs rounds of turns against a backend."""
+
+    def __init__(
+        self, registry: Registry, backend: Backend, clock: Clock, options: Options
+    ) -> None:
+        self.registry = registry
+        self.backend = backend
+        self.clock = clock
+        self.options = options
+
+    def _now_ms(self) -> int:
+        return int(self.clock.now() * 1000)
+
+    def round(self, budget: Budget, ready: list[str] | None = None) -> DrainReport:
+        """One round: poll for ready actors, run their turns, commit them together."""
+        report = DrainReport()
+        ready = ready or []
+        want = max(self.options.actors_per_round - len(ready), 0)
+        popped, report.promoted = self.backend.poll(self._now_ms(), want)
+        actors = list(dict.fromkeys(ready + popped))
+        if not actors:
+            return report
+        report.idle = False
+        token = uuid.uuid4().hex
+        claims = self.backend.begin(
+            actors, token, self.options.lease_ms, self.options.batch, self._now_ms()
+        )
+        commits: list[tuple[Commit, DrainReport]] = []
+        for claim in claims:
+            if claim is None:
+                report.lease_conflicts += 1
+                continue
+            report.recovered += claim.recovered
+            report.duplicates += claim.duplicates
+            if not budget.can_start_turn():
+                commits.append((self._abandon(claim, token), DrainReport()))
+                continue
+            started = time.monotonic()
+            commits.append(self._turn(claim, token))
+            budget.observe_turn(time.monotonic() - started)
+        results = self.backend.commit([c for c, _ in commits], self._now_ms())
+        for (commit, turn_report), version in zip(commits, results, strict=True):
+            if version is None:
+                report.leases_lost += 1
+                log.warning(
+                    "lease of %s lost before commit; its batch will be redelivered", commit.actor
+                )
+                continue
+            report.add(turn_report)
+        return report
+
+    def _abandon(self, claim: Claim, token: str) -> Commit:
+        return Commit(claim.actor, token, claim.fence, None, [KEEP] * len(claim.entries))
+
+    def _turn(self, claim: Claim, token: str) -> tuple[Commit, DrainReport]:
+        try:
+            ref = ActorRef.from_key(claim.actor)
+            actor = self.registry.get(ref.type)
+            state = self._load_state(actor, claim.state)
+        except (ActorSystemError, ValidationError) as e:
+            # Nothing can run for this actor: dead-letter its messages with the reason.
+            reason = f"{type(e).__name__}: {e}"
+            actions = [self._dead(claim, entry, n + 1, reason, None) for entry, n in claim.entries]
+            report = DrainReport(turns=1, dead_letters=len(actions))
+            return Commit(claim.actor, token, claim.fence, None, actions), report
+        turn = _Turn(claim, ref, actor, self.clock.now())
+        turn.report.turns = 1
+        outbox = Outbox(self.registry, turn.now_s)
+        failure = self._run_handlers(turn, state, outbox)
+        if failure is not None:
+            state, outbox = self._after_failure(turn, failure)
+        data = self._encode_state(state) if turn.steps else None
+        commit = Commit(
+            claim.actor, token, claim.fence, data, turn.actions, outbox.items, outbox.cancels
+        )
+        return commit, turn.report
+
+    def _run_handlers(
+        self, turn: _Turn, state: BaseModel, outbox: Outbox
+    ) -> tuple[int, Envelope, BaseException] | None:
+        seen: set[str] = set()
+        now = utc(turn.now_s)
+        for index, (entry, failed) in enumerate(turn.claim.entries):
+            try:
+                env = self._accept(turn, entry)
+                model, fn = turn.actor.resolve(env.type)
+                msg = model.model_validate(env.payload)
+            except (DecodeError, MessageTooLarge, UnknownMessageType, ValidationError) as e:
+                turn.actions.append(self._dead(turn.claim, entry, failed + 1, _reason(e), None))
+                turn.report.dead_letters += 1
+                continue
+            if env.id in seen:
+                turn.actions.append(DONE)
+                turn.report.duplicates += 1
+                continue
+            seen.add(env.id)
+            attempt = env.attempt + failed
+            ctx: Context[Any] = Context(state, turn.ref, env.id, attempt, now, outbox)
+            try:
+                fn(ctx, msg)
+            except Exception as e:
+                return index, env, e
+            turn.actions.append(DONE)
+            turn.steps.append(_Step(fn, msg, env, attempt))
+            turn.report.messages += 1
+        return None
+
+    def _accept(self, turn: _Turn, entry: bytes) -> Envelope:
+        check_size(entry, self.options.max_message_bytes, "mailbox entry")
+        env = decode(entry)
+        if env.target != turn.claim.actor:
+            raise DecodeError(
+                f"envelope addressed to {env.target!r} found in the mailbox of "
+                f"{turn.claim.actor!r}",
+                entry,
+            )
+        return env
+
+    def _after_failure(
+        self, turn: _Turn, failure: tuple[int, Envelope, BaseException]
+    ) -> tuple[BaseModel, Outbox]:
+        """Roll the state back to before the failed message by replaying the turn so far,
+        then retry, re-send or dead-letter the failed message; later ones stay queued."""
+        index, env, error = failure
+        entries = turn.claim.entries
+        entry, failed = entries[index]
+        attempt = env.attempt + failed
+        state, outbox = self._replay(turn)
+        if isinstance(error, Retry) and attempt < self.options.max_attempts:
+            if error.delay > 0:
+                self._resend_later(turn, outbox, env, error.delay)
+                turn.actions.append(WITHDRAW)
+            else:
+                turn.actions.append(RETRY)
+            turn.report.retries += 1
+        elif attempt < self.options.max_attempts:
+            log.warning(
+                "handler for %s on %s failed (attempt %d of %d): %r",
+                env.type,
+                turn.claim.actor,
+                attempt,
+                self.options.max_attempts,
+                error,
+            )
+            turn.actions.append(RETRY)
+            turn.report.retries += 1
+        else:
+            reason = f"failed {attempt} times, last: {_reason(error)}"
+            turn.actions.append(self._dead(turn.claim, entry, attempt, reason, error))
+            turn.report.dead_letters += 1
+        turn.actions.extend([KEEP] * (len(entries) - index - 1))
+        return state, outbox
+
+    def _replay(self, turn: _Turn) -> tuple[BaseModel, Outbox]:
+        state = self._load_state(turn.actor, turn.claim.state)
+        outbox = Outbox(self.registry, turn.now_s)
+        now = utc(turn.now_s)
+        try:
+            for step in turn.steps:
+                ctx: Context[Any] = Context(state, turn.ref, step.env.id, step.attempt, now, outbox)
+                step.fn(ctx, step.msg)
+        except Exception as e:  # a handler that is not deterministic: commit nothing of it
+            log.error(
+                "replaying the turn of %s failed (%r); its batch is retried whole",
+                turn.claim.actor,
+                e,
+            )
+            turn.actions[:] = [a if a[:1] == DEAD else KEEP for a in turn.actions]
+            turn.report.messages = 0
+            turn.steps.clear()
+            return self._load_state(turn.actor, turn.claim.state), Outbox(self.registry, turn.now_s)
+        return state, outbox
+
+    def _resend_later(self, turn: _Turn, outbox: Outbox, env: Envelope, delay: float) -> None:
+        model, _ = turn.actor.resolve(env.type)
+        again = self.registry.prepare(
+            turn.ref,
+            model.model_validate(env.payload),
+            now_s=turn.now_s,
+            delay=delay,
+            message_id=env.id,
+            attempt=env.attempt + 1,
+        )
+        outbox.items.append(again)
+
+    def _load_state(self, actor: ActorType[Any], data: bytes | None) -> BaseModel:
+        model: type[BaseModel] = actor.state_type
+        if data is None:
+            return model()
+        try:
+            raw = msgpack.unpackb(data, raw=False)
+        except Exception as e:
+            raise DecodeError(
+                f"stored state of actor type {actor.name!r} is corrupt: {e}", data
+            ) from e
+        return model.model_validate(raw)
+
+    @staticmethod
+    def _encode_state(state: BaseModel) -> bytes:
+        return bytes(msgpack.packb(state.model_dump(mode="json"), use_bin_type=True))
+
+    def _dead(
+        self, claim: Claim, entry: bytes, attempts: int, reason: str, error: BaseException | None
+    ) -> bytes:
+        mid = entry[:ID_LENGTH].decode("ascii", "replace")
+        log.error("dead letter %s for %s: %s", mid, claim.actor, reason)
+        record = {
+            "reason": reason,
+            "actor": claim.actor,
+            "id": mid,
+            "attempts": attempts,
+            "at_ms": self._now_ms(),
+            "error": "".join(traceback.format_exception(error))[-4000:] if error else "",
+            "entry": entry,
+        }
+        return DEAD + bytes(msgpack.packb(record, use_bin_type=True))
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, ValidationError):
+        return f"payload fails validation for {e.title}: {e.errors(include_url=False)}"
+    return f"{type(e).__name__}: {e}"

@@ -1,0 +1,247 @@
+"""ActorSystem: wiring from URLs or the environment, and the calls a user makes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+import msgpack
+from pydantic import BaseModel
+
+from actor_system.actor import ActorRef, ActorType, Registry
+from actor_system.budget import Budget
+from actor_system.clock import SystemClock
+from actor_system.envelope import ID_LENGTH
+from actor_system.errors import ConfigError, InvalidSend
+from actor_system.options import Options
+from actor_system.runtime import DrainReport, Runtime
+from actor_system.worker import Worker
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+    from datetime import datetime, timedelta
+
+    from actor_system.ports import Backend, Clock
+
+S = TypeVar("S", bound=BaseModel)
+
+ENV_PREFIX = "ACTOR_SYSTEM_"
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "fakeredis")
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that could not be processed, with why."""
+
+    id: str
+    actor: str
+    reason: str
+    attempts: int
+    at_ms: int
+    error: str
+    entry: bytes
+
+
+class ActorSystem:
+    """A set of actor types bound to their stores; see ``from_url`` and ``from_env``."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        actors: Iterable[ActorType[Any]],
+        clock: Clock | None = None,
+        options: Options | None = None,
+    ) -> None:
+        self.options = options or Options()
+        self.registry = Registry(actors, self.options)
+        self.backend = backend
+        self.clock: Clock = clock or SystemClock()
+        self.runtime = Runtime(self.registry, backend, self.clock, self.options)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str = "fakeredis://",
+        *,
+        actors: Iterable[ActorType[Any]],
+        state: str | None = None,
+        delay: str | None = None,
+        clock: Clock | None = None,
+        **options: Any,
+    ) -> ActorSystem:
+        """Connect to ``redis://``, ``rediss://`` or the embedded ``fakeredis://``.
+
+        ``state`` and ``delay`` name other stores for state and deferred messages; Redis
+        (the default, ``None``) is the one available in this version. Other keyword
+        arguments are ``Options`` fields (``batch=``, ``lease_ms=``, ...).
+        """
+        scheme = urlsplit(url).scheme if isinstance(url, str) else ""
+        if scheme not in _REDIS_SCHEMES:
+            raise ConfigError(
+                f"unknown URL scheme {scheme!r} in {_redact(url)!r}; expected redis://, "
+                "rediss:// or fakeredis://"
+            )
+        for name, value in (("state", state), ("delay", delay)):
+            if value is not None and urlsplit(value).scheme not in ("redis", ""):
+                raise ConfigError(
+                    f"{name} URL {_redact(value)!r} is not supported; this version keeps "
+                    f"{name} in Redis (leave {name}= unset)"
+                )
+        opts = Options.from_mapping(options)
+        from adapters.redis import RedisBackend
+
+        return cls(RedisBackend.from_url(url, opts), actors=actors, clock=clock, options=opts)
+
+    @classmethod
+    def from_env(
+        cls,
+        *,
+        actors: Iterable[ActorType[Any]],
+        environ: Mapping[str, str] | None = None,
+        clock: Clock | None = None,
+    ) -> ActorSystem:
+        """Read ``ACTOR_SYSTEM_REDIS_URL`` (required), ``ACTOR_SYSTEM_STATE_URL``,
+        ``ACTOR_SYSTEM_DELAY_URL`` and one ``ACTOR_SYSTEM_<OPTION>`` per Options field."""
+        env = os.environ if environ is None else environ
+        url = env.get(f"{ENV_PREFIX}REDIS_URL")
+        if not url:
+            raise ConfigError(f"{ENV_PREFIX}REDIS_URL is not set; e.g. redis://host:6379/0")
+        types = {f.name: f.type for f in fields(Options)}
+        options: dict[str, Any] = {}
+        for key, raw in env.items():
+            if not key.startswith(ENV_PREFIX) or key in _URL_VARS:
+                continue
+            name = key.removeprefix(ENV_PREFIX).lower()
+            if name not in types:
+                raise ConfigError(
+                    f"unknown setting {key}; known: "
+                    + ", ".join(sorted(f"{ENV_PREFIX}{n.upper()}" for n in (*types, "redis_url")))
+                )
+            options[name] = _parse_option(key, raw, str(types[name]))
+        try:
+            return cls.from_url(
+                url,
+                actors=actors,
+                clock=clock,
+                state=env.get(f"{ENV_PREFIX}STATE_URL"),
+                delay=env.get(f"{ENV_PREFIX}DELAY_URL"),
+                **options,
+            )
+        except ConfigError as e:
+            raise ConfigError(f"{e} (from {ENV_PREFIX}* environment variables)") from None
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def send(
+        self,
+        ref: ActorRef,
+        msg: BaseModel,
+        *,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Send ``msg`` to ``ref`` now, after ``delay`` (seconds or timedelta) or at ``at``.
+
+        Returns the message id. The same ``idempotency_key`` to the same actor yields the
+        same id, and the actor processes it once. Raises InvalidSend, UnknownActorType,
+        UnknownMessageType or MessageTooLarge before anything is stored.
+        """
+        item = self.registry.prepare(
+            ref, msg, now_s=self.clock.now(), delay=delay, at=at, idempotency_key=idempotency_key
+        )
+        self.backend.push([item], self._now_ms())
+        return item.id
+
+    def send_many(self, messages: Sequence[tuple[ActorRef, BaseModel]]) -> list[str]:
+        """Send several immediate messages in one round trip; returns their ids in order."""
+        now_s = self.clock.now()
+        items = [self.registry.prepare(ref, msg, now_s=now_s) for ref, msg in messages]
+        self.backend.push(items, self._now_ms())
+        return [i.id for i in items]
+
+    def cancel(self, message_id: str) -> bool:
+        """Cancel a deferred message not yet due; False if unknown or already delivered."""
+        if not (isinstance(message_id, str) and len(message_id) == ID_LENGTH):
+            raise InvalidSend(f"{message_id!r} is not a message id")
+        return self.backend.cancel(message_id)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def state(self, ref: ActorRef) -> BaseModel:
+        """The last committed state of an actor (its model's defaults if it has none)."""
+        actor = self.registry.get(ref.type)
+        data, _ = self.backend.load_state(ref.key)
+        return self.runtime._load_state(actor, data)
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The newest dead letters first."""
+        out = []
+        for raw in self.backend.dead_letters(limit):
+            r = msgpack.unpackb(raw, raw=False)
+            out.append(
+                DeadLetter(
+                    r["id"],
+                    r["actor"],
+                    r["reason"],
+                    r["attempts"],
+                    r["at_ms"],
+                    r["error"],
+                    r["entry"],
+                )
+            )
+        return out
+
+    # -- draining --------------------------------------------------------------------------
+
+    def run_until_idle(self, *, max_rounds: int = 1_000_000) -> DrainReport:
+        """Drain everything that is due now, then return what was done.
+
+        Deferred messages not yet due stay queued: with a ManualClock, ``advance`` it and
+        call again.
+        """
+        report = DrainReport()
+        budget = Budget.unlimited(self.clock)
+        for _ in range(max_rounds):
+            done = self.runtime.round(budget)
+            report.add(done)
+            if done.idle:
+                return report
+        report.idle = False
+        return report
+
+    def worker(self, *, budget: Budget | None = None) -> Worker:
+        """A long-running drain loop (``.run()``), stopped by SIGTERM/SIGINT or ``.stop()``."""
+        return Worker(self.runtime, budget=budget)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def _now_ms(self) -> int:
+        return int(self.clock.now() * 1000)
+
+
+_URL_VARS = {f"{ENV_PREFIX}{n}_URL" for n in ("REDIS", "STATE", "DELAY")}
+
+
+def _parse_option(key: str, raw: str, type_name: str) -> Any:
+    try:
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r} is not a valid {type_name}") from None
+    return raw
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for error messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()

@@ -1,0 +1,96 @@
+"""The long-running drain loop for containers and local development."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import TYPE_CHECKING, Any
+
+from actor_system.budget import Budget
+from actor_system.errors import BackendError
+from actor_system.runtime import DrainReport, Runtime
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+log = logging.getLogger("actor_system")
+
+_MAX_BACKOFF_S = 5.0
+
+
+class Worker:
+    """Drains until stopped; SIGTERM or SIGINT stops it after the current round.
+
+    When idle it blocks on Redis until new work arrives or shortly before the next deferred
+    message is due, then waits out the last stretch live: Redis checks blocking timeouts
+    only ``hz`` times a second, so a blocking wait alone would deliver up to 100 ms late.
+    """
+
+    def __init__(self, runtime: Runtime, *, budget: Budget | None = None) -> None:
+        self.runtime = runtime
+        self.budget = budget or Budget.unlimited(runtime.clock)
+        self.report = DrainReport()
+        self._stop = threading.Event()
+        self._ready: list[str] = []
+
+    def stop(self) -> None:
+        """Ask the loop to stop after the current round (safe from any thread)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> DrainReport:
+        """Drain until stopped or the budget ends; returns what was done."""
+        restore = self._install_signals()
+        try:
+            self._loop()
+        finally:
+            for sig, handler in restore.items():
+                signal.signal(sig, handler)
+        return self.report
+
+    def _loop(self) -> None:
+        backoff_s = 0.1
+        while not self._stop.is_set() and self.budget.can_start_turn():
+            try:
+                done = self.runtime.round(self.budget, self._ready)
+                self._ready = []
+                self.report.add(done)
+                if done.idle:
+                    self._wait_idle()
+                backoff_s = 0.1
+            except BackendError as e:
+                log.warning("backend unavailable, retrying in %.1fs: %s", backoff_s, e)
+                self._stop.wait(backoff_s)
+                backoff_s = min(backoff_s * 2, _MAX_BACKOFF_S)
+
+    def _wait_idle(self) -> None:
+        rt = self.runtime
+        opts = rt.options
+        next_due = rt.backend.next_due_ms()
+        now = rt.clock.now()
+        wait_s = opts.poll_interval_s if next_due is None else next_due / 1000 - now
+        wait_s = min(wait_s, opts.poll_interval_s, max(self.budget.remaining_s(), 0))
+        slack_s = 1 / opts.redis_hz + 0.01
+        if wait_s > slack_s:
+            got = rt.backend.wait_ready(wait_s - slack_s)
+            if got is not None:
+                self._ready = [got]
+        elif wait_s > 0:
+            rt.clock.sleep(wait_s)
+
+    def _install_signals(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        restore: dict[int, Any] = {}
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("received %s, stopping after the current round", signal.Signals(signum).name)
+            self._stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            restore[sig] = signal.signal(sig, on_signal)
+        return restore

@@ -1,0 +1,1 @@
+"""Backends for actor-system's ports; each imports its client library itself."""

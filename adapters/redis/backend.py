@@ -1,0 +1,247 @@
+"""The Redis implementation of every port, one Lua script per atomic step."""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import redis
+from redis.exceptions import NoScriptError, RedisError
+
+from actor_system.errors import BackendError, ConfigError
+from actor_system.ports import Claim, Commit
+from adapters.redis.keys import Keys
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from actor_system.envelope import Outgoing
+    from actor_system.options import Options
+
+_SCRIPTS = ("push", "promote", "poll", "begin", "commit", "renew", "cancel")
+_PUSH_CHUNK = 500  # messages per push script call, to bound one script's run time
+_PROMOTE_LIMIT = 1_000  # due messages moved per shard per poll
+_FAKE_POLL_S = 0.005
+
+
+def client_from_url(url: str) -> tuple[redis.Redis, bool]:
+    """A client for ``redis://``, ``rediss://`` or ``fakeredis://``; the flag says whether the
+    server supports blocking waits across processes (fakeredis lives in this process)."""
+    scheme = urlsplit(url).scheme
+    if scheme in ("redis", "rediss", "unix"):
+        try:
+            client = redis.Redis.from_url(url, health_check_interval=30, socket_keepalive=True)
+        except ValueError as e:
+            raise ConfigError(f"invalid Redis URL: {e}") from None
+        return client, True
+    if scheme == "fakeredis":
+        import fakeredis
+
+        return fakeredis.FakeRedis(server=fakeredis.FakeServer()), False
+    raise ConfigError(
+        f"unknown URL scheme {scheme!r} for the Redis URL; expected redis://, rediss:// or "
+        "fakeredis://"
+    )
+
+
+def _load_script(name: str) -> str:
+    folder = resources.files("adapters.redis") / "scripts"
+    return (folder / "lib.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
+
+
+class RedisBackend:
+    """Mailbox, TurnStore, DelayQueue and DeadLetters on one Redis (or fakeredis) client."""
+
+    def __init__(self, *, client: redis.Redis, options: Options, blocking: bool = True) -> None:
+        self.client = client
+        self.options = options
+        self.keys = Keys(options.prefix, options.delay_shards)
+        self.blocking = blocking
+        self._source = {name: _load_script(name) for name in _SCRIPTS}
+        self._sha: dict[str, str] = {}
+
+    @classmethod
+    def from_url(cls, url: str, options: Options) -> RedisBackend:
+        client, blocking = client_from_url(url)
+        return cls(client=client, options=options, blocking=blocking)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _load_scripts(self) -> None:
+        for name, source in self._source.items():
+            self._sha[name] = self.client.script_load(source)
+
+    def _run(
+        self, calls: Sequence[tuple[str, Sequence[Any], Sequence[Any]]], what: str
+    ) -> list[Any]:
+        """Run scripts in one pipelined round trip; reload them once if Redis lost them."""
+        if not calls:
+            return []
+        for _ in range(2):
+            try:
+                if not self._sha:
+                    self._load_scripts()
+                pipe = self.client.pipeline(transaction=False)
+                for name, keys, args in calls:
+                    pipe.evalsha(self._sha[name], len(keys), *keys, *args)
+                return pipe.execute()
+            except NoScriptError:
+                # Every script is missing after a restart or SCRIPT FLUSH, so none ran.
+                self._sha.clear()
+            except RedisError as e:
+                raise BackendError(f"Redis {what} failed: {type(e).__name__}: {e}") from e
+        raise BackendError(f"Redis {what} failed: scripts could not be loaded")
+
+    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except RedisError as e:
+            raise BackendError(f"Redis {what} failed: {type(e).__name__}: {e}") from e
+
+    def _deliveries(self, items: Sequence[Outgoing]) -> list[Any]:
+        args: list[Any] = []
+        for item in items:
+            due = "" if item.due_ms is None else item.due_ms
+            args += [item.target, item.id, due, self.keys.shard_of(item.id), item.entry]
+        return args
+
+    # -- Mailbox --------------------------------------------------------------------------
+
+    def push(self, items: Sequence[Outgoing], now_ms: int) -> None:
+        calls = [
+            (
+                "push",
+                [self.keys.ready],
+                [self.options.prefix, now_ms, *self._deliveries(items[i : i + _PUSH_CHUNK])],
+            )
+            for i in range(0, len(items), _PUSH_CHUNK)
+        ]
+        self._run(calls, "push")
+
+    def poll(self, now_ms: int, max_actors: int) -> tuple[list[str], int]:
+        k = self.keys
+        calls: list[tuple[str, Sequence[Any], Sequence[Any]]] = [
+            (
+                "promote",
+                [k.delay_due(s), k.delay_msg(s), k.ready],
+                [now_ms, _PROMOTE_LIMIT, self.options.prefix],
+            )
+            for s in range(k.delay_shards)
+        ]
+        calls.append(("poll", [k.leases, k.ready], [now_ms, max_actors, self.options.prefix]))
+        *promoted, actors = self._run(calls, "poll")
+        return [a.decode() for a in actors], sum(promoted)
+
+    def wait_ready(self, timeout_s: float) -> str | None:
+        if not self.blocking:
+            # fakeredis runs in this process: nobody else can push while we wait.
+            time.sleep(min(timeout_s, _FAKE_POLL_S))
+            return None
+        got = self._call("wait", self.client.bzpopmin, [self.keys.ready], max(timeout_s, 0.001))
+        if not got or got[1] == b"~wake":
+            return None
+        return str(got[1].decode())
+
+    # -- TurnStore ------------------------------------------------------------------------
+
+    def begin(
+        self, actors: Sequence[str], token: str, lease_ms: int, batch: int, now_ms: int
+    ) -> list[Claim | None]:
+        calls = [
+            ("begin", self.keys.begin_keys(a), [token, lease_ms, now_ms, batch, a]) for a in actors
+        ]
+        claims: list[Claim | None] = []
+        for actor, res in zip(actors, self._run(calls, "begin"), strict=True):
+            if not res:
+                claims.append(None)
+                continue
+            fence, state, version, recovered, dups, *flat = res
+            entries = [(flat[i], int(flat[i + 1])) for i in range(0, len(flat), 2)]
+            claims.append(
+                Claim(
+                    actor,
+                    int(fence),
+                    state or None,
+                    int(version),
+                    entries,
+                    int(recovered),
+                    int(dups),
+                )
+            )
+        return claims
+
+    def commit(self, commits: Sequence[Commit], now_ms: int) -> list[int | None]:
+        o = self.options
+        calls = []
+        for c in commits:
+            args: list[Any] = [
+                c.token,
+                c.actor,
+                now_ms,
+                c.state or b"",
+                c.fence,
+                int(o.done_window_s * 1000),
+                o.done_max,
+                o.prefix,
+                len(c.actions),
+                *c.actions,
+                len(c.outbox),
+                *self._deliveries(c.outbox),
+                len(c.cancels),
+            ]
+            for mid in c.cancels:
+                args += [mid, self.keys.shard_of(mid)]
+            calls.append(("commit", self.keys.commit_keys(c.actor), args))
+        return [int(r[1]) if r[0] == 1 else None for r in self._run(calls, "commit")]
+
+    def renew(self, actor: str, token: str, lease_ms: int, now_ms: int) -> bool:
+        keys = [self.keys.actor(actor, "lease"), self.keys.leases]
+        return bool(self._run([("renew", keys, [token, lease_ms, now_ms, actor])], "renew")[0])
+
+    def load_state(self, actor: str) -> tuple[bytes | None, int]:
+        data, version = self._call(
+            "state read", self.client.hmget, self.keys.actor(actor, "state"), ["d", "v"]
+        )
+        return data, int(version or 0)
+
+    # -- DelayQueue -----------------------------------------------------------------------
+
+    def cancel(self, message_id: str) -> bool:
+        s = self.keys.shard_of(message_id)
+        keys = [self.keys.delay_due(s), self.keys.delay_msg(s)]
+        return bool(self._run([("cancel", keys, [message_id])], "cancel")[0])
+
+    def next_due_ms(self) -> int | None:
+        pipe = self.client.pipeline(transaction=False)
+        for s in range(self.keys.delay_shards):
+            pipe.zrange(self.keys.delay_due(s), 0, 0, withscores=True)
+        firsts = self._call("next due", pipe.execute)
+        dues = [int(f[0][1]) for f in firsts if f]
+        return min(dues) if dues else None
+
+    def pending(self) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        for s in range(self.keys.delay_shards):
+            pipe.zcard(self.keys.delay_due(s))
+        return int(sum(self._call("pending", pipe.execute)))
+
+    def deferred(self, limit: int = 100) -> list[tuple[str, int]]:
+        """Pending deferred message ids with their due ms, earliest first."""
+        pipe = self.client.pipeline(transaction=False)
+        for s in range(self.keys.delay_shards):
+            pipe.zrange(self.keys.delay_due(s), 0, limit - 1, withscores=True)
+        rows = [(m.decode(), int(d)) for r in self._call("deferred", pipe.execute) for m, d in r]
+        return sorted(rows, key=lambda r: r[1])[:limit]
+
+    # -- DeadLetters ----------------------------------------------------------------------
+
+    def dead_letters(self, limit: int) -> list[bytes]:
+        return list(self._call("dead letters", self.client.lrange, self.keys.dlq, 0, limit - 1))
+
+    def dead_letter_count(self) -> int:
+        return int(self._call("dead letters", self.client.llen, self.keys.dlq))
+
+    def close(self) -> None:
+        self.client.close()

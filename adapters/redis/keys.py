@@ -1,0 +1,45 @@
+"""Every Redis key actor-system uses, in one place (the schema is documented in lib.lua)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names under one prefix. Each actor's keys share the hash tag ``{type/id}``."""
+
+    prefix: str = "as"
+    delay_shards: int = 16
+
+    @property
+    def ready(self) -> str:
+        return f"{self.prefix}:ready"
+
+    @property
+    def leases(self) -> str:
+        return f"{self.prefix}:leases"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}:dlq"
+
+    def actor(self, actor: str, suffix: str) -> str:
+        return f"{self.prefix}:{{{actor}}}:{suffix}"
+
+    def shard_of(self, message_id: str) -> int:
+        return int(message_id[:8], 16) % self.delay_shards
+
+    def delay_due(self, shard: int) -> str:
+        return f"{self.prefix}:{{dq{shard}}}:due"
+
+    def delay_msg(self, shard: int) -> str:
+        return f"{self.prefix}:{{dq{shard}}}:msg"
+
+    def begin_keys(self, actor: str) -> list[str]:
+        names = ("lease", "fence", "mb", "inflight", "state", "att", "done")
+        return [self.actor(actor, n) for n in names] + [self.leases]
+
+    def commit_keys(self, actor: str) -> list[str]:
+        names = ("lease", "mb", "inflight", "state", "att", "done")
+        return [self.actor(actor, n) for n in names] + [self.leases, self.ready, self.dlq]

@@ -1,0 +1,44 @@
+-- begin: take an actor's lease, recover a dead holder's claim, claim a batch, load the state.
+-- KEYS[1] P:{A}:lease  KEYS[2] P:{A}:fence  KEYS[3] P:{A}:mb  KEYS[4] P:{A}:inflight
+-- KEYS[5] P:{A}:state  KEYS[6] P:{A}:att  KEYS[7] P:{A}:done  KEYS[8] P:leases
+-- ARGV[1] token  ARGV[2] lease ms  ARGV[3] now ms  ARGV[4] batch  ARGV[5] actor key
+-- Returns 0 when the lease is held by someone else, else
+-- {fence, state or '', version, recovered, duplicates, entry1, attempts1, entry2, ...}.
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 0
+end
+local fence = redis.call('INCR', KEYS[2])
+redis.call('ZADD', KEYS[8], tonumber(ARGV[3]) + tonumber(ARGV[2]), ARGV[5])
+-- A dead holder's claim goes back to the head of the mailbox, in order, attempts + 1.
+local recovered = 0
+while true do
+  local e = redis.call('LMOVE', KEYS[4], KEYS[3], 'RIGHT', 'LEFT')
+  if not e then
+    break
+  end
+  redis.call('HINCRBY', KEYS[6], string.sub(e, 1, 32), 1)
+  recovered = recovered + 1
+end
+local st = redis.call('HMGET', KEYS[5], 'd', 'v')
+local out = {fence, st[1] or '', tonumber(st[2] or '0'), recovered, 0}
+local batch = tonumber(ARGV[4])
+local claimed = 0
+local dups = 0
+while claimed < batch do
+  local e = redis.call('LPOP', KEYS[3])
+  if not e then
+    break
+  end
+  local id = string.sub(e, 1, 32)
+  if redis.call('ZSCORE', KEYS[7], id) then
+    dups = dups + 1
+    redis.call('HDEL', KEYS[6], id)
+  else
+    redis.call('RPUSH', KEYS[4], e)
+    out[#out + 1] = e
+    out[#out + 1] = tonumber(redis.call('HGET', KEYS[6], id) or '0')
+    claimed = claimed + 1
+  end
+end
+out[5] = dups
+return out

@@ -1,0 +1,71 @@
+-- commit: write a turn's results and release its lease, only while the lease is still ours.
+-- KEYS[1] P:{A}:lease  KEYS[2] P:{A}:mb  KEYS[3] P:{A}:inflight  KEYS[4] P:{A}:state
+-- KEYS[5] P:{A}:att  KEYS[6] P:{A}:done  KEYS[7] P:leases  KEYS[8] P:ready  KEYS[9] P:dlq
+-- ARGV[1] token  ARGV[2] actor key  ARGV[3] now ms  ARGV[4] state bytes ('' = unchanged)
+-- ARGV[5] fence  ARGV[6] dedup window ms  ARGV[7] dedup max ids  ARGV[8] prefix
+-- ARGV[9] n actions, then one per in-flight entry: 'd' done, 'r' retry, 'k' keep,
+--   'w' withdrawn (re-sent deferred), 'x' .. record (dead letter)
+-- then n outbox items, each 5 args: target, id, due ms or '', shard, entry
+-- then n cancels, each 2 args: id, shard
+-- Returns {1, version} or {0} when the lease was lost (nothing written).
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return {0}
+end
+local now = tonumber(ARGV[3])
+local prefix = ARGV[8]
+local inflight = redis.call('LRANGE', KEYS[3], 0, -1)
+local n = tonumber(ARGV[9])
+if n ~= #inflight then
+  return redis.error_reply('in-flight list holds ' .. #inflight .. ' entries, commit has ' .. n)
+end
+local back = {}
+for i = 1, n do
+  local action = ARGV[9 + i]
+  local code = string.sub(action, 1, 1)
+  local e = inflight[i]
+  local id = string.sub(e, 1, 32)
+  if code == 'd' or code == 'x' then
+    redis.call('ZADD', KEYS[6], now, id)
+    redis.call('HDEL', KEYS[5], id)
+    if code == 'x' then
+      redis.call('LPUSH', KEYS[9], string.sub(action, 2))
+    end
+  elseif code == 'r' or code == 'w' then
+    redis.call('HINCRBY', KEYS[5], id, 1)
+    if code == 'r' then
+      back[#back + 1] = e
+    end
+  else
+    back[#back + 1] = e
+  end
+end
+for i = #back, 1, -1 do
+  redis.call('LPUSH', KEYS[2], back[i])
+end
+redis.call('DEL', KEYS[3])
+local version = tonumber(redis.call('HGET', KEYS[4], 'v') or '0')
+if ARGV[4] ~= '' then
+  version = redis.call('HINCRBY', KEYS[4], 'v', 1)
+  redis.call('HSET', KEYS[4], 'd', ARGV[4], 'f', ARGV[5])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - tonumber(ARGV[6]))
+redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -tonumber(ARGV[7]) - 1)
+local i = 10 + n
+local n_out = tonumber(ARGV[i])
+for j = 1, n_out do
+  local k = i + 1 + (j - 1) * 5
+  deliver(prefix, KEYS[8], ARGV[3], ARGV[k], ARGV[k + 1], ARGV[k + 2], ARGV[k + 3], ARGV[k + 4])
+end
+i = i + 1 + n_out * 5
+local n_cancel = tonumber(ARGV[i])
+for j = 1, n_cancel do
+  local k = i + 1 + (j - 1) * 2
+  redis.call('ZREM', dkey(prefix, ARGV[k + 1], 'due'), ARGV[k])
+  redis.call('HDEL', dkey(prefix, ARGV[k + 1], 'msg'), ARGV[k])
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[7], ARGV[2])
+if redis.call('LLEN', KEYS[2]) > 0 then
+  redis.call('ZADD', KEYS[8], 'NX', ARGV[3], ARGV[2])
+end
+return {1, version}

@@ -1,0 +1,47 @@
+-- Shared helpers, prepended to every script when it is loaded.
+-- Key schema (P = prefix, A = actor key "type/id", N = delay shard):
+--   P:ready              zset  A -> ms it became ready ("~wake" = wake an idle worker)
+--   P:leases             zset  A -> lease expiry ms (to recover dead holders)
+--   P:dlq                list  msgpack dead-letter records, newest first
+--   P:{A}:mb             list  mailbox entries (32-char id .. msgpack envelope)
+--   P:{A}:inflight       list  entries claimed by the current turn
+--   P:{A}:lease          str   lease token (PX expiry)
+--   P:{A}:fence          int   fencing number, +1 per lease
+--   P:{A}:state          hash  d = state bytes, v = version, f = fence of the writer
+--   P:{A}:att            hash  id -> failed attempts so far
+--   P:{A}:done           zset  processed id -> commit ms (dedup window)
+--   P:{dqN}:due          zset  id -> due ms
+--   P:{dqN}:msg          hash  id -> A .. "\n" .. entry
+-- Scripts that fan out to other actors build those keys from P (single-node Redis).
+local unpack = unpack or table.unpack
+
+local function akey(prefix, actor, suffix)
+  return prefix .. ':{' .. actor .. '}:' .. suffix
+end
+
+local function dkey(prefix, shard, suffix)
+  return prefix .. ':{dq' .. shard .. '}:' .. suffix
+end
+
+-- Deliver one message: into the target's mailbox (due == '') or into the delay queue.
+-- Ids the target has already processed are dropped, so re-sending has no effect twice.
+local function deliver(prefix, ready, now, target, id, due, shard, entry)
+  if due == '' then
+    if redis.call('ZSCORE', akey(prefix, target, 'done'), id) then
+      return 0
+    end
+    redis.call('RPUSH', akey(prefix, target, 'mb'), entry)
+    redis.call('ZADD', ready, 'NX', now, target)
+    return 1
+  end
+  local z = dkey(prefix, shard, 'due')
+  local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+  if redis.call('ZADD', z, 'NX', due, id) == 1 then
+    redis.call('HSET', dkey(prefix, shard, 'msg'), id, target .. '\n' .. entry)
+    -- An idle worker blocks until the earliest due time it knew of: wake it for an earlier one.
+    if first[2] == nil or tonumber(due) < tonumber(first[2]) then
+      redis.call('ZADD', ready, 0, '~wake')
+    end
+  end
+  return 1
+end

@@ -1,0 +1,17 @@
+-- promote: move due deferred messages of one delay shard into their actors' mailboxes.
+-- KEYS[1] P:{dqN}:due  KEYS[2] P:{dqN}:msg  KEYS[3] P:ready
+-- ARGV[1] now ms  ARGV[2] max messages  ARGV[3] prefix
+-- Atomic and idempotent: each id leaves the shard exactly once; processed ids are dropped.
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local n = 0
+for _, id in ipairs(due) do
+  local v = redis.call('HGET', KEYS[2], id)
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+  if v then
+    local nl = string.find(v, '\n', 1, true)
+    n = n + deliver(ARGV[3], KEYS[3], ARGV[1], string.sub(v, 1, nl - 1), id, '', 0,
+                    string.sub(v, nl + 1))
+  end
+end
+return n
