@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -134,7 +135,10 @@ class ActorType(Generic[S]):
 
     def handler(self, fn: F) -> F:
         """Register ``fn(ctx, msg)``; the annotation of ``msg`` picks the message type."""
-        model = _message_annotation(self.name, fn)
+        # Annotations may name classes local to the caller (string annotations under
+        # `from __future__ import annotations`); resolve them in the caller's scope too.
+        caller = sys._getframe(1).f_locals
+        model = _message_annotation(self.name, fn, caller)
         key = message_name(model)
         if key in self._handlers:
             previous = self._handlers[key][1]
@@ -168,13 +172,15 @@ class ActorType(Generic[S]):
         return f"ActorType({self.name!r}, state={self.state_type.__name__})"
 
 
-def _message_annotation(actor: str, fn: Callable[..., Any]) -> type[BaseModel]:
+def _message_annotation(
+    actor: str, fn: Callable[..., Any], localns: dict[str, Any]
+) -> type[BaseModel]:
     where = f"handler {getattr(fn, '__qualname__', fn)!r} of actor type {actor!r}"
     params = list(inspect.signature(fn).parameters.values())
     if len(params) != 2:
         raise ConfigError(f"{where} must take exactly two parameters (ctx, msg)")
     try:
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn, localns=localns)
     except Exception as e:
         raise ConfigError(f"{where} has annotations that cannot be resolved: {e}") from e
     model = hints.get(params[1].name)

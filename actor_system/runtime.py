@@ -327,7 +327,8 @@ class Runtime:
     def _dead(
         self, claim: Claim, entry: bytes, attempts: int, reason: str, error: BaseException | None
     ) -> bytes:
-        mid = entry[:ID_LENGTH].decode("ascii", "replace")
+        prefix = entry[:ID_LENGTH].decode("ascii", "replace")
+        mid = prefix if len(prefix) == ID_LENGTH and prefix.isalnum() else ""
         log.error("dead letter %s for %s: %s", mid, claim.actor, reason)
         record = {
             "reason": reason,

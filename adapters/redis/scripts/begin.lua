@@ -4,11 +4,17 @@
 -- ARGV[1] token  ARGV[2] lease ms  ARGV[3] now ms  ARGV[4] batch  ARGV[5] actor key
 -- Returns 0 when the lease is held by someone else, else
 -- {fence, state or '', version, recovered, duplicates, entry1, attempts1, entry2, ...}.
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+local now = tonumber(ARGV[3])
+local expiry = tonumber(redis.call('HGET', KEYS[1], 'e') or '0')
+if expiry > now then
   return 0
 end
+-- Leases run on the caller's clock (the same one that times deferred messages, so a manual
+-- clock drives both); the key's own expiry only cleans up after an abandoned actor.
+redis.call('HSET', KEYS[1], 't', ARGV[1], 'e', now + tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]) + 60000)
 local fence = redis.call('INCR', KEYS[2])
-redis.call('ZADD', KEYS[8], tonumber(ARGV[3]) + tonumber(ARGV[2]), ARGV[5])
+redis.call('ZADD', KEYS[8], now + tonumber(ARGV[2]), ARGV[5])
 -- A dead holder's claim goes back to the head of the mailbox, in order, attempts + 1.
 local recovered = 0
 while true do

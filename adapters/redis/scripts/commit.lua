@@ -4,11 +4,11 @@
 -- ARGV[1] token  ARGV[2] actor key  ARGV[3] now ms  ARGV[4] state bytes ('' = unchanged)
 -- ARGV[5] fence  ARGV[6] dedup window ms  ARGV[7] dedup max ids  ARGV[8] prefix
 -- ARGV[9] n actions, then one per in-flight entry: 'd' done, 'r' retry, 'k' keep,
---   'w' withdrawn (re-sent deferred), 'x' .. record (dead letter)
+--   'w' withdrawn (re-sent deferred by the outbox), 'x' .. record (dead letter)
 -- then n outbox items, each 5 args: target, id, due ms or '', shard, entry
 -- then n cancels, each 2 args: id, shard
 -- Returns {1, version} or {0} when the lease was lost (nothing written).
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+if redis.call('HGET', KEYS[1], 't') ~= ARGV[1] then
   return {0}
 end
 local now = tonumber(ARGV[3])
@@ -30,11 +30,12 @@ for i = 1, n do
     if code == 'x' then
       redis.call('LPUSH', KEYS[9], string.sub(action, 2))
     end
-  elseif code == 'r' or code == 'w' then
+  elseif code == 'r' then
     redis.call('HINCRBY', KEYS[5], id, 1)
-    if code == 'r' then
-      back[#back + 1] = e
-    end
+    back[#back + 1] = e
+  elseif code == 'w' then
+    -- the re-sent copy in the outbox carries the raised attempt in its envelope
+    redis.call('HDEL', KEYS[5], id)
   else
     back[#back + 1] = e
   end

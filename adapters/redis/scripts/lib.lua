@@ -5,7 +5,7 @@
 --   P:dlq                list  msgpack dead-letter records, newest first
 --   P:{A}:mb             list  mailbox entries (32-char id .. msgpack envelope)
 --   P:{A}:inflight       list  entries claimed by the current turn
---   P:{A}:lease          str   lease token (PX expiry)
+--   P:{A}:lease          hash  t = lease token, e = expiry ms
 --   P:{A}:fence          int   fencing number, +1 per lease
 --   P:{A}:state          hash  d = state bytes, v = version, f = fence of the writer
 --   P:{A}:att            hash  id -> failed attempts so far

@@ -5,9 +5,9 @@
 -- holder's begin moves the dead holder's in-flight entries back to the mailbox.
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
 for _, actor in ipairs(expired) do
-  local ttl = redis.call('PTTL', akey(ARGV[3], actor, 'lease'))
-  if ttl > 0 then
-    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + ttl, actor)
+  local expiry = tonumber(redis.call('HGET', akey(ARGV[3], actor, 'lease'), 'e') or '0')
+  if expiry > tonumber(ARGV[1]) then
+    redis.call('ZADD', KEYS[1], expiry, actor)
   else
     redis.call('ZREM', KEYS[1], actor)
     redis.call('ZADD', KEYS[2], 'NX', ARGV[1], actor)

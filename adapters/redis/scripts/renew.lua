@@ -2,9 +2,11 @@
 -- KEYS[1] P:{A}:lease  KEYS[2] P:leases
 -- ARGV[1] token  ARGV[2] lease ms  ARGV[3] now ms  ARGV[4] actor key
 -- Returns 1 if extended, 0 if the lease is no longer ours.
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+if redis.call('HGET', KEYS[1], 't') ~= ARGV[1] then
   return 0
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[2]), ARGV[4])
+local expiry = tonumber(ARGV[3]) + tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'e', expiry)
+redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]) + 60000)
+redis.call('ZADD', KEYS[2], expiry, ARGV[4])
 return 1

@@ -1,0 +1,141 @@
+"""Precise errors at registration, start and send time, before anything is stored."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from pydantic import BaseModel
+
+from actor_system import (
+    ActorSystem,
+    ActorType,
+    ConfigError,
+    Context,
+    InvalidSend,
+    MessageTooLarge,
+    UnknownActorType,
+    UnknownMessageType,
+)
+from tests.actors import Add, CounterState, Note, counter
+
+
+class Other(BaseModel):
+    x: int = 0
+
+
+def test_two_handlers_for_one_message_type_is_rejected_at_registration() -> None:
+    actor = ActorType("twice", state=CounterState)
+
+    @actor.handler
+    def first(ctx: Context[CounterState], msg: Add) -> None: ...
+
+    with pytest.raises(ConfigError, match="already has a handler for Add"):
+
+        @actor.handler
+        def second(ctx: Context[CounterState], msg: Add) -> None: ...
+
+
+def test_handler_without_message_annotation_is_rejected() -> None:
+    actor = ActorType("bare", state=CounterState)
+    with pytest.raises(ConfigError, match="needs a message annotation"):
+
+        @actor.handler
+        def h(ctx, msg) -> None: ...
+
+    with pytest.raises(ConfigError, match="not a pydantic model"):
+
+        @actor.handler
+        def g(ctx: Context[CounterState], msg: int) -> None: ...
+
+    with pytest.raises(ConfigError, match="exactly two parameters"):
+
+        @actor.handler
+        def k(msg: Add) -> None: ...
+
+
+def test_state_model_needs_defaults_and_names_are_checked() -> None:
+    class Needy(BaseModel):
+        x: int
+
+    with pytest.raises(ConfigError, match="constructible with no arguments"):
+        ActorType("needy", state=Needy)
+    with pytest.raises(ConfigError, match="actor type name"):
+        ActorType("has space", state=CounterState)
+    with pytest.raises(ConfigError, match="registered twice"):
+        ActorSystem.from_url("fakeredis://", actors=[counter, counter])
+
+
+def test_unknown_url_scheme_fails_at_start() -> None:
+    with pytest.raises(ConfigError, match=r"unknown URL scheme 'redsi'.*expected redis://"):
+        ActorSystem.from_url("redsi://localhost", actors=[counter])
+    with pytest.raises(ConfigError, match="state URL 's3://b/p' is not supported"):
+        ActorSystem.from_url("fakeredis://", actors=[counter], state="s3://b/p")
+    with pytest.raises(ConfigError, match="unknown option"):
+        ActorSystem.from_url("fakeredis://", actors=[counter], bacth=3)
+    with pytest.raises(ConfigError, match="batch=0 must be a positive number"):
+        ActorSystem.from_url("fakeredis://", actors=[counter], batch=0)
+
+
+def test_url_password_is_not_echoed_in_errors() -> None:
+    with pytest.raises(ConfigError) as info:
+        ActorSystem.from_url("redsi://user:s3cret@host:6379", actors=[counter])
+    assert "s3cret" not in str(info.value)
+
+
+def test_from_env_reads_url_and_options_and_rejects_typos() -> None:
+    env = {"ACTOR_SYSTEM_REDIS_URL": "fakeredis://", "ACTOR_SYSTEM_BATCH": "7"}
+    system = ActorSystem.from_env(actors=[counter], environ=env)
+    assert system.options.batch == 7
+    with pytest.raises(ConfigError, match="ACTOR_SYSTEM_REDIS_URL is not set"):
+        ActorSystem.from_env(actors=[counter], environ={})
+    with pytest.raises(ConfigError, match="unknown setting ACTOR_SYSTEM_BACTH"):
+        ActorSystem.from_env(actors=[counter], environ={**env, "ACTOR_SYSTEM_BACTH": "1"})
+    with pytest.raises(ConfigError, match="ACTOR_SYSTEM_BATCH='x' is not a valid int"):
+        ActorSystem.from_env(actors=[counter], environ={**env, "ACTOR_SYSTEM_BATCH": "x"})
+
+
+@pytest.fixture
+def system() -> ActorSystem:
+    return ActorSystem.from_url("fakeredis://", actors=[counter], max_message_bytes=500)
+
+
+def test_bad_send_arguments_raise_and_store_nothing(system: ActorSystem) -> None:
+    ref = counter.ref("a")
+    with pytest.raises(UnknownActorType, match="'ghost' is not registered"):
+        system.send(ActorType("ghost", state=CounterState).ref("1"), Add(n=1))
+    with pytest.raises(UnknownMessageType, match="no handler for message type 'Note'"):
+        system.send(ref, Note(text="x"))
+    with pytest.raises(InvalidSend, match="finite number of seconds >= 0"):
+        system.send(ref, Add(n=1), delay=-1)
+    with pytest.raises(InvalidSend, match="naive datetime"):
+        system.send(ref, Add(n=1), at=datetime(2030, 1, 1))
+    with pytest.raises(InvalidSend, match="either delay= or at="):
+        system.send(ref, Add(n=1), delay=1, at=datetime(2030, 1, 1))
+    with pytest.raises(InvalidSend, match="exceeds max_delay_s"):
+        system.send(ref, Add(n=1), delay=10**9)
+    with pytest.raises(InvalidSend, match="must be seconds"):
+        system.send(ref, Add(n=1), delay="5")  # type: ignore[arg-type]
+    with pytest.raises(InvalidSend, match="must be an ActorRef"):
+        system.send("counter/a", Add(n=1))  # type: ignore[arg-type]
+    with pytest.raises(InvalidSend, match="must not contain braces"):
+        counter.ref("a{b}")
+    with pytest.raises(InvalidSend, match="is not a message id"):
+        system.cancel("nope")
+    assert system.run_until_idle().messages == 0
+
+
+def test_oversized_send_raises_message_too_large(system: ActorSystem) -> None:
+    class Big(BaseModel):
+        blob: str
+
+    big = ActorType("big", state=CounterState)
+
+    @big.handler
+    def h(ctx: Context[CounterState], msg: Big) -> None: ...
+
+    s = ActorSystem.from_url("fakeredis://", actors=[big], max_message_bytes=500)
+    with pytest.raises(MessageTooLarge, match="message Big to big/1 encodes to"):
+        s.send(big.ref("1"), Big(blob="x" * 600))
+    s.send(big.ref("1"), Big(blob="x" * 100))
+    assert s.run_until_idle().messages == 1
