@@ -23,6 +23,7 @@ from actor_system.errors import (
     ActorSystemError,
     DecodeError,
     InvalidSend,
+    LeaseLost,
     MessageTooLarge,
     Retry,
     UnknownMessageType,
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     from actor_system.options import Options
 
 log = logging.getLogger("actor_system")
+
+_GROUP_COMMIT_S = 0.02
 
 
 @dataclass(slots=True)
@@ -117,6 +120,8 @@ class _Turn:
     ref: ActorRef
     actor: ActorType[Any]
     now_s: float
+    token: str
+    leased_at: float  # monotonic time the lease was last taken or renewed
     actions: list[bytes] = field(default_factory=list)
     steps: list[_Step] = field(default_factory=list)
     report: DrainReport = field(default_factory=DrainReport)
@@ -150,7 +155,9 @@ class Runtime:
         claims = self.backend.begin(
             actors, token, self.options.lease_ms, self.options.batch, self._now_ms()
         )
-        commits: list[tuple[Commit, DrainReport]] = []
+        leased_at = time.monotonic()
+        pending: list[tuple[Commit, DrainReport]] = []
+        flushed_at = leased_at
         for claim in claims:
             if claim is None:
                 report.lease_conflicts += 1
@@ -158,13 +165,25 @@ class Runtime:
             report.recovered += claim.recovered
             report.duplicates += claim.duplicates
             if not budget.can_start_turn():
-                commits.append((self._abandon(claim, token), DrainReport()))
+                pending.append((self._abandon(claim, token), DrainReport()))
                 continue
             started = time.monotonic()
-            commits.append(self._turn(claim, token))
+            try:
+                pending.append(self._turn(claim, token, leased_at))
+            except LeaseLost as e:
+                report.leases_lost += 1
+                log.warning("%s; its batch will be redelivered", e)
             budget.observe_turn(time.monotonic() - started)
-        results = self.backend.commit([c for c, _ in commits], self._now_ms())
-        for (commit, turn_report), version in zip(commits, results, strict=True):
+            # Group commit: fast turns share one round trip, slow ones are not held back.
+            if time.monotonic() - flushed_at > _GROUP_COMMIT_S:
+                self._flush(pending, report)
+                flushed_at = time.monotonic()
+        self._flush(pending, report)
+        return report
+
+    def _flush(self, pending: list[tuple[Commit, DrainReport]], report: DrainReport) -> None:
+        results = self.backend.commit([c for c, _ in pending], self._now_ms())
+        for (commit, turn_report), version in zip(pending, results, strict=True):
             if version is None:
                 report.leases_lost += 1
                 log.warning(
@@ -172,12 +191,21 @@ class Runtime:
                 )
                 continue
             report.add(turn_report)
-        return report
+        pending.clear()
+
+    def _keep_lease(self, turn: _Turn) -> None:
+        """Renew the lease when a third of it has passed; LeaseLost if it is gone."""
+        lease_ms = self.options.lease_ms
+        if (time.monotonic() - turn.leased_at) * 1000 < lease_ms / 3:
+            return
+        if not self.backend.renew(turn.claim.actor, turn.token, lease_ms, self._now_ms()):
+            raise LeaseLost(f"lease of {turn.claim.actor} lost during its turn")
+        turn.leased_at = time.monotonic()
 
     def _abandon(self, claim: Claim, token: str) -> Commit:
         return Commit(claim.actor, token, claim.fence, None, [KEEP] * len(claim.entries))
 
-    def _turn(self, claim: Claim, token: str) -> tuple[Commit, DrainReport]:
+    def _turn(self, claim: Claim, token: str, leased_at: float) -> tuple[Commit, DrainReport]:
         try:
             ref = ActorRef.from_key(claim.actor)
             actor = self.registry.get(ref.type)
@@ -188,7 +216,7 @@ class Runtime:
             actions = [self._dead(claim, entry, n + 1, reason, None) for entry, n in claim.entries]
             report = DrainReport(turns=1, dead_letters=len(actions))
             return Commit(claim.actor, token, claim.fence, None, actions), report
-        turn = _Turn(claim, ref, actor, self.clock.now())
+        turn = _Turn(claim, ref, actor, self.clock.now(), token, leased_at)
         turn.report.turns = 1
         outbox = Outbox(self.registry, turn.now_s)
         failure = self._run_handlers(turn, state, outbox)
@@ -219,6 +247,7 @@ class Runtime:
                 turn.report.duplicates += 1
                 continue
             seen.add(env.id)
+            self._keep_lease(turn)
             attempt = env.attempt + failed
             ctx: Context[Any] = Context(state, turn.ref, env.id, attempt, now, outbox)
             try:

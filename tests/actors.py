@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 from pydantic import BaseModel, Field
 
 from actor_system import ActorType, Context, Retry
@@ -14,6 +18,7 @@ class CounterState(BaseModel):
 
 class Add(BaseModel):
     n: int
+    work_ms: float = 0.0  # simulated work, so that crash tests kill workers mid-turn
 
 
 class Note(BaseModel):
@@ -41,6 +46,8 @@ logger = ActorType("logger", state=LogState)
 
 @counter.handler
 def add(ctx: Context[CounterState], msg: Add) -> None:
+    if msg.work_ms:
+        time.sleep(msg.work_ms / 1000)
     ctx.state.count += msg.n
     ctx.state.seen.append(ctx.message_id)
 
@@ -63,3 +70,39 @@ def later(ctx: Context[LogState], msg: Later) -> None:
     if ctx.attempt == 1:
         raise Retry(delay=msg.delay)
     ctx.state.log.append(f"later attempt {ctx.attempt}")
+
+
+class Slow(BaseModel):
+    """Touches ``path`` (so a test knows the handler is running), then sleeps."""
+
+    path: str
+    seconds: float
+
+
+class Timed(BaseModel):
+    due: float  # epoch seconds the sender asked for
+
+
+class ProbeState(BaseModel):
+    writer: int = 0
+    count: int = 0
+    deliveries: list[tuple[float, float]] = Field(default_factory=list)  # (due, delivered)
+
+
+probe = ActorType("probe", state=ProbeState)
+
+
+@probe.handler
+def slow(ctx: Context[ProbeState], msg: Slow) -> None:
+    Path(msg.path).touch()
+    time.sleep(msg.seconds)
+    ctx.state.writer = os.getpid()
+    ctx.state.count += 1
+
+
+@probe.handler
+def timed(ctx: Context[ProbeState], msg: Timed) -> None:
+    ctx.state.deliveries.append((msg.due, time.time()))
+
+
+actors = [counter, logger, probe]
