@@ -8,14 +8,16 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from actor_system.actor import ActorRef, ActorType
 from actor_system.errors import ActorSystemError, ConfigError, InvalidSend
 from actor_system.system import ENV_PREFIX, ActorSystem
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 def load_actors(spec: str) -> list[ActorType[Any]]:
