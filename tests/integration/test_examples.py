@@ -1,0 +1,26 @@
+"""Every example runs as documented, on fakeredis and on a real redis-server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+EXPECTED = {
+    "counter": ["count=6 resets=0", "count=0 resets=3"],
+    "reminder": ["fired: ['stretch', 'tea']", "still scheduled: []"],
+    "order_timeout": ["A-1 paid, A-2 cancelled", "refused payments 1"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_runs_and_prints_what_happens(name: str, url: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", f"examples.{name}", "--redis-url", url],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    for line in EXPECTED[name]:
+        assert line in out, out
