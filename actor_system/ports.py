@@ -63,12 +63,12 @@ class Mailbox(Protocol):
     def push(self, items: Sequence[Outgoing], now_ms: int) -> None:
         """Deliver immediate items to mailboxes and deferred ones to the delay queue."""
 
-    def poll(self, now_ms: int, max_actors: int) -> tuple[list[str], int]:
+    def poll(self, now_ms: int, max_actors: int, lease_ms: int) -> tuple[list[str], int]:
         """Recover expired leases, promote due deferred messages, pop up to ``max_actors``
-        ready actors. Returns (actor keys, messages promoted)."""
+        ready actors and reserve them for ``lease_ms``. Returns (actor keys, promoted)."""
 
-    def wait_ready(self, timeout_s: float) -> str | None:
-        """Block up to ``timeout_s`` for an actor to become ready; pop and return it."""
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Block up to ``timeout_s`` for a hint that work arrived; True if woken early."""
 
 
 class TurnStore(Protocol):

@@ -141,13 +141,13 @@ class Runtime:
     def _now_ms(self) -> int:
         return int(self.clock.now() * 1000)
 
-    def round(self, budget: Budget, ready: list[str] | None = None) -> DrainReport:
-        """One round: poll for ready actors, run their turns, commit them together."""
+    def round(self, budget: Budget) -> DrainReport:
+        """One round: poll for ready actors, run their turns, group-commit them."""
         report = DrainReport()
-        ready = ready or []
-        want = max(self.options.actors_per_round - len(ready), 0)
-        popped, report.promoted = self.backend.poll(self._now_ms(), want)
-        actors = list(dict.fromkeys(ready + popped))
+        opts = self.options
+        actors, report.promoted = self.backend.poll(
+            self._now_ms(), opts.actors_per_round, opts.lease_ms
+        )
         if not actors:
             return report
         report.idle = False

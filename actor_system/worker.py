@@ -32,7 +32,6 @@ class Worker:
         self.budget = budget or Budget.unlimited(runtime.clock)
         self.report = DrainReport()
         self._stop = threading.Event()
-        self._ready: list[str] = []
 
     def stop(self) -> None:
         """Ask the loop to stop after the current round (safe from any thread)."""
@@ -56,8 +55,7 @@ class Worker:
         backoff_s = 0.1
         while not self._stop.is_set() and self.budget.can_start_turn():
             try:
-                done = self.runtime.round(self.budget, self._ready)
-                self._ready = []
+                done = self.runtime.round(self.budget)
                 self.report.add(done)
                 if done.idle:
                     self._wait_idle()
@@ -76,9 +74,7 @@ class Worker:
         wait_s = min(wait_s, opts.poll_interval_s, max(self.budget.remaining_s(), 0))
         slack_s = 1 / opts.redis_hz + 0.01
         if wait_s > slack_s:
-            got = rt.backend.wait_ready(wait_s - slack_s)
-            if got is not None:
-                self._ready = [got]
+            rt.backend.wait_ready(wait_s - slack_s)
         elif wait_s > 0:
             rt.clock.sleep(wait_s)
 

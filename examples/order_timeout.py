@@ -70,8 +70,10 @@ def main() -> None:
     clock.advance(600)
     system.send(paid, Pay(amount=4200))
     system.run_until_idle()
-    print(f"t+10 min: A-1 paid -> {system.state(paid).status}, its timeout cancelled; "  # type: ignore[attr-defined]
-          f"deferred timeouts: {system.backend.pending()}")
+    print(
+        f"t+10 min: A-1 paid -> {system.state(paid).status}, its timeout cancelled; "  # type: ignore[attr-defined]
+        f"deferred timeouts: {system.backend.pending()}"
+    )
     clock.advance(300)
     system.run_until_idle()
     print(f"t+15 min: A-1 {system.state(paid).status}, A-2 {system.state(unpaid).status}")  # type: ignore[attr-defined]
@@ -79,8 +81,10 @@ def main() -> None:
     system.send(unpaid, Pay(amount=4200))
     system.run_until_idle()
     late = system.state(unpaid)
-    print(f"t+16 min: late payment for A-2 refused: status {late.status}, "  # type: ignore[attr-defined]
-          f"refused payments {late.refused_payments}")  # type: ignore[attr-defined]
+    print(
+        f"t+16 min: late payment for A-2 refused: status {late.status}, "  # type: ignore[attr-defined]
+        f"refused payments {late.refused_payments}"
+    )  # type: ignore[attr-defined]
     system.close()
 
 

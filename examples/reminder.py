@@ -69,8 +69,10 @@ def main() -> None:
     # A worker drains for two seconds: no timer, the loop waits for the next due message.
     report = system.worker(budget=Budget.seconds(2.0)).run()
     state = system.state(me)
-    print(f"fired: {state.fired}  still scheduled: {list(state.scheduled)}  "  # type: ignore[attr-defined]
-          f"({report.messages} messages in {report.turns} turns)")
+    print(
+        f"fired: {state.fired}  still scheduled: {list(state.scheduled)}  "  # type: ignore[attr-defined]
+        f"({report.messages} messages in {report.turns} turns)"
+    )
     system.close()
 
 

@@ -24,6 +24,7 @@ _SCRIPTS = ("push", "promote", "poll", "begin", "commit", "renew", "cancel")
 _PUSH_CHUNK = 500  # messages per push script call, to bound one script's run time
 _PROMOTE_LIMIT = 1_000  # due messages moved per shard per poll
 _FAKE_POLL_S = 0.005
+_NOTHING_DUE = 2**62  # an empty shard: nothing to promote until the epoch changes
 
 
 def client_from_url(url: str) -> tuple[redis.Redis, bool]:
@@ -61,6 +62,8 @@ class RedisBackend:
         self.blocking = blocking
         self._source = {name: _load_script(name) for name in _SCRIPTS}
         self._sha: dict[str, str] = {}
+        self._shard_due: list[int | None] = [None] * self.keys.delay_shards
+        self._epoch = -1
 
     @classmethod
     def from_url(cls, url: str, options: Options) -> RedisBackend:
@@ -120,29 +123,37 @@ class RedisBackend:
         ]
         self._run(calls, "push")
 
-    def poll(self, now_ms: int, max_actors: int) -> tuple[list[str], int]:
+    def poll(self, now_ms: int, max_actors: int, lease_ms: int) -> tuple[list[str], int]:
         k = self.keys
+        # Only shards whose earliest due time has come (or is unknown) are promoted; the
+        # epoch returned by poll.lua says when another producer made that knowledge stale.
+        shards = [s for s, due in enumerate(self._shard_due) if due is None or due <= now_ms]
         calls: list[tuple[str, Sequence[Any], Sequence[Any]]] = [
             (
                 "promote",
                 [k.delay_due(s), k.delay_msg(s), k.ready],
                 [now_ms, _PROMOTE_LIMIT, self.options.prefix],
             )
-            for s in range(k.delay_shards)
+            for s in shards
         ]
-        calls.append(("poll", [k.leases, k.ready], [now_ms, max_actors, self.options.prefix]))
-        *promoted, actors = self._run(calls, "poll")
-        return [a.decode() for a in actors], sum(promoted)
+        calls.append(
+            ("poll", [k.leases, k.ready], [now_ms, max_actors, self.options.prefix, lease_ms])
+        )
+        *promoted, (epoch, *actors) = self._run(calls, "poll")
+        for shard, (_, left) in zip(shards, promoted, strict=True):
+            self._shard_due[shard] = _NOTHING_DUE if left < 0 else int(left)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._shard_due = [None] * k.delay_shards
+        return [a.decode() for a in actors], sum(n for n, _ in promoted)
 
-    def wait_ready(self, timeout_s: float) -> str | None:
+    def wait_ready(self, timeout_s: float) -> bool:
         if not self.blocking:
             # fakeredis runs in this process: nobody else can push while we wait.
             time.sleep(min(timeout_s, _FAKE_POLL_S))
-            return None
-        got = self._call("wait", self.client.bzpopmin, [self.keys.ready], max(timeout_s, 0.001))
-        if not got or got[1] == b"~wake":
-            return None
-        return str(got[1].decode())
+            return False
+        got = self._call("wait", self.client.blpop, [self.keys.wake], max(timeout_s, 0.001))
+        return got is not None
 
     # -- TurnStore ------------------------------------------------------------------------
 
@@ -218,7 +229,8 @@ class RedisBackend:
         for s in range(self.keys.delay_shards):
             pipe.zrange(self.keys.delay_due(s), 0, 0, withscores=True)
         firsts = self._call("next due", pipe.execute)
-        dues = [int(f[0][1]) for f in firsts if f]
+        self._shard_due = [int(f[0][1]) if f else _NOTHING_DUE for f in firsts]
+        dues = [d for d in self._shard_due if d is not None and d != _NOTHING_DUE]
         return min(dues) if dues else None
 
     def pending(self) -> int:

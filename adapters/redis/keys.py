@@ -17,6 +17,10 @@ class Keys:
         return f"{self.prefix}:ready"
 
     @property
+    def wake(self) -> str:
+        return f"{self.prefix}:wake"
+
+    @property
     def leases(self) -> str:
         return f"{self.prefix}:leases"
 

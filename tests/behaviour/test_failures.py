@@ -144,3 +144,17 @@ def test_redelivered_message_id_is_dropped(make_system) -> None:
     report = system.run_until_idle()
     assert report.duplicates == 1
     assert system.state(ref).count == 1
+
+
+def test_actor_popped_by_a_drainer_that_dies_is_not_stranded(
+    make_system, clock: ManualClock
+) -> None:
+    system: ActorSystem = make_system(counter, lease_ms=1_000)
+    ref = counter.ref("popped")
+    system.send(ref, Add(n=1))
+    actors, _ = system.backend.poll(ms(clock), 16, 1_000)  # popped, then the drainer dies
+    assert actors == ["counter/popped"]
+    assert system.run_until_idle().messages == 0  # reserved while its lease could be taken
+    clock.advance(1.001)
+    assert system.run_until_idle().messages == 1
+    assert system.state(ref).count == 1

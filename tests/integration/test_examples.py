@@ -20,7 +20,10 @@ EXPECTED = {
 def test_example_runs_and_prints_what_happens(name: str, url: str) -> None:
     out = subprocess.run(
         [sys.executable, "-m", f"examples.{name}", "--redis-url", url],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     for line in EXPECTED[name]:
         assert line in out, out

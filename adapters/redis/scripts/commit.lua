@@ -67,6 +67,6 @@ end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[7], ARGV[2])
 if redis.call('LLEN', KEYS[2]) > 0 then
-  redis.call('ZADD', KEYS[8], 'NX', ARGV[3], ARGV[2])
+  mark_ready(prefix, KEYS[8], ARGV[3], ARGV[2])
 end
 return {1, version}

@@ -1,8 +1,11 @@
 -- Shared helpers, prepended to every script when it is loaded.
 -- Key schema (P = prefix, A = actor key "type/id", N = delay shard):
---   P:ready              zset  A -> ms it became ready ("~wake" = wake an idle worker)
---   P:leases             zset  A -> lease expiry ms (to recover dead holders)
+--   P:ready              zset  A -> ms it became ready
+--   P:wake               list  wake-up tokens for idle workers (BLPOP), at most 64
+--   P:leases             zset  A -> lease expiry ms, from the moment poll pops A (so an
+--                              actor popped by a drainer that then dies is recovered)
 --   P:dlq                list  msgpack dead-letter records, newest first
+--   P:dqepoch            int   bumped whenever a delay shard gets a new earliest due time
 --   P:{A}:mb             list  mailbox entries (32-char id .. msgpack envelope)
 --   P:{A}:inflight       list  entries claimed by the current turn
 --   P:{A}:lease          hash  t = lease token, e = expiry ms
@@ -23,6 +26,19 @@ local function dkey(prefix, shard, suffix)
   return prefix .. ':{dq' .. shard .. '}:' .. suffix
 end
 
+-- Wake idle workers blocked on P:wake. Tokens are only hints (P:ready is the truth), so the
+-- list is kept short and a worker that dies after taking one loses nothing.
+local function wake(prefix)
+  redis.call('LPUSH', prefix .. ':wake', 1)
+  redis.call('LTRIM', prefix .. ':wake', 0, 63)
+end
+
+local function mark_ready(prefix, ready, now, actor)
+  if redis.call('ZADD', ready, 'NX', now, actor) == 1 then
+    wake(prefix)
+  end
+end
+
 -- Deliver one message: into the target's mailbox (due == '') or into the delay queue.
 -- Ids the target has already processed are dropped, so re-sending has no effect twice.
 local function deliver(prefix, ready, now, target, id, due, shard, entry)
@@ -31,16 +47,18 @@ local function deliver(prefix, ready, now, target, id, due, shard, entry)
       return 0
     end
     redis.call('RPUSH', akey(prefix, target, 'mb'), entry)
-    redis.call('ZADD', ready, 'NX', now, target)
+    mark_ready(prefix, ready, now, target)
     return 1
   end
   local z = dkey(prefix, shard, 'due')
   local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
   if redis.call('ZADD', z, 'NX', due, id) == 1 then
     redis.call('HSET', dkey(prefix, shard, 'msg'), id, target .. '\n' .. entry)
-    -- An idle worker blocks until the earliest due time it knew of: wake it for an earlier one.
+    -- A new earliest due time in this shard: bump the epoch that tells pollers to look
+    -- again, and wake an idle worker that is blocked until a later due time.
     if first[2] == nil or tonumber(due) < tonumber(first[2]) then
-      redis.call('ZADD', ready, 0, '~wake')
+      redis.call('INCR', prefix .. ':dqepoch')
+      wake(prefix)
     end
   end
   return 1

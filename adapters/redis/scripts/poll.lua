@@ -1,6 +1,7 @@
 -- poll: recover actors whose holder died, then pop ready actors.
 -- KEYS[1] P:leases  KEYS[2] P:ready
--- ARGV[1] now ms  ARGV[2] max actors  ARGV[3] prefix
+-- ARGV[1] now ms  ARGV[2] max actors  ARGV[3] prefix  ARGV[4] lease ms
+-- Returns {delay epoch, actor key, ...}.
 -- An expired lease (holder crashed or frozen) puts its actor back in P:ready; the next
 -- holder's begin moves the dead holder's in-flight entries back to the mailbox.
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
@@ -10,14 +11,22 @@ for _, actor in ipairs(expired) do
     redis.call('ZADD', KEYS[1], expiry, actor)
   else
     redis.call('ZREM', KEYS[1], actor)
-    redis.call('ZADD', KEYS[2], 'NX', ARGV[1], actor)
+    mark_ready(ARGV[3], KEYS[2], ARGV[1], actor)
   end
 end
 local popped = redis.call('ZPOPMIN', KEYS[2], ARGV[2])
-local out = {}
+local out = {tonumber(redis.call('GET', ARGV[3] .. ':dqepoch') or '0')}
+-- Popped actors count as leased until begin takes their real lease: a drainer that dies
+-- in between leaves them to the recovery above, not stranded outside P:ready.
+local reserved = tonumber(ARGV[1]) + tonumber(ARGV[4])
 for i = 1, #popped, 2 do
-  if popped[i] ~= '~wake' then
-    out[#out + 1] = popped[i]
-  end
+  redis.call('ZADD', KEYS[1], reserved, popped[i])
+  out[#out + 1] = popped[i]
+end
+-- Stale wake tokens would only spin idle workers; work left over should wake one to help.
+if redis.call('ZCARD', KEYS[2]) == 0 then
+  redis.call('DEL', ARGV[3] .. ':wake')
+else
+  wake(ARGV[3])
 end
 return out

@@ -2,6 +2,7 @@
 -- KEYS[1] P:{dqN}:due  KEYS[2] P:{dqN}:msg  KEYS[3] P:ready
 -- ARGV[1] now ms  ARGV[2] max messages  ARGV[3] prefix
 -- Atomic and idempotent: each id leaves the shard exactly once; processed ids are dropped.
+-- Returns {promoted, earliest due ms left in the shard or -1}.
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 local n = 0
 for _, id in ipairs(due) do
@@ -14,4 +15,5 @@ for _, id in ipairs(due) do
                     string.sub(v, nl + 1))
   end
 end
-return n
+local left = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {n, tonumber(left[2] or '-1')}
