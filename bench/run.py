@@ -183,6 +183,9 @@ def main() -> None:
                 "backlog_100_actors_batch_1": throughput(
                     port, n // 4, 100, batch=1, actors_per_round=1
                 ),
+                "backlog_100_actors_batch_1_pipelined": throughput(
+                    port, n // 4, 100, batch=1, actors_per_round=16
+                ),
                 "backlog_1_actor_batch_100": throughput(port, n, 1, batch=100),
                 "deferred_lateness": lateness(
                     port, 200 if args.quick else 2_000, 2.0 if args.quick else 10.0
@@ -194,9 +197,14 @@ def main() -> None:
             proc.wait(10)
     for name, figures in results.items():
         cells = "  ".join(
-            f"{k}={v:,.1f}" if isinstance(v, float) else f"{k}={v:,}" for k, v in figures.items()
+            f"{k}={v:,.3g}"
+            if isinstance(v, float) and v < 10
+            else f"{k}={v:,.1f}"
+            if isinstance(v, float)
+            else f"{k}={v:,}"
+            for k, v in figures.items()
         )
-        print(f"{name:32} {cells}")
+        print(f"{name:38} {cells}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
