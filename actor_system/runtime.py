@@ -209,7 +209,7 @@ class Runtime:
         try:
             ref = ActorRef.from_key(claim.actor)
             actor = self.registry.get(ref.type)
-            state = self._load_state(actor, claim.state)
+            state = self.load_state(actor, claim.state)
         except (ActorSystemError, ValidationError) as e:
             # Nothing can run for this actor: dead-letter its messages with the reason.
             reason = f"{type(e).__name__}: {e}"
@@ -306,7 +306,7 @@ class Runtime:
         return state, outbox
 
     def _replay(self, turn: _Turn) -> tuple[BaseModel, Outbox]:
-        state = self._load_state(turn.actor, turn.claim.state)
+        state = self.load_state(turn.actor, turn.claim.state)
         outbox = Outbox(self.registry, turn.now_s)
         now = utc(turn.now_s)
         try:
@@ -322,7 +322,7 @@ class Runtime:
             turn.actions[:] = [a if a[:1] == DEAD else KEEP for a in turn.actions]
             turn.report.messages = 0
             turn.steps.clear()
-            return self._load_state(turn.actor, turn.claim.state), Outbox(self.registry, turn.now_s)
+            return self.load_state(turn.actor, turn.claim.state), Outbox(self.registry, turn.now_s)
         return state, outbox
 
     def _resend_later(self, turn: _Turn, outbox: Outbox, env: Envelope, delay: float) -> None:
@@ -337,7 +337,8 @@ class Runtime:
         )
         outbox.items.append(again)
 
-    def _load_state(self, actor: ActorType[Any], data: bytes | None) -> BaseModel:
+    def load_state(self, actor: ActorType[Any], data: bytes | None) -> BaseModel:
+        """Decode committed state bytes (None: the model's defaults)."""
         model: type[BaseModel] = actor.state_type
         if data is None:
             return model()

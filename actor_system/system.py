@@ -175,7 +175,7 @@ class ActorSystem:
         """The last committed state of an actor (its model's defaults if it has none)."""
         actor = self.registry.get(ref.type)
         data, _ = self.backend.load_state(ref.key)
-        return self.runtime._load_state(actor, data)
+        return self.runtime.load_state(actor, data)
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The newest dead letters first."""
