@@ -1,23 +1,32 @@
-"""The ``actor-system`` console script: run a worker, send, read state and dead letters."""
+"""The ``actor-system`` console script: send, inspect and steer actors without writing Python.
+
+Every command takes ``--url`` (or ``ACTOR_SYSTEM_REDIS_URL``) and, where it needs the actor
+types, ``--app module[:name]`` (or ``ACTOR_SYSTEM_APP``). ``--json`` prints JSON.
+"""
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
-import logging
 import os
+import signal
+import subprocess
 import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import click
 from pydantic import ValidationError
 
+from actor_system import logs
 from actor_system.actor import ActorRef, ActorType
 from actor_system.errors import ActorSystemError, ConfigError, InvalidSend
 from actor_system.system import ENV_PREFIX, ActorSystem
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
 
 def load_actors(spec: str) -> list[ActorType[Any]]:
@@ -37,125 +46,375 @@ def load_actors(spec: str) -> list[ActorType[Any]]:
     raise ConfigError(f"{spec!r} is not an ActorType or a list of ActorTypes (module:name)")
 
 
-def _system(args: argparse.Namespace) -> ActorSystem:
-    env = dict(os.environ)
-    if args.url:
-        env[f"{ENV_PREFIX}REDIS_URL"] = args.url
-    for name in ("batch", "lease_ms", "max_attempts"):
-        value = getattr(args, name, None)
-        if value is not None:
-            env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
-    return ActorSystem.from_env(actors=load_actors(args.app), environ=env)
+class Settings:
+    """The global options, and the system built from them on first use."""
+
+    def __init__(self, url: str | None, app: str | None, as_json: bool) -> None:
+        self.url = url
+        self.app = app
+        self.json = as_json
+        self._system: ActorSystem | None = None
+
+    def system(self, *, needs_app: bool = False, **options: Any) -> ActorSystem:
+        if self._system is None:
+            if needs_app and not self.app:
+                raise ConfigError(
+                    f"this command needs the actor types: pass --app module[:name] or set "
+                    f"{ENV_PREFIX}APP"
+                )
+            env = dict(os.environ)
+            if self.url:
+                env[f"{ENV_PREFIX}REDIS_URL"] = self.url
+            for name, value in options.items():
+                if value is not None:
+                    env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+            actors = load_actors(self.app) if self.app else []
+            self._system = ActorSystem.from_env(actors=actors, environ=env)
+        return self._system
+
+    def out(
+        self, data: Any, rows: Sequence[Sequence[Any]] | None = None, headers: Sequence[str] = ()
+    ) -> None:
+        """Print JSON with --json, else a table (``rows``) or key: value lines."""
+        if self.json:
+            click.echo(json.dumps(data, default=str))
+        elif rows is not None:
+            click.echo(table(headers, rows))
+        elif isinstance(data, dict):
+            width = max((len(k) for k in data), default=0)
+            for key, value in data.items():
+                click.echo(f"{key:<{width}}  {value}")
+        else:
+            click.echo(data)
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
-    system = _system(args)
-    report = system.worker().run()
-    print(
-        json.dumps(
-            {
-                "turns": report.turns,
-                "messages": report.messages,
-                "dead_letters": report.dead_letters,
-            }
-        )
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if not rows:
+        lines.append("(none)")
+    return "\n".join(lines)
+
+
+def iso(ms: int | None) -> str:
+    return (
+        "-"
+        if ms is None
+        else datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
     )
-    return 0
 
 
-def cmd_send(args: argparse.Namespace) -> int:
-    system = _system(args)
-    actor = system.registry.get(args.type)
-    model, _ = actor.resolve(args.message_type)
+pass_settings = click.make_pass_decorator(Settings)
+
+
+class Group(click.Group):
+    """Turns our errors into one line on stderr and exit code 2, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ActorSystemError as e:
+            click.echo(f"actor-system: {e}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--url",
+    envvar=f"{ENV_PREFIX}REDIS_URL",
+    help="Redis URL: redis://, rediss:// or fakeredis:// [env ACTOR_SYSTEM_REDIS_URL]",
+)
+@click.option(
+    "--app",
+    envvar=f"{ENV_PREFIX}APP",
+    help="module with an `actors` list, or module:name [env ACTOR_SYSTEM_APP]",
+)
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of tables")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    envvar=f"{ENV_PREFIX}LOG_FORMAT",
+    show_default=True,
+    help="log line format",
+)
+@click.option("-v", "--verbose", is_flag=True, help="log at INFO (default WARNING)")
+@click.pass_context
+def main(
+    ctx: click.Context,
+    url: str | None,
+    app: str | None,
+    as_json: bool,
+    log_format: str,
+    verbose: bool,
+) -> None:
+    """Send to, inspect and run actors of an actor-system application."""
+    logs.configure(log_format, 20 if verbose else 30)
+    ctx.obj = Settings(url, app, as_json)
+
+
+@main.command()
+@click.argument("type_name", metavar="TYPE")
+@click.argument("actor_id", metavar="ID")
+@click.argument("message_type")
+@click.argument("payload", metavar="JSON")
+@click.option("--delay", type=float, help="seconds to defer delivery")
+@click.option(
+    "--at",
+    "at_",
+    type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"]),
+    help="deliver at this time (ISO 8601; UTC if no offset)",
+)
+@click.option("--idempotency-key", help="the same key to the same actor is processed once")
+@pass_settings
+def send(
+    s: Settings,
+    type_name: str,
+    actor_id: str,
+    message_type: str,
+    payload: str,
+    delay: float | None,
+    at_: datetime | None,
+    idempotency_key: str | None,
+) -> None:
+    """Send MESSAGE_TYPE with a JSON payload to actor TYPE/ID; prints the message id."""
+    system = s.system(needs_app=True)
+    model, _ = system.registry.get(type_name).resolve(message_type)
     try:
-        msg = model.model_validate_json(args.json)
+        msg = model.model_validate_json(payload)
     except ValidationError as e:
         raise InvalidSend(
-            f"invalid {args.message_type} payload: {e.errors(include_url=False)}"
+            f"invalid {message_type} payload: {e.errors(include_url=False)}"
         ) from None
-    mid = system.send(ActorRef(args.type, args.id), msg, delay=args.delay)
-    print(mid)
-    return 0
-
-
-def cmd_state(args: argparse.Namespace) -> int:
-    system = _system(args)
-    print(system.state(ActorRef(args.type, args.id)).model_dump_json())
-    return 0
-
-
-def cmd_dlq(args: argparse.Namespace) -> int:
-    system = _system(args)
-    for d in system.dead_letters(args.limit):
-        print(
-            json.dumps(
-                {
-                    "id": d.id,
-                    "actor": d.actor,
-                    "reason": d.reason,
-                    "attempts": d.attempts,
-                    "at_ms": d.at_ms,
-                }
-            )
-        )
-    return 0
-
-
-def cmd_stats(args: argparse.Namespace) -> int:
-    system = _system(args)
-    backend = system.backend
-    print(
-        json.dumps(
-            {
-                "pending_deferred": backend.pending(),
-                "next_due_ms": backend.next_due_ms(),
-                "dead_letters": backend.dead_letter_count(),
-            }
-        )
+    if at_ is not None and at_.tzinfo is None:
+        at_ = at_.replace(tzinfo=UTC)
+    mid = system.send(
+        ActorRef(type_name, actor_id), msg, delay=delay, at=at_, idempotency_key=idempotency_key
     )
-    return 0
+    s.out({"id": mid} if s.json else mid)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="actor-system", description=__doc__)
-    parser.add_argument("--url", help=f"Redis URL (default: ${ENV_PREFIX}REDIS_URL)")
-    parser.add_argument("--app", required=True, help="module with an `actors` list, or module:name")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
-    sub = parser.add_subparsers(dest="command", required=True)
-    worker = sub.add_parser("worker", help="drain until SIGTERM/SIGINT")
-    worker.add_argument("--batch", type=int)
-    worker.add_argument("--lease-ms", type=int)
-    worker.add_argument("--max-attempts", type=int)
-    worker.set_defaults(func=cmd_worker)
-    send = sub.add_parser("send", help="send one message (JSON payload)")
-    for name in ("type", "id", "message_type", "json"):
-        send.add_argument(name)
-    send.add_argument("--delay", type=float, help="seconds to defer delivery")
-    send.set_defaults(func=cmd_send)
-    state = sub.add_parser("state", help="print an actor's committed state as JSON")
-    state.add_argument("type")
-    state.add_argument("id")
-    state.set_defaults(func=cmd_state)
-    dlq = sub.add_parser("dlq", help="list dead letters, newest first")
-    dlq.add_argument("--limit", type=int, default=100)
-    dlq.set_defaults(func=cmd_dlq)
-    stats = sub.add_parser("stats", help="pending deferred messages and dead letters")
-    stats.set_defaults(func=cmd_stats)
-    return parser
+@main.command()
+@click.argument("type_name", metavar="TYPE")
+@click.argument("actor_id", metavar="ID")
+@pass_settings
+def state(s: Settings, type_name: str, actor_id: str) -> None:
+    """Print the committed state of actor TYPE/ID as JSON."""
+    system = s.system(needs_app=True)
+    click.echo(system.state(ActorRef(type_name, actor_id)).model_dump_json())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+@main.group()
+def deferred() -> None:
+    """List or cancel deferred messages."""
+
+
+@deferred.command("list")
+@click.option("--actor", help="only this actor (TYPE/ID)")
+@click.option("--limit", type=int, default=100, show_default=True)
+@pass_settings
+def deferred_list(s: Settings, actor: str | None, limit: int) -> None:
+    """Pending deferred messages, earliest first."""
+    ref = ActorRef.from_key(actor) if actor else None
+    rows = s.system().deferred(limit, ref)
+    data = [{"id": d.id, "actor": d.actor, "due": d.due.isoformat()} for d in rows]
+    s.out(data, [(d["id"], d["actor"], d["due"]) for d in data], ("ID", "ACTOR", "DUE (UTC)"))
+
+
+@deferred.command("cancel")
+@click.argument("message_id")
+@pass_settings
+def deferred_cancel(s: Settings, message_id: str) -> None:
+    """Cancel a deferred message that is not yet due."""
+    if not s.system().cancel(message_id):
+        raise InvalidSend(f"no pending deferred message {message_id} (delivered or unknown)")
+    s.out({"cancelled": message_id} if s.json else f"cancelled {message_id}")
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect, redrive or purge dead letters."""
+
+
+@dlq.command("list")
+@click.option("--limit", type=int, default=100, show_default=True)
+@pass_settings
+def dlq_list(s: Settings, limit: int) -> None:
+    """Dead letters, newest first."""
+    dead = s.system().dead_letters(limit)
+    data = [
+        {
+            "id": d.id,
+            "actor": d.actor,
+            "attempts": d.attempts,
+            "at": iso(d.at_ms),
+            "reason": d.reason,
+        }
+        for d in dead
+    ]
+    rows = [(d.id or "-", d.actor, d.attempts, iso(d.at_ms), d.reason[:80]) for d in dead]
+    s.out(data, rows, ("ID", "ACTOR", "ATTEMPTS", "AT (UTC)", "REASON"))
+
+
+@dlq.command("show")
+@click.argument("message_id")
+@pass_settings
+def dlq_show(s: Settings, message_id: str) -> None:
+    """One dead letter in full: reason, attempts, error, the raw entry."""
+    d = s.system().dead_letter(message_id)
+    if d is None:
+        raise InvalidSend(f"no dead letter with id {message_id}")
+    s.out(
+        {
+            "id": d.id,
+            "actor": d.actor,
+            "attempts": d.attempts,
+            "at": iso(d.at_ms),
+            "reason": d.reason,
+            "error": d.error,
+            "entry": d.entry.hex(),
+        }
     )
-    try:
-        return int(args.func(args))
-    except ActorSystemError as e:
-        print(f"actor-system: {e}", file=sys.stderr)
-        return 2
+
+
+def _each_dead(
+    s: Settings, message_id: str | None, every: bool, verb: str, action: Callable[[Any], bool]
+) -> None:
+    system = s.system()
+    if every == bool(message_id):
+        raise InvalidSend(f"{verb} takes either a MESSAGE_ID or --all")
+    if message_id:
+        d = system.dead_letter(message_id)
+        if d is None:
+            raise InvalidSend(f"no dead letter with id {message_id}")
+        targets = [d]
+    else:
+        targets = system.dead_letters(system.backend.dead_letter_count())
+    done = 0
+    with _progress(targets, f"{verb} dead letters") as items:
+        for d in items:
+            done += action(d)
+    s.out({verb: done} if s.json else f"{verb}: {done} dead letter(s)")
+
+
+def _progress(items: Sequence[Any], label: str) -> Any:
+    """A progress bar on an interactive terminal, silence otherwise."""
+    show = sys.stderr.isatty() and len(items) > 1
+    return click.progressbar(items, label=label, file=sys.stderr if show else open(os.devnull, "w"))
+
+
+@dlq.command("redrive")
+@click.argument("message_id", required=False)
+@click.option("--all", "every", is_flag=True, help="redrive every dead letter")
+@pass_settings
+def dlq_redrive(s: Settings, message_id: str | None, every: bool) -> None:
+    """Put dead letters back in their actors' mailboxes with a fresh attempt count."""
+    _each_dead(s, message_id, every, "redriven", s.system().redrive)
+
+
+@dlq.command("purge")
+@click.argument("message_id", required=False)
+@click.option("--all", "every", is_flag=True, help="delete every dead letter")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation with --all")
+@pass_settings
+def dlq_purge(s: Settings, message_id: str | None, every: bool, yes: bool) -> None:
+    """Delete dead letters for good."""
+    if every and not yes and not click.confirm("Delete every dead letter?", err=True):
+        raise click.Abort
+    _each_dead(s, message_id, every, "purged", s.system().purge)
+
+
+@main.command()
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="worker processes",
+)
+@click.option("--batch", type=int, help="messages per turn")
+@click.option("--lease-ms", type=int, help="lease of a turn")
+@click.option("--max-attempts", type=int, help="deliveries before dead-lettering")
+@pass_settings
+def worker(
+    s: Settings, concurrency: int, batch: int | None, lease_ms: int | None, max_attempts: int | None
+) -> None:
+    """Drain until SIGTERM or SIGINT (each stops after its current round)."""
+    options = {"batch": batch, "lease_ms": lease_ms, "max_attempts": max_attempts}
+    if concurrency == 1:
+        report = s.system(needs_app=True, **options).worker().run()
+        totals = {
+            "turns": report.turns,
+            "messages": report.messages,
+            "dead_letters": report.dead_letters,
+            "retries": report.retries,
+        }
+    else:
+        s.system(needs_app=True, **options)  # fail here, once, on bad settings
+        totals = _run_children(s, concurrency, options)
+    s.out(totals)
+
+
+def _run_children(s: Settings, n: int, options: dict[str, Any]) -> dict[str, int]:
+    args = [sys.executable, "-m", "actor_system.cli", "--json", "--app", str(s.app)]
+    if s.url:
+        args += ["--url", s.url]
+    args.append("worker")
+    for name, value in options.items():
+        if value is not None:
+            args += [f"--{name.replace('_', '-')}", str(value)]
+    children = [subprocess.Popen(args, stdout=subprocess.PIPE) for _ in range(n)]
+
+    def forward(signum: int, frame: Any) -> None:
+        for child in children:
+            child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    totals: dict[str, int] = {}
+    for child in children:
+        out, _ = child.communicate()
+        for key, value in (json.loads(out) if out.strip() else {}).items():
+            totals[key] = totals.get(key, 0) + value
+    return totals
+
+
+@main.command()
+@click.option("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS")
+@click.option("--top", type=int, default=10, show_default=True, help="deepest mailboxes shown")
+@pass_settings
+def stats(s: Settings, watch: float | None, top: int) -> None:
+    """Mailbox depths, in-flight messages, leases, deferred messages and dead letters."""
+    system = s.system()
+    while True:
+        data = system.stats()
+        data["mailboxes"] = dict(list(data["mailboxes"].items())[:top])
+        if not s.json:
+            data["next_due"] = iso(data.pop("next_due_ms"))
+            data["mailboxes"] = ", ".join(f"{k}={v}" for k, v in data["mailboxes"].items()) or "-"
+        if watch and sys.stdout.isatty() and not s.json:
+            click.clear()
+        s.out(data)
+        if not watch:
+            return
+        time.sleep(watch)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: Iterable[str]) -> None:
+    """Run the benchmarks (bench/run.py of a source checkout); arguments pass through."""
+    script = Path.cwd() / "bench" / "run.py"
+    if not script.exists():
+        script = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+    if not script.exists():
+        raise ConfigError("bench/run.py not found: run this from a source checkout")
+    sys.exit(subprocess.call([sys.executable, str(script), *args]))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

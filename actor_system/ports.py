@@ -8,7 +8,7 @@ cost of a turn.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -111,8 +111,26 @@ class DeadLetters(Protocol):
 
     def dead_letter_count(self) -> int: ...
 
+    def redrive(
+        self, record: bytes, actor: str, message_id: str, entry: bytes, now_ms: int
+    ) -> bool:
+        """Move a dead letter (its exact record) back to its actor's mailbox."""
 
-class Backend(Mailbox, TurnStore, DelayQueue, DeadLetters, Protocol):
+    def remove_dead_letter(self, record: bytes) -> bool:
+        """Delete a dead letter (its exact record)."""
+
+
+class Inspector(Protocol):
+    """Read-only views for operators."""
+
+    def deferred(self, limit: int = 100, actor: str | None = None) -> list[tuple[str, str, int]]:
+        """Pending deferred messages as (id, actor key, due ms), earliest first."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counts: ready actors, leases, mailbox depths, in-flight, deferred, dead letters."""
+
+
+class Backend(Mailbox, TurnStore, DelayQueue, DeadLetters, Inspector, Protocol):
     """Everything the drain loop needs from its stores."""
 
     def close(self) -> None: ...

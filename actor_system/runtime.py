@@ -28,6 +28,7 @@ from actor_system.errors import (
     Retry,
     UnknownMessageType,
 )
+from actor_system.metrics import MetricsHook, TurnMetrics
 from actor_system.ports import (
     DEAD,
     DONE,
@@ -124,15 +125,26 @@ class _Turn:
     leased_at: float  # monotonic time the lease was last taken or renewed
     actions: list[bytes] = field(default_factory=list)
     steps: list[_Step] = field(default_factory=list)
+    lateness: list[float] = field(default_factory=list)
     report: DrainReport = field(default_factory=DrainReport)
+
+
+# A turn ready to commit: the commit, its counts, its metrics (None when nothing ran).
+_Done = tuple[Commit, DrainReport, TurnMetrics | None]
 
 
 class Runtime:
     """Runs rounds of turns against a backend."""
 
     def __init__(
-        self, registry: Registry, backend: Backend, clock: Clock, options: Options
+        self,
+        registry: Registry,
+        backend: Backend,
+        clock: Clock,
+        options: Options,
+        on_turn: MetricsHook | None = None,
     ) -> None:
+        self.on_turn = on_turn
         self.registry = registry
         self.backend = backend
         self.clock = clock
@@ -156,7 +168,7 @@ class Runtime:
             actors, token, self.options.lease_ms, self.options.batch, self._now_ms()
         )
         leased_at = time.monotonic()
-        pending: list[tuple[Commit, DrainReport]] = []
+        pending: list[_Done] = []
         flushed_at = leased_at
         for claim in claims:
             if claim is None:
@@ -165,7 +177,7 @@ class Runtime:
             report.recovered += claim.recovered
             report.duplicates += claim.duplicates
             if not budget.can_start_turn():
-                pending.append((self._abandon(claim, token), DrainReport()))
+                pending.append((self._abandon(claim, token), DrainReport(), None))
                 continue
             started = time.monotonic()
             try:
@@ -181,9 +193,9 @@ class Runtime:
         self._flush(pending, report)
         return report
 
-    def _flush(self, pending: list[tuple[Commit, DrainReport]], report: DrainReport) -> None:
-        results = self.backend.commit([c for c, _ in pending], self._now_ms())
-        for (commit, turn_report), version in zip(pending, results, strict=True):
+    def _flush(self, pending: list[_Done], report: DrainReport) -> None:
+        results = self.backend.commit([c for c, _, _ in pending], self._now_ms())
+        for (commit, turn_report, metrics), version in zip(pending, results, strict=True):
             if version is None:
                 report.leases_lost += 1
                 log.warning(
@@ -191,7 +203,15 @@ class Runtime:
                 )
                 continue
             report.add(turn_report)
+            if metrics is not None and self.on_turn is not None:
+                self._emit(metrics)
         pending.clear()
+
+    def _emit(self, metrics: TurnMetrics) -> None:
+        try:
+            self.on_turn(metrics)  # type: ignore[misc]
+        except Exception:  # a broken metrics sink must not stop the drain
+            log.exception("metrics hook failed for %s", metrics.actor)
 
     def _keep_lease(self, turn: _Turn) -> None:
         """Renew the lease when a third of it has passed; LeaseLost if it is gone."""
@@ -205,7 +225,7 @@ class Runtime:
     def _abandon(self, claim: Claim, token: str) -> Commit:
         return Commit(claim.actor, token, claim.fence, None, [KEEP] * len(claim.entries))
 
-    def _turn(self, claim: Claim, token: str, leased_at: float) -> tuple[Commit, DrainReport]:
+    def _turn(self, claim: Claim, token: str, leased_at: float) -> _Done:
         try:
             ref = ActorRef.from_key(claim.actor)
             actor = self.registry.get(ref.type)
@@ -215,7 +235,8 @@ class Runtime:
             reason = f"{type(e).__name__}: {e}"
             actions = [self._dead(claim, entry, n + 1, reason, None) for entry, n in claim.entries]
             report = DrainReport(turns=1, dead_letters=len(actions))
-            return Commit(claim.actor, token, claim.fence, None, actions), report
+            return Commit(claim.actor, token, claim.fence, None, actions), report, None
+        started = time.monotonic()
         turn = _Turn(claim, ref, actor, self.clock.now(), token, leased_at)
         turn.report.turns = 1
         outbox = Outbox(self.registry, turn.now_s)
@@ -226,7 +247,16 @@ class Runtime:
         commit = Commit(
             claim.actor, token, claim.fence, data, turn.actions, outbox.items, outbox.cancels
         )
-        return commit, turn.report
+        metrics = TurnMetrics(
+            actor_type=ref.type,
+            actor=claim.actor,
+            messages=turn.report.messages,
+            duration_s=time.monotonic() - started,
+            retries=turn.report.retries,
+            dead_letters=turn.report.dead_letters,
+            lateness_s=tuple(turn.lateness),
+        )
+        return commit, turn.report, metrics
 
     def _run_handlers(
         self, turn: _Turn, state: BaseModel, outbox: Outbox
@@ -257,6 +287,8 @@ class Runtime:
             turn.actions.append(DONE)
             turn.steps.append(_Step(fn, msg, env, attempt))
             turn.report.messages += 1
+            if env.due_at_ms is not None:
+                turn.lateness.append(turn.now_s - env.due_at_ms / 1000)
         return None
 
     def _accept(self, turn: _Turn, entry: bytes) -> Envelope:
@@ -295,6 +327,12 @@ class Runtime:
                 attempt,
                 self.options.max_attempts,
                 error,
+                extra={
+                    "actor": turn.claim.actor,
+                    "message_id": env.id,
+                    "attempt": attempt,
+                    "message_type": env.type,
+                },
             )
             turn.actions.append(RETRY)
             turn.report.retries += 1
@@ -359,7 +397,13 @@ class Runtime:
     ) -> bytes:
         prefix = entry[:ID_LENGTH].decode("ascii", "replace")
         mid = prefix if len(prefix) == ID_LENGTH and prefix.isalnum() else ""
-        log.error("dead letter %s for %s: %s", mid, claim.actor, reason)
+        log.error(
+            "dead letter %s for %s: %s",
+            mid,
+            claim.actor,
+            reason,
+            extra={"actor": claim.actor, "message_id": mid, "attempt": attempts},
+        )
         record = {
             "reason": reason,
             "actor": claim.actor,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -15,14 +16,16 @@ from actor_system.budget import Budget
 from actor_system.clock import SystemClock
 from actor_system.envelope import ID_LENGTH
 from actor_system.errors import ConfigError, InvalidSend
+from actor_system.metrics import EmfMetrics
 from actor_system.options import Options
 from actor_system.runtime import DrainReport, Runtime
 from actor_system.worker import Worker
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
-    from datetime import datetime, timedelta
+    from datetime import timedelta
 
+    from actor_system.metrics import MetricsHook
     from actor_system.ports import Backend, Clock
 
 S = TypeVar("S", bound=BaseModel)
@@ -42,6 +45,30 @@ class DeadLetter:
     at_ms: int
     error: str
     entry: bytes
+    record: bytes  # the stored record, exactly: what redrive and purge match on
+
+    @classmethod
+    def from_record(cls, record: bytes) -> DeadLetter:
+        r = msgpack.unpackb(record, raw=False)
+        return cls(
+            r["id"],
+            r["actor"],
+            r["reason"],
+            r["attempts"],
+            r["at_ms"],
+            r["error"],
+            r["entry"],
+            record,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """A deferred message waiting in the delay queue."""
+
+    id: str
+    actor: str
+    due: datetime
 
 
 class ActorSystem:
@@ -54,12 +81,13 @@ class ActorSystem:
         actors: Iterable[ActorType[Any]],
         clock: Clock | None = None,
         options: Options | None = None,
+        on_turn: MetricsHook | None = None,
     ) -> None:
         self.options = options or Options()
         self.registry = Registry(actors, self.options)
         self.backend = backend
         self.clock: Clock = clock or SystemClock()
-        self.runtime = Runtime(self.registry, backend, self.clock, self.options)
+        self.runtime = Runtime(self.registry, backend, self.clock, self.options, on_turn)
 
     @classmethod
     def from_url(
@@ -70,6 +98,7 @@ class ActorSystem:
         state: str | None = None,
         delay: str | None = None,
         clock: Clock | None = None,
+        on_turn: MetricsHook | None = None,
         **options: Any,
     ) -> ActorSystem:
         """Connect to ``redis://``, ``rediss://`` or the embedded ``fakeredis://``.
@@ -93,7 +122,8 @@ class ActorSystem:
         opts = Options.from_mapping(options)
         from adapters.redis import RedisBackend
 
-        return cls(RedisBackend.from_url(url, opts), actors=actors, clock=clock, options=opts)
+        backend = RedisBackend.from_url(url, opts)
+        return cls(backend, actors=actors, clock=clock, options=opts, on_turn=on_turn)
 
     @classmethod
     def from_env(
@@ -102,9 +132,13 @@ class ActorSystem:
         actors: Iterable[ActorType[Any]],
         environ: Mapping[str, str] | None = None,
         clock: Clock | None = None,
+        on_turn: MetricsHook | None = None,
     ) -> ActorSystem:
         """Read ``ACTOR_SYSTEM_REDIS_URL`` (required), ``ACTOR_SYSTEM_STATE_URL``,
-        ``ACTOR_SYSTEM_DELAY_URL`` and one ``ACTOR_SYSTEM_<OPTION>`` per Options field."""
+        ``ACTOR_SYSTEM_DELAY_URL`` and one ``ACTOR_SYSTEM_<OPTION>`` per Options field.
+
+        On Lambda (``AWS_LAMBDA_FUNCTION_NAME`` set) turn metrics default to CloudWatch EMF.
+        """
         env = os.environ if environ is None else environ
         url = env.get(f"{ENV_PREFIX}REDIS_URL")
         if not url:
@@ -121,11 +155,14 @@ class ActorSystem:
                     + ", ".join(sorted(f"{ENV_PREFIX}{n.upper()}" for n in (*types, "redis_url")))
                 )
             options[name] = _parse_option(key, raw, str(types[name]))
+        if on_turn is None and env.get("AWS_LAMBDA_FUNCTION_NAME"):
+            on_turn = EmfMetrics()
         try:
             return cls.from_url(
                 url,
                 actors=actors,
                 clock=clock,
+                on_turn=on_turn,
                 state=env.get(f"{ENV_PREFIX}STATE_URL"),
                 delay=env.get(f"{ENV_PREFIX}DELAY_URL"),
                 **options,
@@ -179,21 +216,34 @@ class ActorSystem:
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The newest dead letters first."""
-        out = []
-        for raw in self.backend.dead_letters(limit):
-            r = msgpack.unpackb(raw, raw=False)
-            out.append(
-                DeadLetter(
-                    r["id"],
-                    r["actor"],
-                    r["reason"],
-                    r["attempts"],
-                    r["at_ms"],
-                    r["error"],
-                    r["entry"],
-                )
-            )
-        return out
+        return [DeadLetter.from_record(r) for r in self.backend.dead_letters(limit)]
+
+    def dead_letter(self, message_id: str) -> DeadLetter | None:
+        """The newest dead letter of a message id, if any."""
+        for record in self.backend.dead_letters(self.backend.dead_letter_count()):
+            d = DeadLetter.from_record(record)
+            if d.id == message_id:
+                return d
+        return None
+
+    def redrive(self, dead: DeadLetter) -> bool:
+        """Put a dead letter back in its actor's mailbox with a fresh attempt count."""
+        return self.backend.redrive(dead.record, dead.actor, dead.id, dead.entry, self._now_ms())
+
+    def purge(self, dead: DeadLetter) -> bool:
+        """Delete one dead letter."""
+        return self.backend.remove_dead_letter(dead.record)
+
+    def deferred(self, limit: int = 100, actor: ActorRef | None = None) -> list[Deferred]:
+        """Pending deferred messages, earliest first (of one actor with ``actor``)."""
+        rows = self.backend.deferred(limit, None if actor is None else actor.key)
+        return [
+            Deferred(mid, key, datetime.fromtimestamp(due / 1000, UTC)) for mid, key, due in rows
+        ]
+
+    def stats(self) -> dict[str, Any]:
+        """Mailbox depths, in-flight messages, leases, deferred and dead-letter counts."""
+        return self.backend.stats()
 
     # -- draining --------------------------------------------------------------------------
 
@@ -224,7 +274,10 @@ class ActorSystem:
         return int(self.clock.now() * 1000)
 
 
-_URL_VARS = {f"{ENV_PREFIX}{n}_URL" for n in ("REDIS", "STATE", "DELAY")}
+# Read by from_env itself or by the CLI, not Options fields.
+_URL_VARS = {
+    f"{ENV_PREFIX}{n}" for n in ("REDIS_URL", "STATE_URL", "DELAY_URL", "APP", "LOG_FORMAT")
+}
 
 
 def _parse_option(key: str, raw: str, type_name: str) -> Any:

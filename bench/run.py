@@ -120,7 +120,7 @@ def lateness(port: int, messages: int, spread_s: float) -> dict[str, float]:
     system = make_system(port)
     env = {**os.environ, "ACTOR_SYSTEM_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
     worker = subprocess.Popen(
-        [sys.executable, "-m", "actor_system.cli", "--app", "bench.actors", "worker"],
+        [sys.executable, "-m", "actor_system.cli", "--json", "--app", "bench.actors", "worker"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from actor_system.envelope import Outgoing
     from actor_system.options import Options
 
-_SCRIPTS = ("push", "promote", "poll", "begin", "commit", "renew", "cancel")
+_SCRIPTS = ("push", "promote", "poll", "begin", "commit", "renew", "cancel", "redrive")
 _PUSH_CHUNK = 500  # messages per push script call, to bound one script's run time
 _PROMOTE_LIMIT = 1_000  # due messages moved per shard per poll
 _FAKE_POLL_S = 0.005
@@ -239,13 +239,49 @@ class RedisBackend:
             pipe.zcard(self.keys.delay_due(s))
         return int(sum(self._call("pending", pipe.execute)))
 
-    def deferred(self, limit: int = 100) -> list[tuple[str, int]]:
-        """Pending deferred message ids with their due ms, earliest first."""
+    def deferred(self, limit: int = 100, actor: str | None = None) -> list[tuple[str, str, int]]:
+        """Pending deferred messages as (id, actor key, due ms), earliest first; with ``actor``,
+        only that actor's (found among the earliest ``limit * 100`` of each shard)."""
+        scan = limit if actor is None else limit * 100
         pipe = self.client.pipeline(transaction=False)
         for s in range(self.keys.delay_shards):
-            pipe.zrange(self.keys.delay_due(s), 0, limit - 1, withscores=True)
-        rows = [(m.decode(), int(d)) for r in self._call("deferred", pipe.execute) for m, d in r]
-        return sorted(rows, key=lambda r: r[1])[:limit]
+            pipe.zrange(self.keys.delay_due(s), 0, scan - 1, withscores=True)
+        shards = self._call("deferred", pipe.execute)
+        pipe = self.client.pipeline(transaction=False)
+        for s, rows in enumerate(shards):
+            pipe.hmget(self.keys.delay_msg(s), [m for m, _ in rows] or ["-"])
+        values = self._call("deferred", pipe.execute)
+        out = []
+        for rows, vals in zip(shards, values, strict=True):
+            for (mid, due), value in zip(rows, vals, strict=False):
+                target = value.partition(b"\n")[0].decode() if value else "?"
+                if actor is None or target == actor:
+                    out.append((mid.decode(), target, int(due)))
+        return sorted(out, key=lambda r: r[2])[:limit]
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for operators: ready actors, leases, mailbox depths (by SCAN), deferred."""
+        k = self.keys
+        depths: dict[str, int] = {}
+        inflight: dict[str, int] = {}
+        for suffix, into in (("mb", depths), ("inflight", inflight)):
+            names = list(self.client.scan_iter(match=f"{k.prefix}:{{*}}:{suffix}", count=1000))
+            pipe = self.client.pipeline(transaction=False)
+            for name in names:
+                pipe.llen(name)
+            for name, n in zip(names, self._call("stats", pipe.execute), strict=True):
+                actor = name.decode()[len(k.prefix) + 2 : -len(suffix) - 2]
+                into[actor] = int(n)
+        return {
+            "ready_actors": int(self._call("stats", self.client.zcard, k.ready)),
+            "leases_held": int(self._call("stats", self.client.zcard, k.leases)),
+            "mailbox_messages": sum(depths.values()),
+            "in_flight_messages": sum(inflight.values()),
+            "mailboxes": dict(sorted(depths.items(), key=lambda kv: -kv[1])),
+            "pending_deferred": self.pending(),
+            "next_due_ms": self.next_due_ms(),
+            "dead_letters": self.dead_letter_count(),
+        }
 
     # -- DeadLetters ----------------------------------------------------------------------
 
@@ -254,6 +290,18 @@ class RedisBackend:
 
     def dead_letter_count(self) -> int:
         return int(self._call("dead letters", self.client.llen, self.keys.dlq))
+
+    def redrive(
+        self, record: bytes, actor: str, message_id: str, entry: bytes, now_ms: int
+    ) -> bool:
+        """Move one dead letter (its exact record bytes) back to its actor's mailbox."""
+        args = [self.options.prefix, now_ms, record, actor, message_id, entry]
+        keys = [self.keys.dlq, self.keys.ready]
+        return bool(self._run([("redrive", keys, args)], "redrive")[0])
+
+    def remove_dead_letter(self, record: bytes) -> bool:
+        """Delete one dead letter by its exact record bytes."""
+        return bool(self._call("purge", self.client.lrem, self.keys.dlq, 1, record))
 
     def close(self) -> None:
         self.client.close()

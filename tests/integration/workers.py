@@ -12,6 +12,7 @@ def start_worker(url: str, *extra: str) -> subprocess.Popen[bytes]:
             sys.executable,
             "-m",
             "actor_system.cli",
+            "--json",
             "--url",
             url,
             "--app",
