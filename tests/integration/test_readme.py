@@ -1,0 +1,63 @@
+"""The README's commands and code run as written, so the documentation cannot rot."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+# The set-up and test commands are what CI itself runs (.ci/run); running pytest from pytest
+# would recurse, so they are checked for presence only.
+SETUP = ["pip install -e '.[dev]'", "pytest"]
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.DOTALL)
+
+
+def shell_commands() -> list[str]:
+    return [ln.strip() for b in blocks("bash") for ln in b.splitlines() if ln.strip()]
+
+
+def test_readme_starts_with_the_setup_and_test_commands() -> None:
+    assert shell_commands()[:2] == SETUP
+    assert (ROOT / ".ci" / "run").read_text().count("\npytest\n") == 1
+
+
+@pytest.mark.parametrize("command", [c for c in shell_commands() if c not in SETUP])
+def test_readme_shell_command_runs(command: str, redis_url: str) -> None:
+    command = command.replace("redis://localhost:6379/0", redis_url)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    if " worker" in command:
+        proc = subprocess.Popen(shlex.split(command, comments=True), cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    else:
+        done = subprocess.run(shlex.split(command, comments=True), cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=180)
+        proc, out, err = done, done.stdout, done.stderr
+    assert proc.returncode == 0, f"{command}\n{out}\n{err}"
+    assert "Traceback" not in err
+
+
+def test_readme_python_blocks_run_in_order(tmp_path: Path) -> None:
+    source = "\n".join(blocks("python"))
+    script = tmp_path / "readme_blocks.py"
+    script.write_text(source)
+    done = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "count=2" in done.stdout
