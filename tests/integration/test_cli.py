@@ -172,3 +172,18 @@ def test_json_logs_carry_actor_and_message_fields(redis_url: str) -> None:
     assert dead[0]["message_id"] == mid
     assert dead[0]["level"] == "ERROR"
     assert {"timestamp", "location", "service"} <= set(dead[0])
+
+
+def test_stats_watch_refreshes_until_interrupted(redis_url: str) -> None:
+    proc = subprocess.Popen(
+        [EXE, "--json", "--url", redis_url, "stats", "--watch", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=10)
+    snapshots = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert len(snapshots) >= 3
+    assert all("pending_deferred" in s for s in snapshots)

@@ -40,14 +40,26 @@ def test_readme_shell_command_runs(command: str, redis_url: str) -> None:
     command = command.replace("redis://localhost:6379/0", redis_url)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     if " worker" in command:
-        proc = subprocess.Popen(shlex.split(command, comments=True), cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            shlex.split(command, comments=True),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(2.0)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     else:
-        done = subprocess.run(shlex.split(command, comments=True), cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=180)
+        done = subprocess.run(
+            shlex.split(command, comments=True),
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         proc, out, err = done, done.stdout, done.stderr
     assert proc.returncode == 0, f"{command}\n{out}\n{err}"
     assert "Traceback" not in err
@@ -57,7 +69,8 @@ def test_readme_python_blocks_run_in_order(tmp_path: Path) -> None:
     source = "\n".join(blocks("python"))
     script = tmp_path / "readme_blocks.py"
     script.write_text(source)
-    done = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert "count=2" in done.stdout

@@ -68,3 +68,23 @@ def test_from_env_on_lambda_defaults_to_emf() -> None:
     )
     env.pop("AWS_LAMBDA_FUNCTION_NAME")
     assert ActorSystem.from_env(actors=[counter], environ=env).runtime.on_turn is None
+
+
+def test_json_log_lines_carry_request_context_and_extras() -> None:
+    import logging
+
+    from actor_system.logs import JsonFormatter, reset_request_context, set_request_context
+
+    record = logging.LogRecord("actor_system", logging.ERROR, "f.py", 7, "dead %s", ("x",), None)
+    record.actor = "counter/a"
+    token = set_request_context(function_request_id="req-1", cold_start=True)
+    try:
+        doc = json.loads(JsonFormatter("svc").format(record))
+    finally:
+        reset_request_context(token)
+    assert doc["message"] == "dead x"
+    assert doc["service"] == "svc"
+    assert doc["function_request_id"] == "req-1"
+    assert doc["cold_start"] is True
+    assert doc["actor"] == "counter/a"
+    assert "function_request_id" not in json.loads(JsonFormatter().format(record))
