@@ -1,7 +1,8 @@
 """The envelope that carries a message, and its msgpack codec.
 
-On the wire a mailbox entry is the 32-character message id followed by the msgpack envelope,
-so that Lua scripts can read the id (for de-duplication) without decoding msgpack.
+On the wire a mailbox entry is the 32-character hex message id followed by the msgpack body
+[format version, target, type, payload, attempt, sent-at ms, due-at ms], so that Lua scripts
+read the id (for de-duplication) without decoding msgpack.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from actor_system.errors import DecodeError, InvalidSend, MessageTooLarge
 
 FORMAT_VERSION = 1
 ID_LENGTH = 32
-_FIELDS = 8
+_FIELDS = 7
+_HEX = frozenset(b"0123456789abcdef")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +56,11 @@ def new_id(target: str, idempotency_key: str | None = None) -> str:
 
 
 def encode(env: Envelope) -> bytes:
-    """Encode an envelope as a mailbox entry (id prefix + msgpack)."""
+    """Encode an envelope as a mailbox entry: the id, then the msgpack body (without the id,
+    which the entry already carries: a pending message stores it once less)."""
     body: bytes = msgpack.packb(
         [
             FORMAT_VERSION,
-            env.id,
             env.target,
             env.type,
             env.payload,
@@ -75,17 +77,19 @@ def decode(raw: bytes) -> Envelope:
     """Decode a mailbox entry; raises DecodeError (keeping ``raw``) on anything malformed."""
     if len(raw) <= ID_LENGTH:
         raise DecodeError(f"entry of {len(raw)} bytes is too short to hold an envelope", raw)
+    prefix = raw[:ID_LENGTH]
+    if not all(c in _HEX for c in prefix):
+        raise DecodeError("entry does not start with a 32-character hex message id", raw)
     try:
         fields = msgpack.unpackb(raw[ID_LENGTH:], raw=False, strict_map_key=True)
     except Exception as e:  # msgpack raises several unrelated exception types
         raise DecodeError(f"undecodable msgpack: {type(e).__name__}: {e}", raw) from e
     if not isinstance(fields, list) or len(fields) != _FIELDS:
-        raise DecodeError("envelope is not an array of 8 fields", raw)
-    version, mid, target, mtype, payload, attempt, sent_at, due_at = fields
+        raise DecodeError(f"envelope is not an array of {_FIELDS} fields", raw)
+    version, target, mtype, payload, attempt, sent_at, due_at = fields
     if version != FORMAT_VERSION:
         raise DecodeError(f"unsupported envelope format version {version!r}", raw)
     checks = (
-        isinstance(mid, str) and len(mid) == ID_LENGTH and raw[:ID_LENGTH] == mid.encode(),
         isinstance(target, str) and "/" in target,
         isinstance(mtype, str) and bool(mtype),
         isinstance(payload, dict),
@@ -95,7 +99,7 @@ def decode(raw: bytes) -> Envelope:
     )
     if not all(checks):
         raise DecodeError("envelope fields have wrong types", raw)
-    return Envelope(mid, target, mtype, payload, attempt, sent_at, due_at)
+    return Envelope(prefix.decode("ascii"), target, mtype, payload, attempt, sent_at, due_at)
 
 
 def due_ms(

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 _SCRIPTS = ("push", "promote", "poll", "begin", "commit", "renew", "cancel", "redrive")
 _PUSH_CHUNK = 500  # messages per push script call, to bound one script's run time
-_PROMOTE_LIMIT = 1_000  # due messages moved per shard per poll
+# Due messages moved per poll, split over the shards that have some due: Redis runs a
+# pipeline's scripts back to back, so this bounds how long other clients wait behind one.
+_PROMOTE_PER_POLL = 512
 _FAKE_POLL_S = 0.005
 _NOTHING_DUE = 2**62  # an empty shard: nothing to promote until the epoch changes
 
@@ -128,11 +130,12 @@ class RedisBackend:
         # Only shards whose earliest due time has come (or is unknown) are promoted; the
         # epoch returned by poll.lua says when another producer made that knowledge stale.
         shards = [s for s, due in enumerate(self._shard_due) if due is None or due <= now_ms]
+        per_shard = max(16, _PROMOTE_PER_POLL // max(len(shards), 1))
         calls: list[tuple[str, Sequence[Any], Sequence[Any]]] = [
             (
                 "promote",
-                [k.delay_due(s), k.delay_msg(s), k.ready],
-                [now_ms, _PROMOTE_LIMIT, self.options.prefix],
+                [k.delay_due(s), k.ready],
+                [now_ms, per_shard, self.options.prefix, s],
             )
             for s in shards
         ]
@@ -221,7 +224,7 @@ class RedisBackend:
 
     def cancel(self, message_id: str) -> bool:
         s = self.keys.shard_of(message_id)
-        keys = [self.keys.delay_due(s), self.keys.delay_msg(s)]
+        keys = [self.keys.delay_due(s), self.keys.delay_msg(s, message_id)]
         return bool(self._run([("cancel", keys, [message_id])], "cancel")[0])
 
     def next_due_ms(self) -> int | None:
@@ -249,8 +252,10 @@ class RedisBackend:
         shards = self._call("deferred", pipe.execute)
         pipe = self.client.pipeline(transaction=False)
         for s, rows in enumerate(shards):
-            pipe.hmget(self.keys.delay_msg(s), [m for m, _ in rows] or ["-"])
-        values = self._call("deferred", pipe.execute)
+            for mid, _ in rows:
+                pipe.hget(self.keys.delay_msg(s, mid.decode()), mid)
+        flat = iter(self._call("deferred", pipe.execute))
+        values = [[next(flat) for _ in rows] for rows in shards]
         out = []
         for rows, vals in zip(shards, values, strict=True):
             for (mid, due), value in zip(rows, vals, strict=False):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+DELAY_BUCKETS = 1024
+
 
 @dataclass(frozen=True, slots=True)
 class Keys:
@@ -37,8 +39,9 @@ class Keys:
     def delay_due(self, shard: int) -> str:
         return f"{self.prefix}:{{dq{shard}}}:due"
 
-    def delay_msg(self, shard: int) -> str:
-        return f"{self.prefix}:{{dq{shard}}}:msg"
+    def delay_msg(self, shard: int, message_id: str) -> str:
+        """The bucket hash holding a deferred message (same rule as mkey in lib.lua)."""
+        return f"{self.prefix}:{{dq{shard}}}:m{int(message_id[8:11], 16) % DELAY_BUCKETS}"
 
     def begin_keys(self, actor: str) -> list[str]:
         names = ("lease", "fence", "mb", "inflight", "state", "att", "done")

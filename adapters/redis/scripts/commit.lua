@@ -62,7 +62,7 @@ local n_cancel = tonumber(ARGV[i])
 for j = 1, n_cancel do
   local k = i + 1 + (j - 1) * 2
   redis.call('ZREM', dkey(prefix, ARGV[k + 1], 'due'), ARGV[k])
-  redis.call('HDEL', dkey(prefix, ARGV[k + 1], 'msg'), ARGV[k])
+  redis.call('HDEL', mkey(prefix, ARGV[k + 1], ARGV[k]), ARGV[k])
 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[7], ARGV[2])

@@ -14,7 +14,9 @@
 --   P:{A}:att            hash  id -> failed attempts so far
 --   P:{A}:done           zset  processed id -> commit ms (dedup window)
 --   P:{dqN}:due          zset  id -> due ms
---   P:{dqN}:msg          hash  id -> A .. "\n" .. entry
+--   P:{dqN}:mB           hash  id -> A .. "\n" .. envelope body (the entry without its id);
+--                              B = 1024 buckets by id, so that each hash stays small and
+--                              compact (listpack) even with millions of pending messages
 -- Scripts that fan out to other actors build those keys from P (single-node Redis).
 local unpack = unpack or table.unpack
 
@@ -24,6 +26,11 @@ end
 
 local function dkey(prefix, shard, suffix)
   return prefix .. ':{dq' .. shard .. '}:' .. suffix
+end
+
+-- The bucket hash of a deferred message (same rule as Keys.delay_msg in keys.py).
+local function mkey(prefix, shard, id)
+  return dkey(prefix, shard, 'm' .. (tonumber(string.sub(id, 9, 11), 16) % 1024))
 end
 
 -- Wake idle workers blocked on P:wake. Tokens are only hints (P:ready is the truth), so the
@@ -53,7 +60,7 @@ local function deliver(prefix, ready, now, target, id, due, shard, entry)
   local z = dkey(prefix, shard, 'due')
   local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
   if redis.call('ZADD', z, 'NX', due, id) == 1 then
-    redis.call('HSET', dkey(prefix, shard, 'msg'), id, target .. '\n' .. entry)
+    redis.call('HSET', mkey(prefix, shard, id), id, target .. '\n' .. string.sub(entry, 33))
     -- A new earliest due time in this shard: bump the epoch that tells pollers to look
     -- again, and wake an idle worker that is blocked until a later due time.
     if first[2] == nil or tonumber(due) < tonumber(first[2]) then

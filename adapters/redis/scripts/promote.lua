@@ -1,18 +1,19 @@
 -- promote: move due deferred messages of one delay shard into their actors' mailboxes.
--- KEYS[1] P:{dqN}:due  KEYS[2] P:{dqN}:msg  KEYS[3] P:ready
--- ARGV[1] now ms  ARGV[2] max messages  ARGV[3] prefix
+-- KEYS[1] P:{dqN}:due  KEYS[2] P:ready
+-- ARGV[1] now ms  ARGV[2] max messages  ARGV[3] prefix  ARGV[4] shard N
 -- Atomic and idempotent: each id leaves the shard exactly once; processed ids are dropped.
 -- Returns {promoted, earliest due ms left in the shard or -1}.
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 local n = 0
 for _, id in ipairs(due) do
-  local v = redis.call('HGET', KEYS[2], id)
+  local m = mkey(ARGV[3], ARGV[4], id)
+  local v = redis.call('HGET', m, id)
   redis.call('ZREM', KEYS[1], id)
-  redis.call('HDEL', KEYS[2], id)
+  redis.call('HDEL', m, id)
   if v then
     local nl = string.find(v, '\n', 1, true)
-    n = n + deliver(ARGV[3], KEYS[3], ARGV[1], string.sub(v, 1, nl - 1), id, '', 0,
-                    string.sub(v, nl + 1))
+    n = n + deliver(ARGV[3], KEYS[2], ARGV[1], string.sub(v, 1, nl - 1), id, '', 0,
+                    id .. string.sub(v, nl + 1))
   end
 end
 local left = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
