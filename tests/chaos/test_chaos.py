@@ -1,0 +1,50 @@
+"""The chaos run in its short mode (the long mode: ``python -m tests.chaos.run --help``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.chaos.run import parser, run
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.timeout(300)
+def test_chaos_short_mode_loses_nothing_and_applies_nothing_twice(redis_url: str) -> None:
+    args = parser().parse_args(
+        [
+            "--url",
+            redis_url,
+            "--messages",
+            "6000",
+            "--actors",
+            "200",
+            "--workers",
+            "3",
+            "--seconds",
+            "12",
+            "--max-delay-s",
+            "3",
+            "--lease-ms",
+            "800",
+            "--drain-timeout-s",
+            "90",
+        ]
+    )
+    figures = run(args)
+    print(figures)
+    assert figures.kills + figures.freezes >= 20
+    assert figures.kills >= 10
+    assert figures.freezes >= 5
+    assert figures.lost == 0
+    assert figures.duplicated_or_reordered == 0
+    assert figures.early == 0
+    assert figures.leftovers == {
+        "mailbox_messages": 0,
+        "in_flight_messages": 0,
+        "leases": 0,
+        "lease_keys": 0,
+        "pending_deferred": 0,
+        "dead_letters": 0,
+    }
+    assert figures.ok
