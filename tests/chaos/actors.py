@@ -34,6 +34,7 @@ class LedgerState(BaseModel):
     deferred: list[str] = Field(default_factory=list)
     early: int = 0
     max_late_ms: int = 0
+    late_ms: list[int] = Field(default_factory=list)
 
 
 class RelayState(BaseModel):
@@ -59,6 +60,7 @@ def due(ctx: Context[LedgerState], msg: Due) -> None:
     if now_ms < msg.due_ms:
         ctx.state.early += 1
     ctx.state.max_late_ms = max(ctx.state.max_late_ms, now_ms - msg.due_ms)
+    ctx.state.late_ms.append(now_ms - msg.due_ms)
     ctx.state.deferred.append(msg.key)
 
 

@@ -38,6 +38,7 @@ class Figures:
     duplicated_or_reordered: int = 0
     early: int = 0
     max_late_ms: int = 0
+    p99_late_ms: int = 0
     leftovers: dict[str, int] = field(default_factory=dict)
     drain_s: float = 0.0
 
@@ -172,6 +173,7 @@ def check(
     figures.lost = figures.duplicated_or_reordered = figures.early = figures.max_late_ms = 0
     relayed_applied = 0
     complete = True
+    late: list[int] = []
     per_target: dict[str, dict[str, int]] = {}
     for (sender, target), n in expected["senders"].items():
         per_target.setdefault(target, {})[sender] = n
@@ -191,6 +193,9 @@ def check(
         complete &= len(state.deferred) >= want
         figures.early += state.early
         figures.max_late_ms = max(figures.max_late_ms, state.max_late_ms)
+        late += state.late_ms
+    late.sort()
+    figures.p99_late_ms = late[min(len(late) - 1, int(0.99 * len(late)))] if late else 0
     figures.lost += max(expected["relayed"] - relayed_applied, 0)
     complete &= relayed_applied >= expected["relayed"]
     return complete
