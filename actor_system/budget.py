@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import math
+import signal
+import threading
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from actor_system.clock import SystemClock
+from actor_system.errors import BudgetExhausted
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from types import FrameType
+
     from actor_system.ports import Clock
 
 
@@ -56,3 +63,36 @@ class Budget:
 
     def observe_turn(self, seconds: float) -> None:
         self._longest_turn_s = max(self._longest_turn_s, seconds)
+
+    @property
+    def limited(self) -> bool:
+        return math.isfinite(self.deadline_s)
+
+    def handler_time_s(self) -> float:
+        """How long a handler may run before the guard interrupts it."""
+        return self.remaining_s() - self.margin_s
+
+
+@contextmanager
+def timeout_guard(seconds: float) -> Iterator[None]:
+    """Raise BudgetExhausted inside the block after ``seconds`` (SIGALRM, main thread only).
+
+    The only signal or timer the runtime arms, and only while a handler runs inside a live
+    invocation; it is disarmed in ``finally`` and never delivers a message.
+    """
+    if not math.isfinite(seconds) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if seconds <= 0:
+        raise BudgetExhausted("no time left in the budget to run a handler")
+
+    def on_alarm(signum: int, frame: FrameType | None) -> None:
+        raise BudgetExhausted(f"handler interrupted after {seconds:.3f}s: the budget ran out")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -31,6 +31,8 @@ class Options:
     done_max: int = 10_000
     poll_interval_s: float = 1.0
     redis_hz: int = 10
+    lambda_margin_s: float = 2.0
+    max_chain: int = 100
 
     def __post_init__(self) -> None:
         positive = (

@@ -130,7 +130,22 @@ class Inspector(Protocol):
         """Counts: ready actors, leases, mailbox depths, in-flight, deferred, dead letters."""
 
 
+class Waker(Protocol):
+    """Starts a drain at a later time, where nothing runs in between (Lambda)."""
+
+    def wake_at(self, due_ms: int, now_ms: int) -> None: ...
+
+
+class Continuation(Protocol):
+    """Starts a fresh drain now, to continue work the current budget could not finish."""
+
+    def continue_now(self, depth: int) -> None: ...
+
+
 class Backend(Mailbox, TurnStore, DelayQueue, DeadLetters, Inspector, Protocol):
     """Everything the drain loop needs from its stores."""
+
+    def claim_wake(self, due_ms: int, now_ms: int) -> bool:
+        """True if a wake for ``due_ms`` should be armed: no earlier one is armed already."""
 
     def close(self) -> None: ...

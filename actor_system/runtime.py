@@ -18,9 +18,11 @@ import msgpack
 from pydantic import BaseModel, ValidationError
 
 from actor_system.actor import ActorRef, ActorType, Context, Handler, Registry, utc
+from actor_system.budget import timeout_guard
 from actor_system.envelope import ID_LENGTH, Envelope, Outgoing, check_size, decode
 from actor_system.errors import (
     ActorSystemError,
+    BudgetExhausted,
     DecodeError,
     InvalidSend,
     LeaseLost,
@@ -65,6 +67,7 @@ class DrainReport:
     recovered: int = 0
     lease_conflicts: int = 0
     leases_lost: int = 0
+    interrupted: int = 0
     idle: bool = True
 
     def add(self, other: DrainReport) -> None:
@@ -123,10 +126,16 @@ class _Turn:
     now_s: float
     token: str
     leased_at: float  # monotonic time the lease was last taken or renewed
+    budget: Budget
     actions: list[bytes] = field(default_factory=list)
     steps: list[_Step] = field(default_factory=list)
     lateness: list[float] = field(default_factory=list)
     report: DrainReport = field(default_factory=DrainReport)
+
+
+class _Interrupted(Exception):
+    def __init__(self, index: int) -> None:
+        self.index = index
 
 
 # A turn ready to commit: the commit, its counts, its metrics (None when nothing ran).
@@ -181,7 +190,7 @@ class Runtime:
                 continue
             started = time.monotonic()
             try:
-                pending.append(self._turn(claim, token, leased_at))
+                pending.append(self._turn(claim, token, leased_at, budget))
             except LeaseLost as e:
                 report.leases_lost += 1
                 log.warning("%s; its batch will be redelivered", e)
@@ -222,10 +231,26 @@ class Runtime:
             raise LeaseLost(f"lease of {turn.claim.actor} lost during its turn")
         turn.leased_at = time.monotonic()
 
+    def _interrupted(self, turn: _Turn, index: int) -> Commit:
+        """The guard stopped a handler: commit no state; the interrupted message goes back
+        with its attempt raised, the rest of the batch unchanged (dead letters stay dead)."""
+        claim = turn.claim
+        log.warning(
+            "handler on %s interrupted: the invocation's time budget ran out; its "
+            "batch goes back to the mailbox",
+            claim.actor,
+            extra={"actor": claim.actor},
+        )
+        actions = [a if a[:1] == DEAD else KEEP for a in turn.actions[:index]]
+        actions += [RETRY] + [KEEP] * (len(claim.entries) - index - 1)
+        turn.report.messages = 0
+        turn.report.interrupted = 1
+        return Commit(claim.actor, turn.token, claim.fence, None, actions)
+
     def _abandon(self, claim: Claim, token: str) -> Commit:
         return Commit(claim.actor, token, claim.fence, None, [KEEP] * len(claim.entries))
 
-    def _turn(self, claim: Claim, token: str, leased_at: float) -> _Done:
+    def _turn(self, claim: Claim, token: str, leased_at: float, budget: Budget) -> _Done:
         try:
             ref = ActorRef.from_key(claim.actor)
             actor = self.registry.get(ref.type)
@@ -237,10 +262,13 @@ class Runtime:
             report = DrainReport(turns=1, dead_letters=len(actions))
             return Commit(claim.actor, token, claim.fence, None, actions), report, None
         started = time.monotonic()
-        turn = _Turn(claim, ref, actor, self.clock.now(), token, leased_at)
+        turn = _Turn(claim, ref, actor, self.clock.now(), token, leased_at, budget)
         turn.report.turns = 1
         outbox = Outbox(self.registry, turn.now_s)
-        failure = self._run_handlers(turn, state, outbox)
+        try:
+            failure = self._run_handlers(turn, state, outbox)
+        except _Interrupted as stop:
+            return self._interrupted(turn, stop.index), turn.report, None
         if failure is not None:
             state, outbox = self._after_failure(turn, failure)
         data = self._encode_state(state) if turn.steps else None
@@ -281,7 +309,10 @@ class Runtime:
             attempt = env.attempt + failed
             ctx: Context[Any] = Context(state, turn.ref, env.id, attempt, now, outbox)
             try:
-                fn(ctx, msg)
+                with timeout_guard(turn.budget.handler_time_s()):
+                    fn(ctx, msg)
+            except BudgetExhausted as e:
+                raise _Interrupted(index) from e
             except Exception as e:
                 return index, env, e
             turn.actions.append(DONE)

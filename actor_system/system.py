@@ -22,11 +22,11 @@ from actor_system.runtime import DrainReport, Runtime
 from actor_system.worker import Worker
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
     from datetime import timedelta
 
     from actor_system.metrics import MetricsHook
-    from actor_system.ports import Backend, Clock
+    from actor_system.ports import Backend, Clock, Continuation, Waker
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -267,6 +267,30 @@ class ActorSystem:
         """A long-running drain loop (``.run()``), stopped by SIGTERM/SIGINT or ``.stop()``."""
         return Worker(self.runtime, budget=budget)
 
+    def lambda_handler(
+        self,
+        *,
+        waker: Waker | None = None,
+        continuation: Continuation | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Callable[[Any, Any], dict[str, Any]]:
+        """The AWS Lambda entry point: ``handler = system.lambda_handler()``.
+
+        Accepts SQS wake-queue events (partial batch failures), EventBridge / Scheduler
+        events, continuations and API Gateway HTTP API v2 requests. Without ``waker`` and
+        ``continuation`` they come from ``ACTOR_SYSTEM_WAKER_URL`` and
+        ``ACTOR_SYSTEM_CONTINUE_URL``.
+        """
+        from actor_system.aws_lambda import LambdaOptions, make_handler
+
+        o = self.options
+        if waker is None and continuation is None:
+            env = dict(os.environ if environ is None else environ)
+            lambda_options = LambdaOptions.from_env(env, o.lambda_margin_s, o.max_chain)
+        else:
+            lambda_options = LambdaOptions(waker, continuation, o.lambda_margin_s, o.max_chain)
+        return make_handler(self, lambda_options)  # type: ignore[no-any-return]
+
     def close(self) -> None:
         self.backend.close()
 
@@ -276,7 +300,16 @@ class ActorSystem:
 
 # Read by from_env itself or by the CLI, not Options fields.
 _URL_VARS = {
-    f"{ENV_PREFIX}{n}" for n in ("REDIS_URL", "STATE_URL", "DELAY_URL", "APP", "LOG_FORMAT")
+    f"{ENV_PREFIX}{n}"
+    for n in (
+        "REDIS_URL",
+        "STATE_URL",
+        "DELAY_URL",
+        "APP",
+        "LOG_FORMAT",
+        "WAKER_URL",
+        "CONTINUE_URL",
+    )
 }
 
 

@@ -27,8 +27,12 @@ class Worker:
     only ``hz`` times a second, so a blocking wait alone would deliver up to 100 ms late.
     """
 
-    def __init__(self, runtime: Runtime, *, budget: Budget | None = None) -> None:
+    def __init__(
+        self, runtime: Runtime, *, budget: Budget | None = None, exit_when_idle: bool = False
+    ) -> None:
         self.runtime = runtime
+        self.exit_when_idle = exit_when_idle
+        self.idle_at_exit = False  # True when it stopped because nothing was left to do soon
         self.budget = budget or Budget.unlimited(runtime.clock)
         self.report = DrainReport()
         self._stop = threading.Event()
@@ -57,6 +61,7 @@ class Worker:
             try:
                 done = self.runtime.round(self.budget)
                 self.report.add(done)
+                self.idle_at_exit = done.idle
                 if done.idle:
                     self._wait_idle()
                 backoff_s = 0.1
@@ -70,6 +75,13 @@ class Worker:
         opts = rt.options
         next_due = rt.backend.next_due_ms()
         now = rt.clock.now()
+        if self.exit_when_idle and (
+            next_due is None or next_due / 1000 - now > self.budget.handler_time_s()
+        ):
+            # Nothing due inside the budget: return, and let a waker start the next drain.
+            self.idle_at_exit = True
+            self._stop.set()
+            return
         wait_s = opts.poll_interval_s if next_due is None else next_due / 1000 - now
         wait_s = min(wait_s, opts.poll_interval_s, max(self.budget.remaining_s(), 0))
         slack_s = 1 / opts.redis_hz + 0.01

@@ -308,5 +308,14 @@ class RedisBackend:
         """Delete one dead letter by its exact record bytes."""
         return bool(self._call("purge", self.client.lrem, self.keys.dlq, 1, record))
 
+    def claim_wake(self, due_ms: int, now_ms: int) -> bool:
+        key = f"{self.keys.prefix}:armed"
+        armed = self._call("wake", self.client.get, key)
+        if armed is not None and now_ms < int(armed) <= due_ms:
+            return False  # an earlier (or the same) wake is already on its way
+        ttl_ms = max(due_ms - now_ms, 0) + 60_000
+        self._call("wake", self.client.set, key, due_ms, None, ttl_ms)
+        return True
+
     def close(self) -> None:
         self.client.close()

@@ -1,0 +1,213 @@
+"""The Lambda entry point under an honest harness: a child process with a real deadline,
+frozen with SIGSTOP between invocations and killed at its timeout; SQS through moto's server."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from actor_system import ActorSystem
+from actor_system.testing import LambdaHarness
+from tests.actors import Add, Slow, Timed, actors, counter, probe
+
+pytestmark = pytest.mark.integration
+
+ROOT = str(Path(__file__).resolve().parents[2])
+
+
+@pytest.fixture
+def wake_queue(aws_env: dict[str, str]) -> str:
+    sqs = boto3.client("sqs")
+    name = f"wake-{time.monotonic_ns()}"
+    return str(sqs.create_queue(QueueName=name)["QueueUrl"])
+
+
+def harness(redis_url: str, aws_env: dict[str, str], timeout_s: float, **env: str) -> LambdaHarness:
+    full = {
+        **aws_env,
+        "ACTOR_SYSTEM_REDIS_URL": redis_url,
+        "ACTOR_SYSTEM_LAMBDA_MARGIN_S": "1",
+        **env,
+    }
+    return LambdaHarness("tests.lambda_app:handler", timeout_s=timeout_s, env=full, cwd=ROOT)
+
+
+def sqs_event(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "Records": [
+            {"eventSource": "aws:sqs", "messageId": m["MessageId"], "body": m["Body"]}
+            for m in messages
+        ]
+    }
+
+
+def receive(queue_url: str, timeout_s: float) -> list[dict[str, Any]]:
+    sqs = boto3.client("sqs")
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)
+        if got.get("Messages"):
+            for m in got["Messages"]:
+                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+            return list(got["Messages"])
+        time.sleep(0.1)
+    return []
+
+
+def test_a_timer_armed_in_a_handler_does_not_fire_while_frozen(tmp_path: Path) -> None:
+    fired = tmp_path / "fired"
+    with LambdaHarness(
+        "tests.lambda_app:timer_handler",
+        timeout_s=5,
+        cwd=ROOT,
+        env={"ACTOR_SYSTEM_REDIS_URL": "fakeredis://"},
+    ) as lam:
+        armed = lam.invoke({"path": str(fired)})["armed_at"]
+        time.sleep(1.0)
+        assert not fired.exists()  # due 0.3 s after arming, but the environment is frozen
+        lam.invoke({"path": str(tmp_path / "other")})  # thawed by the next invocation
+        deadline = time.time() + 5
+        while not fired.exists():
+            assert time.time() < deadline
+            time.sleep(0.01)
+        assert float(fired.read_text()) - armed > 0.9  # it fired, late
+
+
+def test_deferred_message_due_inside_the_budget_arrives_on_time(
+    redis_url: str, aws_env: dict[str, str], wake_queue: str
+) -> None:
+    system = ActorSystem.from_url(redis_url, actors=actors)
+    ref = probe.ref("lambda-on-time")
+    due = time.time() + 1.5
+    system.send(ref, Timed(due=due), delay=1.5)
+    with harness(redis_url, aws_env, 5, ACTOR_SYSTEM_WAKER_URL=wake_queue) as lam:
+        result = lam.invoke({"actor_system": "sweep"})
+    assert result["messages"] == 1, result
+    [(asked, delivered)] = system.state(ref).deliveries  # type: ignore[attr-defined]
+    assert 0 <= delivered - asked < 0.2
+
+
+def test_deferred_message_beyond_the_budget_is_woken_through_sqs(
+    redis_url: str, aws_env: dict[str, str], wake_queue: str
+) -> None:
+    system = ActorSystem.from_url(redis_url, actors=actors)
+    ref = probe.ref("lambda-wake")
+    system.send(ref, Timed(due=time.time() + 4), delay=4)
+    with harness(redis_url, aws_env, 3, ACTOR_SYSTEM_WAKER_URL=wake_queue) as lam:
+        assert lam.invoke({"actor_system": "sweep"})["messages"] == 0
+        assert lam.invoke({"actor_system": "sweep"})["messages"] == 0  # no second wake
+        sent_at = time.time()
+        woken = receive(wake_queue, 15)
+        assert len(woken) == 1
+        assert json.loads(woken[0]["Body"])["actor_system"] == "wake"
+        assert time.time() - sent_at > 1.5  # held back by DelaySeconds, not delivered at once
+        result = lam.invoke(sqs_event(woken))
+        assert result["batchItemFailures"] == []
+        if result["messages"] == 0:  # woken a little early (SQS works in whole seconds)
+            result = lam.invoke(sqs_event(woken))
+    [(asked, delivered)] = system.state(ref).deliveries  # type: ignore[attr-defined]
+    assert delivered >= asked  # never early
+    assert lam.cold_starts == 1
+
+
+def test_handler_overrunning_the_budget_is_interrupted_before_the_kill(
+    redis_url: str, aws_env: dict[str, str], wake_queue: str, tmp_path: Path
+) -> None:
+    system = ActorSystem.from_url(redis_url, actors=actors)
+    ref = probe.ref("lambda-slow")
+    system.send(ref, Slow(path=str(tmp_path / "started"), seconds=30))
+    with harness(redis_url, aws_env, 3, ACTOR_SYSTEM_WAKER_URL=wake_queue) as lam:
+        started = time.time()
+        result = lam.invoke({"actor_system": "sweep"})
+        elapsed = time.time() - started
+    assert result.get("interrupted") == 1, result  # the guard fired, not Lambda's timeout
+    assert elapsed < 3
+    stats = system.stats()
+    assert stats["mailbox_messages"] == 1  # back in the mailbox
+    assert stats["in_flight_messages"] == 0
+    assert stats["leases_held"] == 0  # the lease was released
+    attempts = system.backend.client.hvals(system.backend.keys.actor("probe/lambda-slow", "att"))
+    assert attempts == [b"1"]  # the next delivery is attempt 2
+
+
+def test_work_left_at_the_end_of_the_budget_continues_in_a_fresh_invocation(
+    redis_url: str, aws_env: dict[str, str], wake_queue: str
+) -> None:
+    system = ActorSystem.from_url(redis_url, actors=actors)
+    system.send_many([(counter.ref(f"c{i}"), Add(n=1, work_ms=100)) for i in range(40)])
+    with harness(
+        redis_url, aws_env, 3, ACTOR_SYSTEM_WAKER_URL=wake_queue, ACTOR_SYSTEM_MAX_CHAIN="2"
+    ) as lam:
+        first = lam.invoke({"actor_system": "sweep"})
+        assert 0 < first["messages"] < 40
+        hop = receive(wake_queue, 5)
+        assert [json.loads(m["Body"]) for m in hop] == [{"actor_system": "continue", "depth": 1}]
+        second = lam.invoke(sqs_event(hop))
+        hop = receive(wake_queue, 5)
+        assert [json.loads(m["Body"])["depth"] for m in hop] == [2]
+        third = lam.invoke(sqs_event(hop))
+        assert receive(wake_queue, 1.5) == []  # max_chain=2: the chain stops here
+    done = sum(system.state(counter.ref(f"c{i}")).count for i in range(40))  # type: ignore[attr-defined]
+    assert done == first["messages"] + second["messages"] + third["messages"]
+
+
+def test_unknown_event_shape_is_rejected_without_a_crash(
+    redis_url: str, aws_env: dict[str, str]
+) -> None:
+    with harness(redis_url, aws_env, 3) as lam:
+        assert lam.invoke({"hello": "world"}) == {"ok": False, "error": "unrecognized event shape"}
+        assert lam.invoke({"actor_system": "sweep"})["messages"] == 0  # still alive
+        assert lam.cold_starts == 1
+
+
+def http_event(path: str, body: str, method: str = "POST") -> dict[str, Any]:
+    return {
+        "version": "2.0",
+        "rawPath": path,
+        "body": body,
+        "isBase64Encoded": False,
+        "requestContext": {"http": {"method": method, "path": path}},
+    }
+
+
+def test_http_ingress_validates_and_bounds_input(redis_url: str) -> None:
+    system = ActorSystem.from_url(redis_url, actors=actors, max_message_bytes=1_000)
+    handler = system.lambda_handler(environ={})
+    ok = handler(
+        http_event("/actors/counter/h1/messages", json.dumps({"type": "Add", "payload": {"n": 4}})),
+        None,
+    )
+    assert ok["statusCode"] == 202
+    assert len(json.loads(ok["body"])["id"]) == 32
+    bad = handler(
+        http_event(
+            "/actors/counter/h1/messages", json.dumps({"type": "Add", "payload": {"n": "x"}})
+        ),
+        None,
+    )
+    assert bad["statusCode"] == 400
+    assert json.loads(bad["body"])["details"][0]["loc"] == ["n"]
+    assert (
+        handler(http_event("/actors/ghost/h1/messages", '{"type": "Add"}'), None)["statusCode"]
+        == 404
+    )
+    assert (
+        handler(http_event("/actors/counter/h1/messages", '{"type": "Nope"}'), None)["statusCode"]
+        == 404
+    )
+    big = json.dumps({"type": "Add", "payload": {"n": 1, "pad": "x" * 5_000}})
+    assert handler(http_event("/actors/counter/h1/messages", big), None)["statusCode"] == 413
+    assert (
+        handler(http_event("/actors/counter/h1/messages", "{not json"), None)["statusCode"] == 400
+    )
+    assert (
+        handler(http_event("/actors/counter/h1/messages", "{}", "GET"), None)["statusCode"] == 405
+    )
+    assert handler(http_event("/other", "{}"), None)["statusCode"] == 404
+    system.run_until_idle()
+    assert system.state(counter.ref("h1")).count == 4  # type: ignore[attr-defined]
