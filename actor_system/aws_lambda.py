@@ -204,7 +204,11 @@ def _hand_over(system: ActorSystem, options: LambdaOptions, worker: Worker, dept
             "periodic sweep (set ACTOR_SYSTEM_WAKER_URL=sqs://wake-queue)",
         )
         return
-    if backend.claim_wake(next_due, now_ms):
+    # A wake fires at the due time or at the waker's horizon (SQS: 15 minutes), whichever
+    # comes first; the drain it starts arms the next hop.
+    horizon_ms = int(getattr(options.waker, "max_delay_s", 900) * 1000)
+    fire_ms = min(next_due, now_ms + horizon_ms)
+    if backend.claim_wake(fire_ms, now_ms):
         options.waker.wake_at(next_due, now_ms)
 
 

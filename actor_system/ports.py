@@ -146,6 +146,6 @@ class Backend(Mailbox, TurnStore, DelayQueue, DeadLetters, Inspector, Protocol):
     """Everything the drain loop needs from its stores."""
 
     def claim_wake(self, due_ms: int, now_ms: int) -> bool:
-        """True if a wake for ``due_ms`` should be armed: no earlier one is armed already."""
+        """True if a wake firing at ``due_ms`` should be armed: none firing earlier is armed."""
 
     def close(self) -> None: ...

@@ -46,6 +46,8 @@ class SqsWaker:
     The client and the queue URL are resolved on first use, not at import (cold starts).
     """
 
+    max_delay_s = MAX_SQS_DELAY_S
+
     def __init__(self, *, queue: str, client: Any = None) -> None:
         self.queue = queue
         self._client = client

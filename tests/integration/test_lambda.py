@@ -211,3 +211,31 @@ def test_http_ingress_validates_and_bounds_input(redis_url: str) -> None:
     assert handler(http_event("/other", "{}"), None)["statusCode"] == 404
     system.run_until_idle()
     assert system.state(counter.ref("h1")).count == 4  # type: ignore[attr-defined]
+
+
+def test_self_invoke_continuation_calls_the_lambda_api(aws_env: dict[str, str]) -> None:
+    import io
+    import zipfile
+
+    from actor_system import BackendError
+    from adapters.aws import LambdaContinuation, SqsWaker
+
+    role = boto3.client("iam").create_role(
+        RoleName=f"drain-{time.monotonic_ns()}", AssumeRolePolicyDocument="{}"
+    )["Role"]["Arn"]
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as z:
+        z.writestr("h.py", "def handler(event, context):\n    return event\n")
+    name = f"drain-{time.monotonic_ns()}"
+    boto3.client("lambda").create_function(
+        FunctionName=name,
+        Runtime="python3.12",
+        Role=role,
+        Handler="h.handler",
+        Code={"ZipFile": code.getvalue()},
+    )
+    LambdaContinuation(function=name).continue_now(3)  # accepted (202), async
+    with pytest.raises(BackendError, match=r"Invoke on missing-fn failed: ResourceNotFound"):
+        LambdaContinuation(function="missing-fn").continue_now(1)
+    with pytest.raises(BackendError, match=r"GetQueueUrl on no-such-queue failed"):
+        SqsWaker(queue="no-such-queue").wake_at(0, 0)

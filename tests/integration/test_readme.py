@@ -70,8 +70,14 @@ def test_readme_python_blocks_run_in_order(tmp_path: Path) -> None:
     source = "\n".join(blocks("python"))
     script = tmp_path / "readme_blocks.py"
     script.write_text(source)
+    env = {**os.environ, "ACTOR_SYSTEM_REDIS_URL": "fakeredis://", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
-        [sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, str(script)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
     assert done.returncode == 0, done.stderr
     assert "count=2" in done.stdout

@@ -1,0 +1,59 @@
+"""What the Lambda handler arms when it returns, driven by the manual clock."""
+
+from __future__ import annotations
+
+from actor_system import ActorSystem, ManualClock
+from actor_system.aws_lambda import LambdaOptions, classify, make_handler
+from tests.actors import Add, counter
+
+
+class Context:
+    def __init__(self, remaining_ms: int) -> None:
+        self.remaining_ms = remaining_ms
+        self.aws_request_id = "req"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
+
+
+class RecordingWaker:
+    max_delay_s = 900
+
+    def __init__(self) -> None:
+        self.wakes: list[tuple[int, int]] = []
+        self.continued: list[int] = []
+
+    def wake_at(self, due_ms: int, now_ms: int) -> None:
+        self.wakes.append((due_ms, now_ms))
+
+    def continue_now(self, depth: int) -> None:
+        self.continued.append(depth)
+
+
+def test_one_wake_per_due_time_and_a_new_hop_beyond_fifteen_minutes() -> None:
+    clock = ManualClock()
+    system = ActorSystem.from_url("fakeredis://", actors=[counter], clock=clock)
+    waker = RecordingWaker()
+    handler = make_handler(system, LambdaOptions(waker, waker, margin_s=1.0))
+    system.send(counter.ref("w"), Add(n=1), delay=3600)
+    handler({"actor_system": "sweep"}, Context(5000))
+    handler({"actor_system": "sweep"}, Context(5000))
+    assert len(waker.wakes) == 1  # the second drain sees the wake already armed
+    clock.advance(900)  # the first 15-minute hop fires: the drain arms the next one
+    handler({"actor_system": "wake"}, Context(5000))
+    assert len(waker.wakes) == 2
+    due = waker.wakes[0][0]
+    assert waker.wakes[1] == (due, int(clock.now() * 1000))
+    system.send(counter.ref("w"), Add(n=1), delay=60)  # an earlier due time: armed at once
+    handler({"actor_system": "sweep"}, Context(5000))
+    assert len(waker.wakes) == 3
+    assert waker.wakes[2][0] < due
+
+
+def test_classify_knows_each_event_shape() -> None:
+    assert classify({"Records": [{"eventSource": "aws:sqs", "body": "{}"}]}) == "sqs"
+    assert classify({"source": "aws.events", "detail-type": "Scheduled Event"}) == "schedule"
+    assert classify({"actor_system": "continue", "depth": 3}) == "continue"
+    assert classify({"version": "2.0", "requestContext": {"http": {}}}) == "http"
+    assert classify({"Records": [{"eventSource": "aws:s3"}]}) is None
+    assert classify([1, 2]) is None
