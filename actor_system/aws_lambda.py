@@ -130,18 +130,26 @@ def _handle(
     depth = _depth(event, kind)
     budget = Budget.from_context(context, margin_s=options.margin_s, clock=system.clock)
     worker = Worker(system.runtime, budget=budget, exit_when_idle=True)
+    failures = {
+        "batchItemFailures": [
+            {"itemIdentifier": r.get("messageId", "")} for r in event.get("Records", [])
+        ]
+    }
     try:
         report = worker.run()
-        _hand_over(system, options, worker, depth)
     except BackendError as e:
         log.error("drain failed: %s", e)
         if kind == "sqs":  # let SQS deliver the wake again later
-            return {
-                "batchItemFailures": [
-                    {"itemIdentifier": r.get("messageId", "")} for r in event["Records"]
-                ]
-            }
+            return failures
         raise
+    try:
+        _hand_over(system, options, worker, depth)
+    except ActorSystemError as e:
+        # The drained work is committed; only the next start is in doubt. SQS redelivers
+        # the wake; otherwise the periodic sweep picks the work up.
+        log.error("hand-over failed, the next drain waits for a redelivery or the sweep: %s", e)
+        if kind == "sqs":
+            return failures
     result: dict[str, Any] = {
         "turns": report.turns,
         "messages": report.messages,

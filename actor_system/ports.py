@@ -133,11 +133,17 @@ class Inspector(Protocol):
 class Waker(Protocol):
     """Starts a drain at a later time, where nothing runs in between (Lambda)."""
 
+    @property
+    def client(self) -> Any: ...
+
     def wake_at(self, due_ms: int, now_ms: int) -> None: ...
 
 
 class Continuation(Protocol):
     """Starts a fresh drain now, to continue work the current budget could not finish."""
+
+    @property
+    def client(self) -> Any: ...
 
     def continue_now(self, depth: int) -> None: ...
 

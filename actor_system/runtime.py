@@ -130,6 +130,7 @@ class _Turn:
     actions: list[bytes] = field(default_factory=list)
     steps: list[_Step] = field(default_factory=list)
     lateness: list[float] = field(default_factory=list)
+    snapshot: tuple[bytes, int, int] | None = None  # state and outbox size before a handler
     report: DrainReport = field(default_factory=DrainReport)
 
 
@@ -231,21 +232,37 @@ class Runtime:
             raise LeaseLost(f"lease of {turn.claim.actor} lost during its turn")
         turn.leased_at = time.monotonic()
 
-    def _interrupted(self, turn: _Turn, index: int) -> Commit:
-        """The guard stopped a handler: commit no state; the interrupted message goes back
-        with its attempt raised, the rest of the batch unchanged (dead letters stay dead)."""
+    def _interrupted(self, turn: _Turn, index: int, outbox: Outbox) -> Commit:
+        """The guard stopped a handler: commit the messages before it (from the snapshot
+        taken before it ran); it goes back with its attempt raised, the rest unchanged."""
         claim = turn.claim
         log.warning(
-            "handler on %s interrupted: the invocation's time budget ran out; its "
-            "batch goes back to the mailbox",
+            "handler on %s interrupted: the invocation's time budget ran out; the message "
+            "goes back to the mailbox",
             claim.actor,
             extra={"actor": claim.actor},
         )
-        actions = [a if a[:1] == DEAD else KEEP for a in turn.actions[:index]]
-        actions += [RETRY] + [KEEP] * (len(claim.entries) - index - 1)
-        turn.report.messages = 0
+        assert turn.snapshot is not None  # set before every handler under a limited budget
+        data, n_items, n_cancels = turn.snapshot
+        entry, failed = claim.entries[index]
+        attempt = failed + 1  # the envelope's own count is not needed to bound retries here
+        if attempt >= self.options.max_attempts:
+            reason = f"interrupted {attempt} times: the handler needs more than the time budget"
+            again = self._dead(claim, entry, attempt, reason, None)
+            turn.report.dead_letters += 1
+        else:
+            again = RETRY
+        actions = turn.actions[:index] + [again] + [KEEP] * (len(claim.entries) - index - 1)
         turn.report.interrupted = 1
-        return Commit(claim.actor, turn.token, claim.fence, None, actions)
+        return Commit(
+            claim.actor,
+            turn.token,
+            claim.fence,
+            data if turn.steps else None,
+            actions,
+            outbox.items[:n_items],
+            outbox.cancels[:n_cancels],
+        )
 
     def _abandon(self, claim: Claim, token: str) -> Commit:
         return Commit(claim.actor, token, claim.fence, None, [KEEP] * len(claim.entries))
@@ -268,7 +285,7 @@ class Runtime:
         try:
             failure = self._run_handlers(turn, state, outbox)
         except _Interrupted as stop:
-            return self._interrupted(turn, stop.index), turn.report, None
+            return self._interrupted(turn, stop.index, outbox), turn.report, None
         if failure is not None:
             state, outbox = self._after_failure(turn, failure)
         data = self._encode_state(state) if turn.steps else None
@@ -304,10 +321,17 @@ class Runtime:
                 turn.actions.append(DONE)
                 turn.report.duplicates += 1
                 continue
+            if turn.steps and not turn.budget.can_start_turn():
+                # Not enough time for another handler: commit what is done, keep the rest.
+                turn.actions.extend([KEEP] * (len(turn.claim.entries) - index))
+                return None
             seen.add(env.id)
             self._keep_lease(turn)
             attempt = env.attempt + failed
             ctx: Context[Any] = Context(state, turn.ref, env.id, attempt, now, outbox)
+            if turn.budget.limited:  # what to commit if the guard interrupts this handler
+                turn.snapshot = (self._encode_state(state), len(outbox.items), len(outbox.cancels))
+            started = time.monotonic()
             try:
                 with timeout_guard(turn.budget.handler_time_s()):
                     fn(ctx, msg)
@@ -315,6 +339,7 @@ class Runtime:
                 raise _Interrupted(index) from e
             except Exception as e:
                 return index, env, e
+            turn.budget.observe_turn(time.monotonic() - started)
             turn.actions.append(DONE)
             turn.steps.append(_Step(fn, msg, env, attempt))
             turn.report.messages += 1

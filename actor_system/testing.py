@@ -29,6 +29,9 @@ def advance_and_drain(system: ActorSystem, clock: ManualClock, seconds: float) -
     return system.run_until_idle()
 
 
+INIT_TIMEOUT_S = 10.0
+
+
 class LambdaContext:
     """The context object Lambda passes to a handler, with a real deadline."""
 
@@ -89,6 +92,12 @@ class LambdaHarness:
         os.close(write_fd)
         self._reply = read_fd
         self.cold_starts += 1
+        # The init phase (importing the handler) has its own limit, as on Lambda, and does
+        # not count against the first invocation's timeout.
+        if self._read_line(time.time() + INIT_TIMEOUT_S) != b"ready\n":
+            proc.kill()
+            proc.wait(10)
+            raise RuntimeError(f"handler {self.handler!r} failed to initialise")
         return proc
 
     def invoke(self, event: Any) -> Any:
@@ -162,6 +171,7 @@ def _child(spec: str, reply_fd: int) -> None:
     sys.path.insert(0, os.getcwd())
     handler = getattr(importlib.import_module(module_name), attr)
     reply = os.fdopen(reply_fd, "wb", buffering=0)
+    reply.write(b"ready\n")
     for line in sys.stdin.buffer:
         request = json.loads(line)
         context = LambdaContext(

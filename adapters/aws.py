@@ -24,8 +24,14 @@ def _client(service: str) -> Any:
         raise ConfigError(
             f"the {service} waker needs boto3: pip install 'actor-system[aws]'"
         ) from None
+    from botocore.exceptions import BotoCoreError
+
     # Throttling and 5xx are retried with backoff by botocore's adaptive mode.
-    return boto3.client(service, config=Config(retries={"mode": "adaptive", "max_attempts": 5}))
+    config = Config(retries={"mode": "adaptive", "max_attempts": 5})
+    try:
+        return boto3.client(service, config=config)
+    except BotoCoreError as e:
+        raise ConfigError(f"cannot create the {service} client: {e}") from None
 
 
 def _call(what: str, resource: str, fn: Any, **kwargs: Any) -> Any:
@@ -100,14 +106,18 @@ class LambdaContinuation:
         self._client = client
         self.function = function
 
-    def continue_now(self, depth: int) -> None:
+    @property
+    def client(self) -> Any:
         if self._client is None:
             self._client = _client("lambda")
+        return self._client
+
+    def continue_now(self, depth: int) -> None:
         payload = json.dumps({"actor_system": "continue", "depth": depth}).encode()
         _call(
             "Invoke",
             self.function,
-            self._client.invoke,
+            self.client.invoke,
             FunctionName=self.function,
             InvocationType="Event",
             Payload=payload,

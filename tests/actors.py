@@ -89,7 +89,19 @@ class ProbeState(BaseModel):
     deliveries: list[tuple[float, float]] = Field(default_factory=list)  # (due, delivered)
 
 
+class Plan(BaseModel):
+    """Send this actor one Timed message per delay (seconds), from inside a handler."""
+
+    delays: list[float]
+
+
 probe = ActorType("probe", state=ProbeState)
+
+
+@probe.handler
+def plan(ctx: Context[ProbeState], msg: Plan) -> None:
+    for delay in msg.delays:
+        ctx.send(ctx.self, Timed(due=ctx.now.timestamp() + delay), delay=delay)
 
 
 @probe.handler

@@ -239,3 +239,83 @@ def test_self_invoke_continuation_calls_the_lambda_api(aws_env: dict[str, str]) 
         LambdaContinuation(function="missing-fn").continue_now(1)
     with pytest.raises(BackendError, match=r"GetQueueUrl on no-such-queue failed"):
         SqsWaker(queue="no-such-queue").wake_at(0, 0)
+
+
+def drive(lam: LambdaHarness, queue_url: str, until: Any, timeout_s: float) -> list[float]:
+    """Play the Lambda service: deliver wake-queue messages to the function as they become
+    visible. Returns how long each invocation left unused of its time."""
+    unused = []
+    deadline = time.time() + timeout_s
+    while not until() and time.time() < deadline:
+        woken = receive(queue_url, 0.2)
+        if woken:
+            started = time.time()
+            result = lam.invoke(sqs_event(woken))
+            assert "errorType" not in result, result
+            unused.append(lam.timeout_s - (time.time() - started))
+    return unused
+
+
+def test_deferred_messages_sent_by_a_frozen_environment_arrive_on_time(
+    redis_url: str, aws_env: dict[str, str], wake_queue: str
+) -> None:
+    from tests.actors import Plan
+
+    system = ActorSystem.from_url(redis_url, actors=actors)
+    ref = probe.ref("lambda-plan")
+    delays = [0.2, 0.5, 1.0, 1.7, 2.5, 3.2, 4.0, 5.0]
+    system.send(ref, Plan(delays=delays))
+    with harness(redis_url, aws_env, 2, ACTOR_SYSTEM_WAKER_URL=wake_queue) as lam:
+        first = lam.invoke({"actor_system": "sweep"})  # sends them, delivers what fits
+        assert first["messages"] >= 2
+        done = lambda: len(system.state(ref).deliveries) == len(delays)  # type: ignore[attr-defined]  # noqa: E731
+        unused = drive(lam, wake_queue, done, 20)
+        assert lam.cold_starts == 1  # one environment, frozen between invocations
+    late = sorted(d - due for due, d in system.state(ref).deliveries)  # type: ignore[attr-defined]
+    assert len(late) == len(delays)
+    assert late[0] >= 0  # never early
+    assert late[-1] < 1.5  # at most one wake late: SQS delays are whole seconds
+    print(
+        f"lateness ms: {[round(x * 1000) for x in late]}; unused per invocation s: "
+        f"{[round(u, 2) for u in unused]}"
+    )
+
+
+@pytest.mark.timeout(400)
+def test_two_hundred_invocations_around_the_timeout_lose_nothing(
+    redis_url: str, aws_env: dict[str, str], tmp_path: Path, wake_queue: str
+) -> None:
+    import random
+
+    rng = random.Random(4)
+    system = ActorSystem.from_url(redis_url, actors=actors)
+    durations = [rng.uniform(0.02, 0.9) for _ in range(60)]
+    for i, seconds in enumerate(durations):
+        system.send(probe.ref(f"slow{i % 6}"), Slow(path=str(tmp_path / "s"), seconds=seconds))
+    kills = interrupted = 0
+    with harness(
+        redis_url,
+        aws_env,
+        0.8,
+        ACTOR_SYSTEM_LAMBDA_MARGIN_S="0.25",
+        ACTOR_SYSTEM_LEASE_MS="2000",
+        ACTOR_SYSTEM_MAX_ATTEMPTS="3",
+        ACTOR_SYSTEM_WAKER_URL=wake_queue,
+    ) as lam:
+        for _ in range(200):
+            result = lam.invoke({"actor_system": "sweep"})
+            assert result.get("errorType") in (None, "Sandbox.Timedout"), result
+            kills += result.get("errorType") == "Sandbox.Timedout"
+            interrupted += result.get("interrupted", 0)
+    processed = sum(system.state(probe.ref(f"slow{i}")).count for i in range(6))  # type: ignore[attr-defined]
+    dead = system.dead_letters(100)
+    print(
+        f"invocations=200 kills={kills} interrupted={interrupted} processed={processed} "
+        f"dead_lettered={len(dead)} cold_starts={lam.cold_starts}"
+    )
+    assert kills == 0
+    assert interrupted > 0
+    assert processed + len(dead) == len(durations)  # every message accounted for, once
+    assert all("needs more than the time budget" in d.reason for d in dead)
+    stats = system.stats()
+    assert stats["mailbox_messages"] == stats["in_flight_messages"] == 0
