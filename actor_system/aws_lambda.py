@@ -67,6 +67,11 @@ class LambdaOptions:
             continuation = waker_from_url(continue_url)
         elif waker is None and env.get("AWS_LAMBDA_FUNCTION_NAME"):
             continuation = LambdaContinuation(function=env["AWS_LAMBDA_FUNCTION_NAME"])
+        # Create the clients now, in the init phase: at hand-over time the invocation has
+        # only its margin left, less than a boto3 import takes.
+        for part in (waker, continuation):
+            if part is not None:
+                _ = part.client
         return cls(waker, continuation, margin_s, max_chain)
 
 

@@ -25,8 +25,9 @@ class _LambdaContext(Protocol):
 class Budget:
     """How long a drain may keep starting turns.
 
-    The loop starts a turn only if the remaining time exceeds the safety margin plus the
-    longest turn seen so far (doubled), so it never starts a turn it cannot finish.
+    The loop starts a handler only if the remaining time exceeds the safety margin plus twice
+    the longest handler seen so far; a turn stops between two messages when the next one
+    might not fit, and commits what it has done.
     """
 
     def __init__(self, deadline_s: float, *, clock: Clock, margin_s: float = 0.0) -> None:

@@ -189,13 +189,11 @@ class Runtime:
             if not budget.can_start_turn():
                 pending.append((self._abandon(claim, token), DrainReport(), None))
                 continue
-            started = time.monotonic()
             try:
                 pending.append(self._turn(claim, token, leased_at, budget))
             except LeaseLost as e:
                 report.leases_lost += 1
                 log.warning("%s; its batch will be redelivered", e)
-            budget.observe_turn(time.monotonic() - started)
             # Group commit: fast turns share one round trip, slow ones are not held back.
             if time.monotonic() - flushed_at > _GROUP_COMMIT_S:
                 self._flush(pending, report)

@@ -2,20 +2,8 @@
 
 from __future__ import annotations
 
-import threading
-import time
-from pathlib import Path
-from typing import Any
-
 from actor_system import ActorSystem
 from tests.actors import actors
 
 system = ActorSystem.from_env(actors=actors)
 handler = system.lambda_handler()
-
-
-def timer_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """The bug this project exists for: a timer armed in a handler that then returns."""
-    path = Path(event["path"])
-    threading.Timer(0.3, lambda: path.write_text(str(time.time()))).start()
-    return {"armed_at": time.time()}

@@ -62,7 +62,7 @@ def receive(queue_url: str, timeout_s: float) -> list[dict[str, Any]]:
 def test_a_timer_armed_in_a_handler_does_not_fire_while_frozen(tmp_path: Path) -> None:
     fired = tmp_path / "fired"
     with LambdaHarness(
-        "tests.lambda_app:timer_handler",
+        "tests.lambda_timer_app:timer_handler",
         timeout_s=5,
         cwd=ROOT,
         env={"ACTOR_SYSTEM_REDIS_URL": "fakeredis://"},
