@@ -57,3 +57,26 @@ def test_classify_knows_each_event_shape() -> None:
     assert classify({"version": "2.0", "requestContext": {"http": {}}}) == "http"
     assert classify({"Records": [{"eventSource": "aws:s3"}]}) is None
     assert classify([1, 2]) is None
+
+
+def test_works_under_powertools_logger_and_context(capsys) -> None:
+    import json
+    import time
+
+    from aws_lambda_powertools import Logger
+
+    from actor_system.testing import LambdaContext
+
+    system = ActorSystem.from_url("fakeredis://", actors=[counter])
+    system.send(counter.ref("p"), Add(n=5))
+    logger = Logger(service="drain")
+    handler = logger.inject_lambda_context(system.lambda_handler(environ={}), log_event=True)
+    result = handler({"actor_system": "sweep"}, LambdaContext(time.time() + 5, "req-7", "drain"))
+    assert result["messages"] == 1
+    assert system.state(counter.ref("p")).count == 5  # type: ignore[attr-defined]
+    logged = [
+        json.loads(line)
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("{") and "function_request_id" in line
+    ]
+    assert logged[0]["function_request_id"] == "req-7"
