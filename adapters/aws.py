@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from actor_system.errors import BackendError, ConfigError
 
@@ -124,11 +125,82 @@ class LambdaContinuation:
         )
 
 
-def waker_from_url(url: str) -> SqsWaker:
-    """``sqs://queue-name`` or an SQS queue URL."""
+class SchedulerWaker:
+    """Wakes the drain function with a one-time EventBridge Scheduler schedule: for wakes
+    beyond the SQS horizon (15 minutes), with one-minute granularity; nearer ones go
+    through ``near`` (the SQS waker). Schedules delete themselves after they fire."""
+
+    max_delay_s = 366 * 24 * 3600
+
+    def __init__(
+        self, *, group: str, target_arn: str, role_arn: str, near: SqsWaker, client: Any = None
+    ) -> None:
+        self.group = group
+        self.target_arn = target_arn
+        self.role_arn = role_arn
+        self.near = near
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = _client("scheduler")
+            _ = self.near.client
+        return self._client
+
+    def wake_at(self, due_ms: int, now_ms: int) -> None:
+        if due_ms - now_ms <= MAX_SQS_DELAY_S * 1000:
+            self.near.wake_at(due_ms, now_ms)
+            return
+        at = datetime.fromtimestamp(math.ceil(due_ms / 1000), UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        name = f"wake-{due_ms}"  # the same due time twice is the same schedule
+        target = {
+            "Arn": self.target_arn,
+            "RoleArn": self.role_arn,
+            "Input": json.dumps({"actor_system": "wake", "due_ms": due_ms}),
+        }
+        try:
+            _call(
+                "CreateSchedule",
+                f"{self.group}/{name}",
+                self.client.create_schedule,
+                Name=name,
+                GroupName=self.group,
+                ScheduleExpression=f"at({at})",
+                ScheduleExpressionTimezone="UTC",
+                FlexibleTimeWindow={"Mode": "OFF"},
+                Target=target,
+                ActionAfterCompletion="DELETE",
+            )
+        except BackendError as e:
+            if "ConflictException" not in str(e):
+                raise
+
+    def continue_now(self, depth: int) -> None:
+        self.near.continue_now(depth)
+
+
+def waker_from_url(url: str) -> SqsWaker | SchedulerWaker:
+    """``sqs://queue-name``, an SQS queue URL, or
+    ``scheduler://group?target=<function arn>&role=<role arn>&queue=<wake queue>``."""
     parts = urlsplit(url)
     if parts.scheme == "sqs" and parts.netloc:
         return SqsWaker(queue=parts.netloc + parts.path)
     if parts.scheme in ("https", "http") and len(parts.path.strip("/").split("/")) == 2:
         return SqsWaker(queue=url)  # a queue URL: /<account id>/<queue name>
-    raise ConfigError(f"unknown waker URL {url!r}; expected sqs://queue-name or an SQS queue URL")
+    if parts.scheme == "scheduler" and parts.netloc:
+        query = dict(parse_qsl(parts.query))
+        missing = [k for k in ("target", "role", "queue") if not query.get(k)]
+        if missing:
+            raise ConfigError(
+                f"waker URL {url!r} lacks {', '.join(missing)}; expected "
+                "scheduler://group?target=<function arn>&role=<role arn>&queue=<wake queue>"
+            )
+        near = SqsWaker(queue=query["queue"])
+        return SchedulerWaker(
+            group=parts.netloc, target_arn=query["target"], role_arn=query["role"], near=near
+        )
+    raise ConfigError(
+        f"unknown waker URL {url!r}; expected sqs://queue-name, an SQS queue URL or "
+        "scheduler://group?target=...&role=...&queue=..."
+    )

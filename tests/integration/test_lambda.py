@@ -319,3 +319,35 @@ def test_two_hundred_invocations_around_the_timeout_lose_nothing(
     assert all("needs more than the time budget" in d.reason for d in dead)
     stats = system.stats()
     assert stats["mailbox_messages"] == stats["in_flight_messages"] == 0
+
+
+def test_wakes_beyond_fifteen_minutes_become_one_time_schedules(
+    aws_env: dict[str, str], wake_queue: str
+) -> None:
+    from adapters.aws import SchedulerWaker, SqsWaker, waker_from_url
+
+    scheduler = boto3.client("scheduler")
+    group = f"actors-{time.monotonic_ns()}"
+    scheduler.create_schedule_group(Name=group)
+    waker = waker_from_url(
+        f"scheduler://{group}?target=arn:aws:lambda:us-east-1:123456789012:function:drain"
+        f"&role=arn:aws:iam::123456789012:role/scheduler&queue={wake_queue}"
+    )
+    assert isinstance(waker, SchedulerWaker)
+    now_ms = int(time.time() * 1000)
+    due_ms = now_ms + 3 * 3600 * 1000
+    waker.wake_at(due_ms, now_ms)
+    waker.wake_at(due_ms, now_ms)  # the same wake twice: one schedule (named by due time)
+    [listed] = scheduler.list_schedules(GroupName=group)["Schedules"]
+    schedule = scheduler.get_schedule(Name=listed["Name"], GroupName=group)
+    assert schedule["ScheduleExpression"].startswith("at(")
+    assert schedule["ScheduleExpressionTimezone"] == "UTC"
+    assert json.loads(schedule["Target"]["Input"]) == {"actor_system": "wake", "due_ms": due_ms}
+    waker.wake_at(now_ms + 60_000, now_ms)  # near: through the SQS queue instead
+    assert len(scheduler.list_schedules(GroupName=group)["Schedules"]) == 1
+    assert len(receive(wake_queue, 0.5)) == 0  # not visible yet: DelaySeconds=60
+    attrs = boto3.client("sqs").get_queue_attributes(
+        QueueUrl=wake_queue, AttributeNames=["ApproximateNumberOfMessagesDelayed"]
+    )
+    assert attrs["Attributes"]["ApproximateNumberOfMessagesDelayed"] == "1"
+    assert isinstance(waker.near, SqsWaker)
