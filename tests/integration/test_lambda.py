@@ -351,3 +351,45 @@ def test_wakes_beyond_fifteen_minutes_become_one_time_schedules(
     )
     assert attrs["Attributes"]["ApproximateNumberOfMessagesDelayed"] == "1"
     assert isinstance(waker.near, SqsWaker)
+
+
+def test_concurrent_environments_drain_one_backlog_exactly_once(
+    redis_url: str, aws_env: dict[str, str], wake_queue: str
+) -> None:
+    import threading
+
+    system = ActorSystem.from_url(redis_url, actors=actors)
+    system.send_many([(counter.ref(f"k{i % 20}"), Add(n=1, work_ms=10)) for i in range(300)])
+    envs = [
+        harness(
+            redis_url,
+            aws_env,
+            1.5,
+            ACTOR_SYSTEM_WAKER_URL=wake_queue,
+            ACTOR_SYSTEM_LAMBDA_MARGIN_S="0.5",
+        )
+        for _ in range(3)
+    ]
+    results: list[dict[str, Any]] = []
+    worked: set[int] = set()
+
+    def run(index: int, lam: LambdaHarness) -> None:
+        for _ in range(4):
+            result = lam.invoke({"actor_system": "sweep"})
+            results.append(result)
+            if result.get("messages"):
+                worked.add(index)
+
+    threads = [threading.Thread(target=run, args=pair) for pair in enumerate(envs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for lam in envs:
+        lam.close()
+    assert all("errorType" not in r for r in results), results
+    states = [system.state(counter.ref(f"k{i}")) for i in range(20)]
+    assert sum(s.count for s in states) == 300  # type: ignore[attr-defined]
+    assert all(len(set(s.seen)) == len(s.seen) == 15 for s in states)  # type: ignore[attr-defined]
+    assert sum(r["messages"] for r in results) == 300
+    assert len(worked) >= 2  # the environments really drained side by side
