@@ -24,6 +24,7 @@ import redis
 
 from actor_system import ActorSystem
 from tests.chaos.actors import Due, Entry, LedgerState, Relay, actors, ledger, relay
+from tests.integration.workers import worker_args
 
 
 @dataclass
@@ -56,21 +57,9 @@ class Workers:
     """Worker processes (the real CLI) that the chaos driver kills, freezes and restarts."""
 
     def __init__(self, url: str, n: int, lease_ms: int) -> None:
-        self.args = [
-            sys.executable,
-            "-m",
-            "actor_system.cli",
-            "--json",
-            "--url",
-            url,
-            "--app",
-            "tests.chaos.actors",
-            "worker",
-            "--lease-ms",
-            str(lease_ms),
-            "--batch",
-            "20",
-        ]
+        self.args = worker_args(
+            url, "--lease-ms", str(lease_ms), "--batch", "20", app="tests.chaos.actors"
+        )
         self.procs = [self._start() for _ in range(n)]
 
     def _start(self) -> subprocess.Popen[bytes]:

@@ -5,6 +5,7 @@ persistence setting itself loses, and nothing is applied twice."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import redis
 from actor_system import ActorSystem, BackendError
 from tests.chaos.actors import Entry, LedgerState, actors, ledger
 from tests.conftest import RedisServer
+from tests.integration.workers import start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -73,27 +75,8 @@ def run_workload(server: RedisServer, fault, per_actor: int = 60) -> tuple[int, 
     return sent, states
 
 
-def start_worker_chaos(url: str):
-    import subprocess
-    import sys
-
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "actor_system.cli",
-            "--json",
-            "--url",
-            url,
-            "--app",
-            "tests.chaos.actors",
-            "worker",
-            "--lease-ms",
-            "1000",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+def start_worker_chaos(url: str) -> subprocess.Popen[bytes]:
+    return start_worker(url, "--lease-ms", "1000", app="tests.chaos.actors")
 
 
 @pytest.fixture
