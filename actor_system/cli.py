@@ -275,6 +275,7 @@ def dlq_show(s: Settings, message_id: str) -> None:
             "attempts": d.attempts,
             "at": iso(d.at_ms),
             "reason": d.reason,
+            "first_error": d.first_error,
             "error": d.error,
             "entry": d.entry.hex(),
         }

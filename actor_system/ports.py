@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 # One action per claimed entry, decided by the turn and carried out by the commit.
 DONE = b"d"  # processed: record the id for dedup, drop the entry
-RETRY = b"r"  # failed: back to the head of the mailbox, attempts + 1
+RETRY = b"r"  # failed: back to the head of the mailbox, attempts + 1 (then the error text)
 KEEP = b"k"  # not run (turn abandoned): back to the head of the mailbox unchanged
 WITHDRAW = b"w"  # re-sent through the delay queue by Retry(delay=...): attempts + 1
 DEAD = b"x"  # dead-lettered; the DLQ record follows the code byte
@@ -34,6 +34,7 @@ class Claim:
     entries: list[tuple[bytes, int]]  # (entry, earlier failed attempts)
     recovered: int  # entries taken back from a dead holder's in-flight list
     duplicates: int  # entries dropped at claim because their id was already processed
+    first_errors: dict[str, str] = field(default_factory=dict)  # id -> first failure
 
 
 @dataclass(slots=True)

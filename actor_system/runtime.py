@@ -249,7 +249,7 @@ class Runtime:
             again = self._dead(claim, entry, attempt, reason, None)
             turn.report.dead_letters += 1
         else:
-            again = RETRY
+            again = RETRY + b"interrupted: the handler ran out of time"
         actions = turn.actions[:index] + [again] + [KEEP] * (len(claim.entries) - index - 1)
         turn.report.interrupted = 1
         return Commit(
@@ -371,7 +371,7 @@ class Runtime:
                 self._resend_later(turn, outbox, env, error.delay)
                 turn.actions.append(WITHDRAW)
             else:
-                turn.actions.append(RETRY)
+                turn.actions.append(RETRY + _error_text(error))
             turn.report.retries += 1
         elif attempt < self.options.max_attempts:
             log.warning(
@@ -388,7 +388,7 @@ class Runtime:
                     "message_type": env.type,
                 },
             )
-            turn.actions.append(RETRY)
+            turn.actions.append(RETRY + _error_text(error))
             turn.report.retries += 1
         else:
             reason = f"failed {attempt} times, last: {_reason(error)}"
@@ -465,9 +465,16 @@ class Runtime:
             "attempts": attempts,
             "at_ms": self._now_ms(),
             "error": "".join(traceback.format_exception(error))[-4000:] if error else "",
+            "first_error": claim.first_errors.get(mid, reason),
             "entry": entry,
         }
         return DEAD + bytes(msgpack.packb(record, use_bin_type=True))
+
+
+def _error_text(e: BaseException) -> bytes:
+    """The first error kept for a message being retried: its type, message and where."""
+    text = "".join(traceback.format_exception(e))[-2000:]
+    return text.encode("utf-8", "replace")
 
 
 def _reason(e: BaseException) -> str:

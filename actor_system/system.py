@@ -46,6 +46,7 @@ class DeadLetter:
     error: str
     entry: bytes
     record: bytes  # the stored record, exactly: what redrive and purge match on
+    first_error: str = ""  # the first failure, when it failed more than once
 
     @classmethod
     def from_record(cls, record: bytes) -> DeadLetter:
@@ -59,6 +60,7 @@ class DeadLetter:
             r["error"],
             r["entry"],
             record,
+            r.get("first_error", ""),
         )
 
 

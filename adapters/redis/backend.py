@@ -172,7 +172,12 @@ class RedisBackend:
                 claims.append(None)
                 continue
             fence, state, version, recovered, dups, *flat = res
-            entries = [(flat[i], int(flat[i + 1])) for i in range(0, len(flat), 2)]
+            entries = [(flat[i], int(flat[i + 1])) for i in range(0, len(flat), 3)]
+            errors = {
+                flat[i][:32].decode("ascii", "replace"): flat[i + 2].decode("utf-8", "replace")
+                for i in range(0, len(flat), 3)
+                if flat[i + 2]
+            }
             claims.append(
                 Claim(
                     actor,
@@ -182,6 +187,7 @@ class RedisBackend:
                     entries,
                     int(recovered),
                     int(dups),
+                    errors,
                 )
             )
         return claims

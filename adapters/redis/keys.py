@@ -45,8 +45,9 @@ class Keys:
 
     def begin_keys(self, actor: str) -> list[str]:
         names = ("lease", "fence", "mb", "inflight", "state", "att", "done")
-        return [self.actor(actor, n) for n in names] + [self.leases]
+        return [self.actor(actor, n) for n in names] + [self.leases, self.actor(actor, "err")]
 
     def commit_keys(self, actor: str) -> list[str]:
         names = ("lease", "mb", "inflight", "state", "att", "done")
-        return [self.actor(actor, n) for n in names] + [self.leases, self.ready, self.dlq]
+        keys = [self.actor(actor, n) for n in names] + [self.leases, self.ready, self.dlq]
+        return [*keys, self.actor(actor, "err")]

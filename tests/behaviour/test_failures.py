@@ -41,6 +41,8 @@ def test_failing_handler_is_retried_then_dead_lettered(make_system) -> None:
     assert "failed 3 times" in dead.reason
     assert "RuntimeError: boom on attempt 3" in dead.reason
     assert "Traceback" in dead.error
+    assert "RuntimeError: boom on attempt 1" in dead.first_error  # kept from the first try
+    assert "boom on attempt 3" in dead.error
 
 
 def test_handler_that_fails_once_succeeds_on_retry(make_system) -> None:

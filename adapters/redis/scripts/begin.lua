@@ -1,9 +1,11 @@
 -- begin: take an actor's lease, recover a dead holder's claim, claim a batch, load the state.
 -- KEYS[1] P:{A}:lease  KEYS[2] P:{A}:fence  KEYS[3] P:{A}:mb  KEYS[4] P:{A}:inflight
 -- KEYS[5] P:{A}:state  KEYS[6] P:{A}:att  KEYS[7] P:{A}:done  KEYS[8] P:leases
+-- KEYS[9] P:{A}:err
 -- ARGV[1] token  ARGV[2] lease ms  ARGV[3] now ms  ARGV[4] batch  ARGV[5] actor key
 -- Returns 0 when the lease is held by someone else, else
--- {fence, state or '', version, recovered, duplicates, entry1, attempts1, entry2, ...}.
+-- {fence, state or '', version, recovered, duplicates, entry1, attempts1, first error1 or '',
+-- entry2, ...}.
 local now = tonumber(ARGV[3])
 local expiry = tonumber(redis.call('HGET', KEYS[1], 'e') or '0')
 if expiry > now then
@@ -39,10 +41,12 @@ while claimed < batch do
   if redis.call('ZSCORE', KEYS[7], id) then
     dups = dups + 1
     redis.call('HDEL', KEYS[6], id)
+    redis.call('HDEL', KEYS[9], id)
   else
     redis.call('RPUSH', KEYS[4], e)
     out[#out + 1] = e
     out[#out + 1] = tonumber(redis.call('HGET', KEYS[6], id) or '0')
+    out[#out + 1] = redis.call('HGET', KEYS[9], id) or ''
     claimed = claimed + 1
   end
 end

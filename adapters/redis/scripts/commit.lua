@@ -1,9 +1,10 @@
 -- commit: write a turn's results and release its lease, only while the lease is still ours.
 -- KEYS[1] P:{A}:lease  KEYS[2] P:{A}:mb  KEYS[3] P:{A}:inflight  KEYS[4] P:{A}:state
 -- KEYS[5] P:{A}:att  KEYS[6] P:{A}:done  KEYS[7] P:leases  KEYS[8] P:ready  KEYS[9] P:dlq
+-- KEYS[10] P:{A}:err (first error of a message still being retried)
 -- ARGV[1] token  ARGV[2] actor key  ARGV[3] now ms  ARGV[4] state bytes ('' = unchanged)
 -- ARGV[5] fence  ARGV[6] dedup window ms  ARGV[7] dedup max ids  ARGV[8] prefix
--- ARGV[9] n actions, then one per in-flight entry: 'd' done, 'r' retry, 'k' keep,
+-- ARGV[9] n actions, then one per in-flight entry: 'd' done, 'r' .. error (retry), 'k' keep,
 --   'w' withdrawn (re-sent deferred by the outbox), 'x' .. record (dead letter)
 -- then n outbox items, each 5 args: target, id, due ms or '', shard, entry
 -- then n cancels, each 2 args: id, shard
@@ -27,15 +28,18 @@ for i = 1, n do
   if code == 'd' or code == 'x' then
     redis.call('ZADD', KEYS[6], now, id)
     redis.call('HDEL', KEYS[5], id)
+    redis.call('HDEL', KEYS[10], id)
     if code == 'x' then
       redis.call('LPUSH', KEYS[9], string.sub(action, 2))
     end
   elseif code == 'r' then
     redis.call('HINCRBY', KEYS[5], id, 1)
+    redis.call('HSETNX', KEYS[10], id, string.sub(action, 2))
     back[#back + 1] = e
   elseif code == 'w' then
     -- the re-sent copy in the outbox carries the raised attempt in its envelope
     redis.call('HDEL', KEYS[5], id)
+    redis.call('HDEL', KEYS[10], id)
   else
     back[#back + 1] = e
   end

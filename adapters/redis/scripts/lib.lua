@@ -12,6 +12,7 @@
 --   P:{A}:fence          int   fencing number, +1 per lease
 --   P:{A}:state          hash  d = state bytes, v = version, f = fence of the writer
 --   P:{A}:att            hash  id -> failed attempts so far
+--   P:{A}:err            hash  id -> the first error of a message being retried
 --   P:{A}:done           zset  processed id -> commit ms (dedup window)
 --   P:{dqN}:due          zset  id -> due ms
 --   P:{dqN}:mB           hash  id -> A .. "\n" .. envelope body (the entry without its id);
