@@ -1,0 +1,124 @@
+"""The Serverless deployment packages offline (no AWS credentials or network), its template
+passes cfn-lint, and its IAM is least privilege."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("npx") is None or not (ROOT / "node_modules" / "osls").exists():
+        if os.environ.get("CI"):
+            pytest.fail("npx osls is missing; .ci/run installs it with npm ci")
+        pytest.skip("run `npm ci` first")
+    out = tmp_path_factory.mktemp("sls")
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "fake",
+        "AWS_SECRET_ACCESS_KEY": "fake",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+    }  # nothing may reach AWS
+    done = subprocess.run(
+        ["npx", "osls", "package", "--stage", "test", "--package", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def template(packaged: Path) -> dict[str, Any]:
+    return dict(json.loads((packaged / "cloudformation-template-update-stack.json").read_text()))
+
+
+def test_template_passes_cfn_lint(packaged: Path) -> None:
+    # W3005 (a DependsOn already implied by a GetAtt) is in the framework's own output.
+    done = subprocess.run(
+        [
+            "cfn-lint",
+            "--ignore-checks",
+            "W3005",
+            "--",
+            str(packaged / "cloudformation-template-update-stack.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_iam_policies_name_no_wildcard_action_or_resource(template: dict[str, Any]) -> None:
+    roles = {k: r for k, r in template["Resources"].items() if r["Type"] == "AWS::IAM::Role"}
+    assert set(roles) == {"DrainRole", "IngressRole", "SchedulerRole"}
+    statements = 0
+    for name, role in roles.items():
+        for policy in role["Properties"]["Policies"]:
+            for st in policy["PolicyDocument"]["Statement"]:
+                statements += 1
+                actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+                assert all("*" not in a for a in actions), (name, actions)
+                resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+                for resource in resources:
+                    assert resource != "*", (name, st)
+                    assert "*" not in json.dumps(resource).replace(":*", "").replace(
+                        "/wake-*", ""
+                    ).replace("/actors/*", ""), (name, resource)
+    assert statements >= 8
+    drain = json.dumps(roles["DrainRole"])
+    assert '"sqs:SendMessage"' in drain
+    assert '"Fn::GetAtt": ["WakeQueue", "Arn"]' in drain
+    assert "/actors/*" in drain  # only the state prefix of the bucket
+    ingress = json.dumps(roles["IngressRole"])
+    assert "sqs:" not in ingress  # the ingress sends to Redis only: no queue, no bucket
+    assert "s3:" not in ingress
+
+
+def test_drain_function_triggers_and_resources(template: dict[str, Any]) -> None:
+    res = template["Resources"]
+    drain = res["DrainLambdaFunction"]["Properties"]
+    assert drain["Runtime"] == "python3.12"
+    assert drain["RecursiveLoop"] == "Allow"  # continuations are bounded by max_chain
+    mapping = res["DrainEventSourceMappingSQSWakeQueue"]["Properties"]
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    rule = res["DrainEventsRuleSchedule1"]["Properties"]
+    assert rule["ScheduleExpression"] == "rate(1 minute)"
+    assert json.loads(rule["Targets"][0]["Input"]) == {"actor_system": "sweep"}
+    queue = res["WakeQueue"]["Properties"]
+    assert queue["VisibilityTimeout"] >= 6 * drain["Timeout"]
+    assert "deadLetterTargetArn" in queue["RedrivePolicy"]
+    bucket = res["StateBucket"]["Properties"]
+    assert bucket["VersioningConfiguration"]["Status"] == "Enabled"
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+    route = res["HttpApiRoutePostActorsTypeVarIdVarMessages"]["Properties"]
+    assert route["RouteKey"] == "POST /actors/{type}/{id}/messages"
+    assert route["AuthorizationType"] == "AWS_IAM"
+
+
+def test_package_holds_our_code_and_linux_wheels(packaged: Path) -> None:
+    with zipfile.ZipFile(packaged / "actor-system.zip") as z:
+        names = set(z.namelist())
+    assert "deploy/drain.py" in names
+    assert "actor_system/aws_lambda.py" in names
+    assert "adapters/redis/scripts/commit.lua" in names
+    assert any(
+        n.startswith("pydantic_core/_pydantic_core.cpython-312-x86_64-linux-gnu") for n in names
+    )
+    assert not any(n.startswith(("tests/", "bench/", "node_modules/")) for n in names)
