@@ -58,7 +58,9 @@ class LambdaHarness:
     with a real deadline per invocation, frozen with SIGSTOP between invocations and killed
     at its timeout (the next invocation is then a cold start).
 
-    ``handler`` is ``"module:attribute"``; ``env`` is the function's environment.
+    ``handler`` is ``"module:attribute"``; ``env`` is the function's environment;
+    ``python_args`` go to the interpreter (``("-S",)`` with ``PYTHONPATH`` set to an unzipped
+    package runs the handler with only what the package holds).
     """
 
     def __init__(
@@ -69,9 +71,11 @@ class LambdaHarness:
         env: dict[str, str] | None = None,
         function_name: str = "drain",
         cwd: str | None = None,
+        python_args: tuple[str, ...] = (),
     ) -> None:
         self.handler = handler
         self.timeout_s = timeout_s
+        self.python_args = python_args  # e.g. ("-S",) to import only from PYTHONPATH
         self.env = {**os.environ, **(env or {}), "AWS_LAMBDA_FUNCTION_NAME": function_name}
         self.function_name = function_name
         self.cwd = cwd
@@ -83,7 +87,14 @@ class LambdaHarness:
     def _start(self) -> subprocess.Popen[bytes]:
         read_fd, write_fd = os.pipe()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "actor_system.testing", self.handler, str(write_fd)],
+            [
+                sys.executable,
+                *self.python_args,
+                "-m",
+                "actor_system.testing",
+                self.handler,
+                str(write_fd),
+            ],
             stdin=subprocess.PIPE,
             pass_fds=(write_fd,),
             env=self.env,

@@ -3,10 +3,12 @@ passes cfn-lint, and its IAM is least privilege."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -122,3 +124,90 @@ def test_package_holds_our_code_and_linux_wheels(packaged: Path) -> None:
         n.startswith("pydantic_core/_pydantic_core.cpython-312-x86_64-linux-gnu") for n in names
     )
     assert not any(n.startswith(("tests/", "bench/", "node_modules/")) for n in names)
+
+
+@pytest.fixture(scope="module")
+def packaged_here(tmp_path_factory: pytest.TempPathFactory, packaged: Path) -> Path:
+    """The package built for this interpreter's Python version, unzipped: the same tree AWS
+    would run, importable here (the default package targets Python 3.12)."""
+    out = tmp_path_factory.mktemp("sls-here")
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "fake", "AWS_SECRET_ACCESS_KEY": "fake"}
+    done = subprocess.run(
+        [
+            "npx",
+            "osls",
+            "package",
+            "--stage",
+            "test",
+            "--package",
+            str(out),
+            f"--param=pythonVersion={version}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    tree = out / "tree"
+    with zipfile.ZipFile(out / "actor-system.zip") as z:
+        z.extractall(tree)
+    return tree
+
+
+def lambda_runtime_dir(tmp_path: Path) -> Path:
+    """What Lambda's Python runtime adds to the package: boto3 and its dependencies."""
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    for name in ("boto3", "botocore", "jmespath", "s3transfer", "dateutil", "urllib3", "six"):
+        module = importlib.import_module(name)
+        source = Path(module.__file__ or "")
+        target = source.parent if source.name == "__init__.py" else source
+        (runtime / target.name).symlink_to(target)
+    return runtime
+
+
+def test_packaged_handler_imports_and_runs_one_invocation(
+    packaged_here: Path, redis_url: str, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    import boto3
+
+    from actor_system import ActorSystem
+    from actor_system.testing import LambdaHarness
+    from examples.counter import Add, counter
+
+    queue = boto3.client("sqs").create_queue(QueueName="deploy-wake")["QueueUrl"]
+    system = ActorSystem.from_url(redis_url, actors=[counter])
+    system.send(counter.ref("deployed"), Add(n=7))
+    path = f"{packaged_here}:{lambda_runtime_dir(tmp_path)}"
+    env = {
+        **aws_env,
+        "PYTHONPATH": path,
+        "ACTOR_SYSTEM_REDIS_URL": redis_url,
+        "ACTOR_SYSTEM_WAKER_URL": queue,
+        "ACTOR_SYSTEM_CONTINUE_URL": queue,
+    }
+    with LambdaHarness(
+        "deploy.drain:handler", timeout_s=10, env=env, cwd=str(tmp_path), python_args=("-S",)
+    ) as lam:
+        result = lam.invoke({"actor_system": "sweep"})
+    assert result.get("messages") == 1, result
+    assert system.state(counter.ref("deployed")).count == 7  # type: ignore[attr-defined]
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-S",
+            "-c",
+            "import pydantic, redis, msgpack, deploy.drain; "
+            "print(callable(deploy.drain.handler), pydantic.__file__)",
+        ],
+        env={**env, "ACTOR_SYSTEM_REDIS_URL": "redis://127.0.0.1:1/0"},
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert probe[0] == "True"
+    assert probe[1].startswith(str(packaged_here))  # imported from the package, not the venv
