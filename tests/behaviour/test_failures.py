@@ -160,3 +160,32 @@ def test_actor_popped_by_a_drainer_that_dies_is_not_stranded(
     clock.advance(1.001)
     assert system.run_until_idle().messages == 1
     assert system.state(ref).count == 1
+
+
+def test_a_turn_over_max_outbox_fails_with_a_clear_reason(make_system) -> None:
+    from pydantic import BaseModel
+
+    from actor_system import ActorType, Context
+
+    class Fan(BaseModel):
+        n: int
+
+    class Empty(BaseModel):
+        pass
+
+    fan = ActorType("fan", state=Empty)
+
+    @fan.handler
+    def spread(ctx: Context[Empty], msg: Fan) -> None:
+        for i in range(msg.n):
+            ctx.send(counter.ref(f"f{i}"), Add(n=1))
+
+    system: ActorSystem = make_system(fan, counter, max_outbox=5, max_attempts=1)
+    system.send(fan.ref("ok"), Fan(n=5))
+    system.send(fan.ref("big"), Fan(n=6))
+    report = system.run_until_idle()
+    assert report.dead_letters == 1
+    [dead] = system.dead_letters()
+    assert dead.actor == "fan/big"
+    assert "at most max_outbox=5 messages" in dead.reason
+    assert sum(system.state(counter.ref(f"f{i}")).count for i in range(6)) == 5  # only "ok"
