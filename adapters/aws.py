@@ -79,24 +79,19 @@ class SqsWaker:
         """One wake message, visible at the due time (or after 15 minutes, the SQS maximum:
         the drain that wakes then arms the next hop)."""
         delay = min(max(math.ceil((due_ms - now_ms) / 1000), 0), MAX_SQS_DELAY_S)
-        body = json.dumps({"actor_system": "wake", "due_ms": due_ms})
-        _call(
-            "SendMessage",
-            self.queue,
-            self.client.send_message,
-            QueueUrl=self.queue_url,
-            MessageBody=body,
-            DelaySeconds=delay,
-        )
+        self._send({"actor_system": "wake", "due_ms": due_ms}, delay)
 
     def continue_now(self, depth: int) -> None:
-        body = json.dumps({"actor_system": "continue", "depth": depth})
+        self._send({"actor_system": "continue", "depth": depth}, 0)
+
+    def _send(self, body: dict[str, Any], delay_s: int) -> None:
         _call(
             "SendMessage",
             self.queue,
             self.client.send_message,
             QueueUrl=self.queue_url,
-            MessageBody=body,
+            MessageBody=json.dumps(body),
+            DelaySeconds=delay_s,
         )
 
 

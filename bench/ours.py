@@ -17,6 +17,7 @@ import redis
 from actor_system import ActorSystem, ManualClock, Options
 from adapters.redis import RedisBackend
 from bench.actors import Due, Inc, actors, counter, timer
+from bench.queues.common import summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,20 +111,8 @@ def lateness(port: int, messages: int, spread_s: float) -> dict[str, Any]:
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
     samples.sort()
-    k = len(samples)
-
-    def pct(p: float) -> float:
-        return samples[min(k - 1, int(p * k))] * 1000
-
     return {
-        "messages": messages,
-        "delivered": k,
-        "lost": messages - k,
-        "early": sum(1 for x in samples if x < 0),
-        "p50_ms": pct(0.50),
-        "p95_ms": pct(0.95),
-        "p99_ms": pct(0.99),
-        "max_ms": samples[-1] * 1000,
+        **summarize(samples, messages),
         "samples": samples,
         "timing": "Redis sorted set; idle worker blocks on Redis, then a live wait",
     }
