@@ -34,7 +34,7 @@ class Budget:
         self.deadline_s = deadline_s
         self.margin_s = margin_s
         self._clock = clock
-        self._longest_turn_s = 0.0
+        self._longest_handler_s = 0.0
 
     @classmethod
     def unlimited(cls, clock: Clock | None = None) -> Budget:
@@ -60,10 +60,10 @@ class Budget:
         return self.deadline_s - self._clock.now()
 
     def can_start_turn(self) -> bool:
-        return self.remaining_s() > self.margin_s + 2 * self._longest_turn_s
+        return self.remaining_s() > self.margin_s + 2 * self._longest_handler_s
 
-    def observe_turn(self, seconds: float) -> None:
-        self._longest_turn_s = max(self._longest_turn_s, seconds)
+    def observe_handler(self, seconds: float) -> None:
+        self._longest_handler_s = max(self._longest_handler_s, seconds)
 
     @property
     def limited(self) -> bool:

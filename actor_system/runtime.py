@@ -337,7 +337,7 @@ class Runtime:
                 raise _Interrupted(index) from e
             except Exception as e:
                 return index, env, e
-            turn.budget.observe_turn(time.monotonic() - started)
+            turn.budget.observe_handler(time.monotonic() - started)
             turn.actions.append(DONE)
             turn.steps.append(_Step(fn, msg, env, attempt))
             turn.report.messages += 1
@@ -464,17 +464,21 @@ class Runtime:
             "id": mid,
             "attempts": attempts,
             "at_ms": self._now_ms(),
-            "error": "".join(traceback.format_exception(error))[-4000:] if error else "",
+            "error": _traceback(error, 4000) if error else "",
             "first_error": claim.first_errors.get(mid, reason),
             "entry": entry,
         }
         return DEAD + bytes(msgpack.packb(record, use_bin_type=True))
 
 
+def _traceback(e: BaseException, limit: int) -> str:
+    """The last ``limit`` characters of the formatted traceback: type, message and where."""
+    return "".join(traceback.format_exception(e))[-limit:]
+
+
 def _error_text(e: BaseException) -> bytes:
-    """The first error kept for a message being retried: its type, message and where."""
-    text = "".join(traceback.format_exception(e))[-2000:]
-    return text.encode("utf-8", "replace")
+    """The first error kept for a message being retried."""
+    return _traceback(e, 2000).encode("utf-8", "replace")
 
 
 def _reason(e: BaseException) -> str:

@@ -20,21 +20,16 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def packaged(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("npx") is None or not (ROOT / "node_modules" / "osls").exists():
-        if os.environ.get("CI"):
-            pytest.fail("npx osls is missing; .ci/run installs it with npm ci")
-        pytest.skip("run `npm ci` first")
-    out = tmp_path_factory.mktemp("sls")
+def osls_package(out: Path, *args: str) -> Path:
+    """``npx osls package`` into ``out`` with fake credentials: nothing may reach AWS."""
     env = {
         **os.environ,
         "AWS_ACCESS_KEY_ID": "fake",
         "AWS_SECRET_ACCESS_KEY": "fake",
         "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
-    }  # nothing may reach AWS
+    }
     done = subprocess.run(
-        ["npx", "osls", "package", "--stage", "test", "--package", str(out)],
+        ["npx", "osls", "package", "--stage", "test", "--package", str(out), *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -43,6 +38,15 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return out
+
+
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("npx") is None or not (ROOT / "node_modules" / "osls").exists():
+        if os.environ.get("CI"):
+            pytest.fail("npx osls is missing; .ci/run installs it with npm ci")
+        pytest.skip("run `npm ci` first")
+    return osls_package(tmp_path_factory.mktemp("sls"))
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +127,9 @@ def test_package_holds_our_code_and_linux_wheels(packaged: Path) -> None:
     assert any(
         n.startswith("pydantic_core/_pydantic_core.cpython-312-x86_64-linux-gnu") for n in names
     )
+    assert any(n.startswith("msgpack/_cmsgpack.cpython-312-x86_64-linux-gnu") for n in names)
+    assert "redis/client.py" in names
+    assert "pydantic/main.py" in names
     assert not any(n.startswith(("tests/", "bench/", "node_modules/")) for n in names)
 
 
@@ -130,27 +137,8 @@ def test_package_holds_our_code_and_linux_wheels(packaged: Path) -> None:
 def packaged_here(tmp_path_factory: pytest.TempPathFactory, packaged: Path) -> Path:
     """The package built for this interpreter's Python version, unzipped: the same tree AWS
     would run, importable here (the default package targets Python 3.12)."""
-    out = tmp_path_factory.mktemp("sls-here")
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "fake", "AWS_SECRET_ACCESS_KEY": "fake"}
-    done = subprocess.run(
-        [
-            "npx",
-            "osls",
-            "package",
-            "--stage",
-            "test",
-            "--package",
-            str(out),
-            f"--param=pythonVersion={version}",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    out = osls_package(tmp_path_factory.mktemp("sls-here"), f"--param=pythonVersion={version}")
     tree = out / "tree"
     with zipfile.ZipFile(out / "actor-system.zip") as z:
         z.extractall(tree)
