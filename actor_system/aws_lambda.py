@@ -76,7 +76,7 @@ class LambdaOptions:
 
 
 def classify(event: Any) -> str | None:
-    """The kind of an event: sqs, schedule, continue, http, or None if unknown."""
+    """The kind of an event: sqs, schedule, deferred, continue, http, or None if unknown."""
     if not isinstance(event, dict):
         return None
     records = event.get("Records")
@@ -90,6 +90,8 @@ def classify(event: Any) -> str | None:
         return "continue"
     if event.get("actor_system") in ("sweep", "wake"):
         return "schedule"
+    if event.get("actor_system") == "deferred":
+        return "deferred"  # a deferred message handed over by its one-time schedule
     if event.get("source") == "aws.events" or event.get("detail-type") == "Scheduled Event":
         return "schedule"
     if (
@@ -141,6 +143,7 @@ def _handle(
         ]
     }
     try:
+        _land(system, event, kind)
         report = worker.run()
     except BackendError as e:
         log.error("drain failed: %s", e)
@@ -164,6 +167,21 @@ def _handle(
     if kind == "sqs":
         result["batchItemFailures"] = []
     return result
+
+
+def _land(system: ActorSystem, event: dict[str, Any], kind: str) -> None:
+    """Deferred messages that arrive in the event (from an SQS delay queue that triggers
+    the function, or from a schedule) go to their mailboxes first, or out for another hop."""
+    if kind == "deferred":
+        bodies: list[Any] = [event]
+    elif kind == "sqs":
+        bodies = [r.get("body") or "" for r in event["Records"]]
+    else:
+        return
+    now_ms = int(system.clock.now() * 1000)
+    landed = system.backend.accept_deferred(bodies, now_ms)
+    if landed:
+        log.info("%d deferred message(s) arrived with the event", landed)
 
 
 def _depth(event: dict[str, Any], kind: str) -> int:

@@ -103,6 +103,10 @@ class DelayQueue(Protocol):
     def pending(self) -> int:
         """How many deferred messages wait."""
 
+    def accept_deferred(self, bodies: Sequence[str | dict[str, Any]], now_ms: int) -> int:
+        """Land deferred-message bodies that came back from another delay queue (SQS, a
+        schedule); malformed ones are dead-lettered. Returns how many were landed."""
+
 
 class DeadLetters(Protocol):
     """Messages that could not be processed, each with its reason."""

@@ -105,9 +105,11 @@ class ActorSystem:
     ) -> ActorSystem:
         """Connect to ``redis://``, ``rediss://`` or the embedded ``fakeredis://``.
 
-        ``state`` and ``delay`` name other stores for state and deferred messages; Redis
-        (the default, ``None``) is the one available in this version. Other keyword
-        arguments are ``Options`` fields (``batch=``, ``lease_ms=``, ...).
+        ``state="s3://bucket/prefix"`` keeps actor state in S3; ``delay="sqs://queue"`` or
+        ``delay="scheduler://group?target=<arn>&role=<arn>"`` keeps far-future deferred
+        messages in SQS or EventBridge Scheduler (boto3 is imported only then). Redis is the
+        default for both (``None``). Other keyword arguments are ``Options`` fields
+        (``batch=``, ``lease_ms=``, ...).
         """
         scheme = urlsplit(url).scheme if isinstance(url, str) else ""
         if scheme not in _REDIS_SCHEMES:
@@ -115,16 +117,8 @@ class ActorSystem:
                 f"unknown URL scheme {scheme!r} in {_redact(url)!r}; expected redis://, "
                 "rediss:// or fakeredis://"
             )
-        for name, value in (("state", state), ("delay", delay)):
-            if value is not None and urlsplit(value).scheme not in ("redis", ""):
-                raise ConfigError(
-                    f"{name} URL {_redact(value)!r} is not supported; this version keeps "
-                    f"{name} in Redis (leave {name}= unset)"
-                )
         opts = Options.from_mapping(options)
-        from adapters.redis import RedisBackend
-
-        backend = RedisBackend.from_url(url, opts)
+        backend = _backend(url, opts, state, delay)
         return cls(backend, actors=actors, clock=clock, options=opts, on_turn=on_turn)
 
     @classmethod
@@ -313,6 +307,41 @@ _URL_VARS = {
         "CONTINUE_URL",
     )
 }
+
+
+def _backend(url: str, options: Options, state: str | None, delay: str | None) -> Backend:
+    from adapters.redis import RedisBackend
+
+    for name, value in (("state", state), ("delay", delay)):
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{name}= must be a URL string, not {type(value).__name__}")
+    state_scheme = urlsplit(state).scheme if state else "redis"
+    delay_scheme = urlsplit(delay).scheme if delay else "redis"
+    if state_scheme not in ("redis", "s3"):
+        raise ConfigError(
+            f"state URL {_redact(state or '')!r} is not supported; expected s3://bucket/prefix "
+            "or none (Redis)"
+        )
+    if delay_scheme not in ("redis", "sqs", "scheduler"):
+        raise ConfigError(
+            f"delay URL {_redact(delay or '')!r} is not supported; expected sqs://queue-name, "
+            "scheduler://group?target=...&role=... or none (the Redis sorted set)"
+        )
+    if state_scheme == "redis" and delay_scheme == "redis":
+        return RedisBackend.from_url(url, options)
+    from adapters.composite import CompositeBackend
+    from adapters.delay import delay_from_url
+    from adapters.redis.backend import client_from_url
+    from adapters.s3 import S3StateStore
+
+    client, blocking = client_from_url(url)
+    return CompositeBackend(
+        client=client,
+        options=options,
+        blocking=blocking,
+        state=S3StateStore.from_url(state) if state and state_scheme == "s3" else None,
+        delay=delay_from_url(delay) if delay and delay_scheme != "redis" else None,
+    )
 
 
 def _parse_option(key: str, raw: str, type_name: str) -> Any:

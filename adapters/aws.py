@@ -17,34 +17,89 @@ from actor_system.errors import BackendError, ConfigError
 MAX_SQS_DELAY_S = 900
 
 
-def _client(service: str) -> Any:
+# What to do about the errors a caller can act on, by AWS error code.
+_HINTS = {
+    "NoSuchBucket": "the bucket does not exist: create it or fix the URL",
+    "AWS.SimpleQueueService.NonExistentQueue": "the queue does not exist: create it or fix the URL",
+    "QueueDoesNotExist": "the queue does not exist: create it or fix the URL",
+    "ResourceNotFoundException": "the resource does not exist: create it or fix the URL",
+    "AccessDenied": "the IAM policy of these credentials does not allow this action here",
+    "AccessDeniedException": "the IAM policy of these credentials does not allow this action here",
+    "InvalidAccessKeyId": "the AWS credentials are not valid",
+    "SignatureDoesNotMatch": "the AWS credentials are not valid",
+    "ExpiredToken": "the AWS credentials have expired",
+}
+_THROTTLED = frozenset(
+    ("Throttling", "ThrottlingException", "SlowDown", "RequestLimitExceeded", "RequestThrottled")
+)
+_RETRIES = 5  # botocore retries throttling and 5xx with backoff; other errors are not retried
+
+
+class AwsError(BackendError):
+    """An AWS call failed after botocore's retries; names the operation, the resource and
+    the AWS error code, and says what to do where that is known."""
+
+    def __init__(self, operation: str, resource: str, code: str, detail: str) -> None:
+        hint = _HINTS.get(code)
+        if code in _THROTTLED:
+            hint = f"throttled after {_RETRIES} attempts: lower the rate or raise the quota"
+        text = f"{operation} on {resource} failed: {code}: {detail}"
+        super().__init__(f"{text} ({hint})" if hint else text)
+        self.operation = operation
+        self.resource = resource
+        self.code = code
+
+
+def aws_client(service: str, *, max_pool_connections: int = 10) -> Any:
+    """A boto3 client with botocore's retry policy; boto3 is imported here, not at start-up.
+
+    The endpoint comes from boto3's own ``AWS_ENDPOINT_URL`` (tests point it at a moto server).
+    """
     try:
         import boto3
         from botocore.config import Config
     except ImportError:
         raise ConfigError(
-            f"the {service} waker needs boto3: pip install 'actor-system[aws]'"
+            f"the {service} adapter needs boto3: pip install 'actor-system[aws]'"
         ) from None
     from botocore.exceptions import BotoCoreError
 
     # Throttling and 5xx are retried with backoff by botocore's adaptive mode.
-    config = Config(retries={"mode": "adaptive", "max_attempts": 5})
+    config = Config(
+        retries={"mode": "adaptive", "max_attempts": _RETRIES},
+        max_pool_connections=max_pool_connections,
+    )
     try:
         return boto3.client(service, config=config)
     except BotoCoreError as e:
         raise ConfigError(f"cannot create the {service} client: {e}") from None
 
 
-def _call(what: str, resource: str, fn: Any, **kwargs: Any) -> Any:
+def error_code(e: BaseException) -> str | None:
+    """The AWS error code of a botocore ClientError, else None."""
+    response = getattr(e, "response", None)
+    if not isinstance(response, dict):
+        return None
+    return str(response.get("Error", {}).get("Code", "?"))
+
+
+def aws_call(what: str, resource: str, fn: Any, **kwargs: Any) -> Any:
+    """Call ``fn``; botocore errors become AwsError naming ``what`` and ``resource``."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         return fn(**kwargs)
-    except ClientError as e:
-        code = e.response.get("Error", {}).get("Code", "?")
-        raise BackendError(f"{what} on {resource} failed: {code}: {e}") from e
-    except BotoCoreError as e:
-        raise BackendError(f"{what} on {resource} failed: {e}") from e
+    except (ClientError, BotoCoreError) as e:
+        raise as_aws_error(what, resource, e) from e
+
+
+def as_aws_error(what: str, resource: str, e: Exception) -> AwsError:
+    """The AwsError for a botocore exception raised by ``what`` on ``resource``."""
+    code = error_code(e)
+    if code is None:
+        return AwsError(what, resource, type(e).__name__, str(e))
+    message = getattr(e, "response", {}).get("Error", {}).get("Message") or str(e)
+    return AwsError(what, resource, code, message)
 
 
 class SqsWaker:
@@ -63,13 +118,13 @@ class SqsWaker:
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = _client("sqs")
+            self._client = aws_client("sqs")
         return self._client
 
     @property
     def queue_url(self) -> str:
         if self._url is None:
-            found = _call(
+            found = aws_call(
                 "GetQueueUrl", self.queue, self.client.get_queue_url, QueueName=self.queue
             )
             self._url = str(found["QueueUrl"])
@@ -85,7 +140,7 @@ class SqsWaker:
         self._send({"actor_system": "continue", "depth": depth}, 0)
 
     def _send(self, body: dict[str, Any], delay_s: int) -> None:
-        _call(
+        aws_call(
             "SendMessage",
             self.queue,
             self.client.send_message,
@@ -105,12 +160,12 @@ class LambdaContinuation:
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = _client("lambda")
+            self._client = aws_client("lambda")
         return self._client
 
     def continue_now(self, depth: int) -> None:
         payload = json.dumps({"actor_system": "continue", "depth": depth}).encode()
-        _call(
+        aws_call(
             "Invoke",
             self.function,
             self.client.invoke,
@@ -139,7 +194,7 @@ class SchedulerWaker:
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = _client("scheduler")
+            self._client = aws_client("scheduler")
             _ = self.near.client
         return self._client
 
@@ -155,7 +210,7 @@ class SchedulerWaker:
             "Input": json.dumps({"actor_system": "wake", "due_ms": due_ms}),
         }
         try:
-            _call(
+            aws_call(
                 "CreateSchedule",
                 f"{self.group}/{name}",
                 self.client.create_schedule,
@@ -167,8 +222,8 @@ class SchedulerWaker:
                 Target=target,
                 ActionAfterCompletion="DELETE",
             )
-        except BackendError as e:
-            if "ConflictException" not in str(e):
+        except AwsError as e:
+            if e.code != "ConflictException":
                 raise
 
     def continue_now(self, depth: int) -> None:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import msgpack
 import redis
 from redis.exceptions import NoScriptError, RedisError
 
-from actor_system.errors import BackendError, ConfigError
+from actor_system.errors import BackendError, ConfigError, DecodeError
 from actor_system.ports import Claim, Commit
 from adapters.redis.keys import Keys
 
@@ -20,7 +22,20 @@ if TYPE_CHECKING:
     from actor_system.envelope import Outgoing
     from actor_system.options import Options
 
-_SCRIPTS = ("push", "promote", "poll", "begin", "commit", "renew", "cancel", "redrive")
+log = logging.getLogger("actor_system")
+
+_SCRIPTS = (
+    "push",
+    "promote",
+    "poll",
+    "begin",
+    "commit",
+    "renew",
+    "cancel",
+    "redrive",
+    "land",
+    "unstage",
+)
 _PUSH_CHUNK = 500  # messages per push script call, to bound one script's run time
 # Due messages moved per poll, split over the shards that have some due: Redis runs a
 # pipeline's scripts back to back, so this bounds how long other clients wait behind one.
@@ -66,6 +81,8 @@ class RedisBackend:
         self._sha: dict[str, str] = {}
         self._shard_due: list[int | None] = [None] * self.keys.delay_shards
         self._epoch = -1
+        # Cancels leave a tombstone this long when deferred messages also live outside Redis.
+        self.tombstone_ms = 0
 
     @classmethod
     def from_url(cls, url: str, options: Options) -> RedisBackend:
@@ -213,6 +230,7 @@ class RedisBackend:
             ]
             for mid in c.cancels:
                 args += [mid, self.keys.shard_of(mid)]
+            args.append(self.tombstone_ms)
             calls.append(("commit", self.keys.commit_keys(c.actor), args))
         return [int(r[1]) if r[0] == 1 else None for r in self._run(calls, "commit")]
 
@@ -229,9 +247,61 @@ class RedisBackend:
     # -- DelayQueue -----------------------------------------------------------------------
 
     def cancel(self, message_id: str) -> bool:
+        removed, _ = self._cancel(message_id)
+        return removed
+
+    def _cancel(self, message_id: str) -> tuple[bool, bool]:
+        """(removed from the sorted set, tombstone newly set)."""
         s = self.keys.shard_of(message_id)
         keys = [self.keys.delay_due(s), self.keys.delay_msg(s, message_id)]
-        return bool(self._run([("cancel", keys, [message_id])], "cancel")[0])
+        args = [message_id, self.tombstone_ms, self.options.prefix]
+        removed, tomb = self._run([("cancel", keys, args)], "cancel")[0]
+        return bool(removed), bool(tomb)
+
+    def accept_deferred(self, bodies: Sequence[str | dict[str, Any]], now_ms: int) -> int:
+        """Land deferred-message bodies received from SQS or handed over by a schedule
+        (``adapters.delay``): due ones into mailboxes, the others out again for another hop
+        or into the sorted set. Malformed ones are dead-lettered with the reason; bodies of
+        wakes and continuations are skipped. Returns how many were landed or hopped."""
+        from adapters.delay import decode_body, looks_deferred
+
+        items: list[Outgoing] = []
+        dead: list[bytes] = []
+        for body in bodies:
+            if not looks_deferred(body):
+                continue
+            try:
+                items.append(decode_body(body))
+            except DecodeError as e:
+                log.error("dead letter from the delay queue: %s", e)
+                dead.append(dead_record(str(e), e.raw, now_ms))
+        hopped = self._hop(items, now_ms)
+        self.land([i for i in items if i.id not in hopped], now_ms)
+        if dead:
+            self._call("dead letter", self.client.lpush, self.keys.dlq, *dead)
+        return len(items)
+
+    def _hop(self, items: Sequence[Outgoing], now_ms: int) -> set[str]:
+        """Ids sent out again to another delay queue (none: Redis holds every message)."""
+        return set()
+
+    def land(self, items: Sequence[Outgoing], now_ms: int) -> tuple[int, int]:
+        """Deliver deferred messages that come back from another delay queue: due ones to
+        their mailboxes, the others to the sorted set at their exact due time, cancelled
+        ones nowhere. Returns (landed, cancelled)."""
+        totals = [0, 0]
+        calls = [
+            (
+                "land",
+                [self.keys.ready],
+                [self.options.prefix, now_ms, *self._deliveries(items[i : i + _PUSH_CHUNK])],
+            )
+            for i in range(0, len(items), _PUSH_CHUNK)
+        ]
+        for landed, cancelled in self._run(calls, "land"):
+            totals[0] += int(landed)
+            totals[1] += int(cancelled)
+        return totals[0], totals[1]
 
     def next_due_ms(self) -> int | None:
         pipe = self.client.pipeline(transaction=False)
@@ -325,3 +395,18 @@ class RedisBackend:
 
     def close(self) -> None:
         self.client.close()
+
+
+def dead_record(reason: str, raw: bytes, now_ms: int) -> bytes:
+    """A dead-letter record for bytes that never reached an actor (no actor, no id)."""
+    record = {
+        "reason": reason,
+        "actor": "",
+        "id": "",
+        "attempts": 0,
+        "at_ms": now_ms,
+        "error": "",
+        "first_error": reason,
+        "entry": raw,
+    }
+    return bytes(msgpack.packb(record, use_bin_type=True))

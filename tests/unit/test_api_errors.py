@@ -69,8 +69,16 @@ def test_state_model_needs_defaults_and_names_are_checked() -> None:
 def test_unknown_url_scheme_fails_at_start() -> None:
     with pytest.raises(ConfigError, match=r"unknown URL scheme 'redsi'.*expected redis://"):
         ActorSystem.from_url("redsi://localhost", actors=[counter])
-    with pytest.raises(ConfigError, match="state URL 's3://b/p' is not supported"):
-        ActorSystem.from_url("fakeredis://", actors=[counter], state="s3://b/p")
+    with pytest.raises(ConfigError, match="state URL 'gs://b/p' is not supported"):
+        ActorSystem.from_url("fakeredis://", actors=[counter], state="gs://b/p")
+    with pytest.raises(ConfigError, match="delay URL 'kafka://t' is not supported"):
+        ActorSystem.from_url("fakeredis://", actors=[counter], delay="kafka://t")
+    with pytest.raises(ConfigError, match=r"lacks|missing role"):
+        ActorSystem.from_url("fakeredis://", actors=[counter], delay="scheduler://g?target=a")
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        ActorSystem.from_url("fakeredis://", actors=[counter], delay="sqs://q?naer=5")
+    with pytest.raises(ConfigError, match="not a number"):
+        ActorSystem.from_url("fakeredis://", actors=[counter], delay="sqs://q?near=soon")
     with pytest.raises(ConfigError, match="unknown option"):
         ActorSystem.from_url("fakeredis://", actors=[counter], bacth=3)
     with pytest.raises(ConfigError, match="batch=0 must be a positive number"):

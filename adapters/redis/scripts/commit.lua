@@ -7,7 +7,8 @@
 -- ARGV[9] n actions, then one per in-flight entry: 'd' done, 'r' .. error (retry), 'k' keep,
 --   'w' withdrawn (re-sent deferred by the outbox), 'x' .. record (dead letter)
 -- then n outbox items, each 5 args: target, id, due ms or '', shard, entry
--- then n cancels, each 2 args: id, shard
+-- then n cancels, each 2 args: id, shard; then the tombstone lifetime ms (0: none; set when
+--   deferred messages also live outside Redis, see land.lua)
 -- Returns {1, version} or {0} when the lease was lost (nothing written).
 if redis.call('HGET', KEYS[1], 't') ~= ARGV[1] then
   return {0}
@@ -63,10 +64,14 @@ for j = 1, n_out do
 end
 i = i + 1 + n_out * 5
 local n_cancel = tonumber(ARGV[i])
+local tomb_ms = tonumber(ARGV[i + 1 + n_cancel * 2])
 for j = 1, n_cancel do
   local k = i + 1 + (j - 1) * 2
   redis.call('ZREM', dkey(prefix, ARGV[k + 1], 'due'), ARGV[k])
   redis.call('HDEL', mkey(prefix, ARGV[k + 1], ARGV[k]), ARGV[k])
+  if tomb_ms > 0 then
+    tombstone(prefix, ARGV[k], tomb_ms)
+  end
 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[7], ARGV[2])

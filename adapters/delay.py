@@ -1,0 +1,451 @@
+"""Deferred messages held outside Redis: SQS ``DelaySeconds`` hops or EventBridge Scheduler.
+
+Both keep far-future messages out of Redis memory. A deferred message is written by the
+turn's atomic commit into the Redis sorted set like any other, then moved out by the backend
+(``adapters.composite``), so a crash between the commit and the move loses nothing. It comes
+back as a JSON body ``{"actor_system": "deferred", ...}`` (received from the queue, or handed
+to the Lambda function by its SQS trigger or by a schedule) and *lands*: a due message goes to
+its actor's mailbox, one not yet due goes back out (another SQS hop) or, when it is near, to
+the sorted set, which promotes it at its exact due time. Nothing is delivered early.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit
+
+from actor_system.envelope import ID_LENGTH, Outgoing
+from actor_system.errors import ConfigError, DecodeError
+from adapters.aws import MAX_SQS_DELAY_S, AwsError, aws_call, aws_client
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+log = logging.getLogger("actor_system")
+
+SQS_MAX_BODY = 256 * 1024
+SCHEDULER_MAX_INPUT = 8192  # characters of a schedule target's Input
+_RECEIVE_CALLS = 10  # ReceiveMessage calls per collection at most (10 messages each)
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A delay-queue message taken from SQS: its body and how to delete it."""
+
+    body: str
+    receipt: str
+
+
+def encode_body(item: Outgoing) -> str:
+    """The JSON body a deferred message travels in (the entry is binary msgpack)."""
+    return json.dumps(
+        {
+            "actor_system": "deferred",
+            "id": item.id,
+            "target": item.target,
+            "due_ms": item.due_ms,
+            "entry": base64.b64encode(item.entry).decode("ascii"),
+        },
+        separators=(",", ":"),
+    )
+
+
+def is_deferred(body: Any) -> bool:
+    """Whether a decoded JSON value is a deferred-message body (not a wake, not foreign)."""
+    return isinstance(body, dict) and body.get("actor_system") == "deferred"
+
+
+def looks_deferred(body: str | dict[str, Any]) -> bool:
+    """A body to land (or to dead-letter if malformed); False for wakes and continuations,
+    which may share the queue."""
+    value: Any = body
+    if isinstance(body, str):
+        try:
+            value = json.loads(body)
+        except ValueError:
+            return True  # not JSON: ours to dead-letter with the reason
+    return not (isinstance(value, dict) and value.get("actor_system") in ("wake", "continue"))
+
+
+def decode_body(body: str | dict[str, Any]) -> Outgoing:
+    """The deferred message in a body; DecodeError (keeping the bytes) if it is malformed."""
+    raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    try:
+        m = json.loads(body) if isinstance(body, str) else body
+    except ValueError as e:
+        raise DecodeError(f"delay-queue message is not JSON: {e}", raw) from None
+    if not is_deferred(m):
+        raise DecodeError("delay-queue message is not a deferred actor-system message", raw)
+    mid, target, due, entry = m.get("id"), m.get("target"), m.get("due_ms"), m.get("entry")
+    if not (isinstance(mid, str) and len(mid) == ID_LENGTH and isinstance(target, str)):
+        raise DecodeError("deferred message lacks a valid id or target", raw)
+    if type(due) is not int or not isinstance(entry, str):
+        raise DecodeError("deferred message lacks a due time or an entry", raw)
+    try:
+        data = base64.b64decode(entry, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise DecodeError(f"deferred message entry is not base64: {e}", raw) from None
+    if data[:ID_LENGTH] != mid.encode():
+        raise DecodeError("deferred message entry does not carry its id", raw)
+    return Outgoing(mid, target, data, due)
+
+
+def _number(url: str, query: dict[str, str], name: str, default: float) -> float:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} in {url!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name}={raw!r} in {url!r} must be a number >= 0")
+    return value
+
+
+class SqsDelayQueue:
+    """Deferred messages as SQS messages with ``DelaySeconds`` = min(remaining, 900).
+
+    One received before its due time (a horizon beyond 15 minutes) is sent again with the
+    remainder: chained hops, any horizon. ``near_s``: messages due sooner stay in the Redis
+    sorted set (millisecond timing; SQS has one-second steps). ``receive_every_s``: how often
+    a drain loop receives from the queue (a Lambda function can get them from its trigger).
+    """
+
+    hops = True
+
+    def __init__(
+        self,
+        *,
+        queue: str,
+        near_s: float = 60.0,
+        max_hop_s: int = MAX_SQS_DELAY_S,
+        receive_every_s: float = 1.0,
+        client: Any = None,
+    ) -> None:
+        if not 0 <= max_hop_s <= MAX_SQS_DELAY_S:
+            raise ConfigError(f"max_hop={max_hop_s} must be between 0 and {MAX_SQS_DELAY_S}")
+        self.queue = queue
+        self.near_s = near_s
+        self.max_hop_s = int(max_hop_s)
+        self.receive_every_s = receive_every_s
+        self._client = client
+        self._url = queue if queue.startswith(("https://", "http://")) else None
+
+    @classmethod
+    def from_url(cls, url: str) -> SqsDelayQueue:
+        """``sqs://queue-name?near=60&max_hop=900&receive_every=1`` (seconds)."""
+        parts = urlsplit(url)
+        if parts.scheme != "sqs" or not parts.netloc:
+            raise ConfigError(f"delay URL {url!r} is not sqs://queue-name[?near=&max_hop=]")
+        query = dict(parse_qsl(parts.query))
+        unknown = set(query) - {"near", "max_hop", "receive_every"}
+        if unknown:
+            raise ConfigError(f"unknown parameter(s) {', '.join(sorted(unknown))} in {url!r}")
+        return cls(
+            queue=parts.netloc + parts.path,
+            near_s=_number(url, query, "near", 60.0),
+            max_hop_s=int(_number(url, query, "max_hop", MAX_SQS_DELAY_S)),
+            receive_every_s=_number(url, query, "receive_every", 1.0),
+        )
+
+    @property
+    def name(self) -> str:
+        return f"sqs queue {self.queue}"
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = aws_client("sqs")
+        return self._client
+
+    @property
+    def queue_url(self) -> str:
+        if self._url is None:
+            found = aws_call(
+                "GetQueueUrl", self.queue, self.client.get_queue_url, QueueName=self.queue
+            )
+            self._url = str(found["QueueUrl"])
+        return self._url
+
+    def delay_s(self, due_ms: int, now_ms: int) -> int:
+        """The DelaySeconds of the next hop: never past the due time, at most max_hop_s."""
+        return min(max(math.ceil((due_ms - now_ms) / 1000), 0), self.max_hop_s)
+
+    def offload(self, items: Sequence[Outgoing], now_ms: int) -> list[str]:
+        """Send deferred messages; returns the ids SQS took (the others stay in Redis)."""
+        taken: list[str] = []
+        batch: list[dict[str, Any]] = []
+        for item in items:
+            assert item.due_ms is not None
+            body = encode_body(item)
+            if len(body) > SQS_MAX_BODY:
+                log.warning(
+                    "deferred message %s encodes to %d bytes, over the SQS limit; it stays "
+                    "in the Redis sorted set",
+                    item.id,
+                    len(body),
+                )
+                continue
+            size = sum(len(b["MessageBody"]) for b in batch)
+            if batch and (len(batch) == 10 or size + len(body) > SQS_MAX_BODY):
+                taken += self._send_batch(batch)  # a batch holds 10 messages, 256 KiB in all
+                batch = []
+            delay = self.delay_s(item.due_ms, now_ms)
+            batch.append({"Id": item.id, "MessageBody": body, "DelaySeconds": delay})
+        if batch:
+            taken += self._send_batch(batch)
+        return taken
+
+    def _send_batch(self, batch: list[dict[str, Any]]) -> list[str]:
+        sent = aws_call(
+            "SendMessageBatch",
+            self.queue,
+            self.client.send_message_batch,
+            QueueUrl=self.queue_url,
+            Entries=batch,
+        )
+        for failed in sent.get("Failed", []):
+            log.warning(
+                "SQS refused deferred message %s (%s: %s); it stays in the Redis sorted set",
+                failed.get("Id"),
+                failed.get("Code"),
+                failed.get("Message"),
+            )
+        return [s["Id"] for s in sent.get("Successful", [])]
+
+    def receive(self) -> list[Received]:
+        """The messages visible now (their delay is over), up to 100."""
+        got: list[Received] = []
+        for _ in range(_RECEIVE_CALLS):
+            answer = aws_call(
+                "ReceiveMessage",
+                self.queue,
+                self.client.receive_message,
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=0,
+            )
+            messages = answer.get("Messages", [])
+            got += [Received(m.get("Body", ""), m["ReceiptHandle"]) for m in messages]
+            if len(messages) < 10:
+                break
+        return got
+
+    def delete(self, receipts: Sequence[str]) -> None:
+        for i in range(0, len(receipts), 10):
+            entries = [
+                {"Id": str(n), "ReceiptHandle": r} for n, r in enumerate(receipts[i : i + 10])
+            ]
+            aws_call(
+                "DeleteMessageBatch",
+                self.queue,
+                self.client.delete_message_batch,
+                QueueUrl=self.queue_url,
+                Entries=entries,
+            )
+
+    def cancel(self, message_id: str) -> bool:
+        """SQS cannot delete a message by its body: the tombstone in Redis does it at landing."""
+        return False
+
+    def pending(self) -> int:
+        """Messages in the queue (approximate, as SQS counts them; wakes included)."""
+        names = [
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesDelayed",
+            "ApproximateNumberOfMessagesNotVisible",
+        ]
+        got = aws_call(
+            "GetQueueAttributes",
+            self.queue,
+            self.client.get_queue_attributes,
+            QueueUrl=self.queue_url,
+            AttributeNames=names,
+        )
+        return sum(int(got["Attributes"].get(n, 0)) for n in names)
+
+    def check(self) -> None:
+        _ = self.queue_url
+
+
+class SchedulerDelayQueue:
+    """One EventBridge Scheduler one-time schedule per deferred message.
+
+    The schedule is ``at(<due time, UTC, rounded up to the second>)`` with
+    ``ActionAfterCompletion: DELETE``, named after the message id (a re-send is the same
+    schedule), and its target gets the message body as input: the drain function (direct
+    invocation) or an SQS queue, from which a drain loop receives (``queue=``). Scheduler
+    fires within about a minute of the time, so messages due within ``near_s`` (15 minutes
+    by default) stay in the Redis sorted set, and one that arrives before its due time waits
+    there. Prefer it over the sorted set for long horizons and huge numbers of far-future
+    messages: they cost no Redis memory and no drain work until they fire.
+    """
+
+    hops = False
+
+    def __init__(
+        self,
+        *,
+        group: str,
+        target_arn: str,
+        role_arn: str,
+        queue: SqsDelayQueue | None = None,
+        near_s: float = 900.0,
+        client: Any = None,
+    ) -> None:
+        self.group = group
+        self.target_arn = target_arn
+        self.role_arn = role_arn
+        self.queue = queue
+        self.near_s = near_s
+        self.receive_every_s = queue.receive_every_s if queue else 1.0
+        self._client = client
+
+    @classmethod
+    def from_url(cls, url: str) -> SchedulerDelayQueue:
+        """``scheduler://group?target=<arn>&role=<arn>[&queue=<queue name>][&near=900]``."""
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        missing = [k for k in ("target", "role") if not query.get(k)]
+        if parts.scheme != "scheduler" or not parts.netloc or missing:
+            raise ConfigError(
+                f"delay URL {url!r} is not scheduler://group?target=<function or queue arn>"
+                "&role=<role arn>[&queue=<queue name>]"
+                + (f" (missing {', '.join(missing)})" if missing else "")
+            )
+        unknown = set(query) - {"target", "role", "queue", "near", "receive_every"}
+        if unknown:
+            raise ConfigError(f"unknown parameter(s) {', '.join(sorted(unknown))} in {url!r}")
+        queue = None
+        if query.get("queue"):
+            queue = SqsDelayQueue(
+                queue=query["queue"],
+                receive_every_s=_number(url, query, "receive_every", 1.0),
+            )
+        return cls(
+            group=parts.netloc,
+            target_arn=query["target"],
+            role_arn=query["role"],
+            queue=queue,
+            near_s=_number(url, query, "near", 900.0),
+        )
+
+    @property
+    def name(self) -> str:
+        return f"schedule group {self.group}"
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = aws_client("scheduler")
+        return self._client
+
+    @staticmethod
+    def schedule_name(message_id: str) -> str:
+        return f"deferred-{message_id}"
+
+    @staticmethod
+    def expression(due_ms: int) -> str:
+        """``at(...)`` in UTC, rounded up to the second: never before the due time."""
+        at = datetime.fromtimestamp(math.ceil(due_ms / 1000), UTC)
+        return f"at({at.strftime('%Y-%m-%dT%H:%M:%S')})"
+
+    def offload(self, items: Sequence[Outgoing], now_ms: int) -> list[str]:
+        taken: list[str] = []
+        for item in items:
+            assert item.due_ms is not None
+            body = encode_body(item)
+            if len(body) > SCHEDULER_MAX_INPUT:
+                log.warning(
+                    "deferred message %s encodes to %d characters, over the schedule input "
+                    "limit; it stays in the Redis sorted set",
+                    item.id,
+                    len(body),
+                )
+                continue
+            name = self.schedule_name(item.id)
+            try:
+                aws_call(
+                    "CreateSchedule",
+                    f"{self.group}/{name}",
+                    self.client.create_schedule,
+                    Name=name,
+                    GroupName=self.group,
+                    ScheduleExpression=self.expression(item.due_ms),
+                    ScheduleExpressionTimezone="UTC",
+                    FlexibleTimeWindow={"Mode": "OFF"},
+                    Target={"Arn": self.target_arn, "RoleArn": self.role_arn, "Input": body},
+                    ActionAfterCompletion="DELETE",
+                )
+            except AwsError as e:
+                if e.code != "ConflictException":  # the same message sent again: done
+                    raise
+            taken.append(item.id)
+        return taken
+
+    def receive(self) -> list[Received]:
+        return self.queue.receive() if self.queue else []
+
+    def delete(self, receipts: Sequence[str]) -> None:
+        if self.queue:
+            self.queue.delete(receipts)
+
+    def cancel(self, message_id: str) -> bool:
+        """Delete the message's schedule; False if there is none (fired or never made)."""
+        name = self.schedule_name(message_id)
+        try:
+            aws_call(
+                "DeleteSchedule",
+                f"{self.group}/{name}",
+                self.client.delete_schedule,
+                Name=name,
+                GroupName=self.group,
+            )
+        except AwsError as e:
+            if e.code == "ResourceNotFoundException":
+                return False
+            raise
+        return True
+
+    def pending(self) -> int:
+        """Schedules waiting in the group (counted up to 10,000)."""
+        n = 0
+        token: str | None = None
+        for _ in range(100):
+            kwargs: dict[str, Any] = {"GroupName": self.group, "MaxResults": 100}
+            if token:
+                kwargs["NextToken"] = token
+            page = aws_call("ListSchedules", self.group, self.client.list_schedules, **kwargs)
+            n += len(page.get("Schedules", []))
+            token = page.get("NextToken")
+            if not token:
+                break
+        return n
+
+    def check(self) -> None:
+        aws_call("GetScheduleGroup", self.group, self.client.get_schedule_group, Name=self.group)
+        if self.queue:
+            self.queue.check()
+
+
+ExternalDelay = SqsDelayQueue | SchedulerDelayQueue
+
+
+def delay_from_url(url: str) -> ExternalDelay:
+    scheme = urlsplit(url).scheme
+    if scheme == "sqs":
+        return SqsDelayQueue.from_url(url)
+    if scheme == "scheduler":
+        return SchedulerDelayQueue.from_url(url)
+    raise ConfigError(
+        f"unknown delay URL {url!r}; expected redis (the default), sqs://queue-name or "
+        "scheduler://group?target=...&role=..."
+    )
