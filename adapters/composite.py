@@ -317,12 +317,12 @@ class CompositeBackend(RedisBackend):
         return set(delay.offload(far, now_ms)) if far else set()
 
     def cancel(self, message_id: str) -> bool:
-        removed, tomb = self._cancel(message_id)
+        removed, unknown = self._cancel(message_id)
         if self.delay is None:
             return removed
         external = self.delay.cancel(message_id)
-        # SQS cannot look up a message: a new tombstone is the best answer it has.
-        return removed or external or (tomb and self.delay.hops)
+        # SQS cannot look a message up: an id neither cancelled nor landed may be there.
+        return removed or external or (unknown and self.delay.hops)
 
     def pending(self) -> int:
         n = super().pending()

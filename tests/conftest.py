@@ -108,12 +108,37 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
+STORES = ["fakeredis", "redis", "s3", "sqs", "scheduler"]
+
+
+@pytest.fixture(params=STORES)
+def stores(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """The store combinations every behaviour test runs on: the embedded fakeredis, a real
+    redis-server, and each AWS adapter (on fakeredis) against the moto server."""
+    kind = request.param
+    if kind == "fakeredis":
+        yield {"url": "fakeredis://"}
+        return
+    if kind == "redis":
+        yield {"url": request.getfixturevalue("redis_url")}
+        return
+    request.getfixturevalue("aws_env")
+    from tests.aws import AwsResources
+
+    aws = AwsResources.create(request.node.name)
+    yield {"url": "fakeredis://", **aws.urls(kind), "aws": aws, "kind": kind}
+    aws.cleanup()
+
+
 @pytest.fixture
-def make_system(url: str, clock: ManualClock) -> Iterator[Any]:
+def make_system(stores: dict[str, Any], clock: ManualClock) -> Iterator[Any]:
     systems: list[ActorSystem] = []
 
     def make(*actors: ActorType[Any], **options: Any) -> ActorSystem:
-        system = ActorSystem.from_url(url, actors=actors, clock=clock, **options)
+        urls = {k: stores[k] for k in ("state", "delay") if k in stores}
+        system = ActorSystem.from_url(stores["url"], actors=actors, clock=clock, **urls, **options)
+        if "aws" in stores:
+            stores["aws"].attach(system, clock, stores["kind"])
         systems.append(system)
         return system
 

@@ -251,7 +251,7 @@ class RedisBackend:
         return removed
 
     def _cancel(self, message_id: str) -> tuple[bool, bool]:
-        """(removed from the sorted set, tombstone newly set)."""
+        """(removed from the sorted set, not known as cancelled or landed elsewhere)."""
         s = self.keys.shard_of(message_id)
         keys = [self.keys.delay_due(s), self.keys.delay_msg(s, message_id)]
         args = [message_id, self.tombstone_ms, self.options.prefix]
@@ -262,7 +262,7 @@ class RedisBackend:
         """Land deferred-message bodies received from SQS or handed over by a schedule
         (``adapters.delay``): due ones into mailboxes, the others out again for another hop
         or into the sorted set. Malformed ones are dead-lettered with the reason; bodies of
-        wakes and continuations are skipped. Returns how many were landed or hopped."""
+        wakes and continuations are skipped. Returns how many reached their mailboxes."""
         from adapters.delay import decode_body, looks_deferred
 
         items: list[Outgoing] = []
@@ -276,32 +276,36 @@ class RedisBackend:
                 log.error("dead letter from the delay queue: %s", e)
                 dead.append(dead_record(str(e), e.raw, now_ms))
         hopped = self._hop(items, now_ms)
-        self.land([i for i in items if i.id not in hopped], now_ms)
+        delivered, _, _ = self.land([i for i in items if i.id not in hopped], now_ms)
         if dead:
             self._call("dead letter", self.client.lpush, self.keys.dlq, *dead)
-        return len(items)
+        return delivered
 
     def _hop(self, items: Sequence[Outgoing], now_ms: int) -> set[str]:
         """Ids sent out again to another delay queue (none: Redis holds every message)."""
         return set()
 
-    def land(self, items: Sequence[Outgoing], now_ms: int) -> tuple[int, int]:
+    def land(self, items: Sequence[Outgoing], now_ms: int) -> tuple[int, int, int]:
         """Deliver deferred messages that come back from another delay queue: due ones to
         their mailboxes, the others to the sorted set at their exact due time, cancelled
-        ones nowhere. Returns (landed, cancelled)."""
-        totals = [0, 0]
+        ones nowhere. Returns how many went to (mailboxes, the sorted set, nowhere)."""
         calls = [
             (
                 "land",
                 [self.keys.ready],
-                [self.options.prefix, now_ms, *self._deliveries(items[i : i + _PUSH_CHUNK])],
+                [
+                    self.options.prefix,
+                    now_ms,
+                    int(self.options.done_window_s * 1000),
+                    *self._deliveries(items[i : i + _PUSH_CHUNK]),
+                ],
             )
             for i in range(0, len(items), _PUSH_CHUNK)
         ]
-        for landed, cancelled in self._run(calls, "land"):
-            totals[0] += int(landed)
-            totals[1] += int(cancelled)
-        return totals[0], totals[1]
+        totals = [0, 0, 0]
+        for counts in self._run(calls, "land"):
+            totals = [t + int(c) for t, c in zip(totals, counts, strict=True)]
+        return totals[0], totals[1], totals[2]
 
     def next_due_ms(self) -> int | None:
         pipe = self.client.pipeline(transaction=False)

@@ -105,10 +105,16 @@ def test_deferred_idempotent_send_is_scheduled_once(make_system, clock: ManualCl
     ref = counter.ref("k")
     for _ in range(3):
         system.send(ref, Add(n=1), delay=3, idempotency_key="tick-1")
-    assert system.backend.pending() == 1
+    # SQS cannot refuse a second message with the same body: its copies are dropped when
+    # they land, and its pending count is SQS's own (approximate) message count.
+    delay = getattr(system.backend, "delay", None)
+    copies = 3 if delay is not None and delay.hops else 1
+    assert system.backend.pending() == copies
     clock.advance(3)
-    system.run_until_idle()
+    assert system.run_until_idle().messages == 1
     assert system.state(ref).count == 1
+    clock.advance(60)
+    assert system.run_until_idle().messages == 0
 
 
 def test_state_of_unknown_actor_is_the_default(make_system) -> None:

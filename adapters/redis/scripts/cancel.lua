@@ -1,11 +1,12 @@
 -- cancel: remove a deferred message that has not been promoted yet.
 -- KEYS[1] P:{dqN}:due  KEYS[2] P:{dqN}:mB (the id's bucket)
 -- ARGV[1] message id  ARGV[2] tombstone lifetime ms (0: none)  ARGV[3] prefix
--- Returns {1 if it was pending in Redis, 1 if a tombstone was newly set}.
+-- Returns {1 if it was pending in Redis, 1 if it may be pending elsewhere: neither cancelled
+-- nor landed before}.
 redis.call('HDEL', KEYS[2], ARGV[1])
 local removed = redis.call('ZREM', KEYS[1], ARGV[1])
-local tomb = 0
-if tonumber(ARGV[2]) > 0 and tombstone(ARGV[3], ARGV[1], ARGV[2]) then
-  tomb = 1
+local unknown = 0
+if tonumber(ARGV[2]) > 0 and not tombstone(ARGV[3], ARGV[1], ARGV[2]) then
+  unknown = 1
 end
-return {removed, tomb}
+return {removed, unknown}

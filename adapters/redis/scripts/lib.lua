@@ -14,8 +14,9 @@
 --   P:{A}:att            hash  id -> failed attempts so far
 --   P:{A}:err            hash  id -> the first error of a message being retried
 --   P:{A}:done           zset  processed id -> commit ms (dedup window)
---   P:tomb:<id>          str   a cancelled deferred message that may still be held outside
---                              Redis (SQS, Scheduler); dropped when it lands (land.lua)
+--   P:tomb:<id>          str   'c': a cancelled deferred message that may still be held
+--                              outside Redis (SQS, Scheduler), dropped when it lands;
+--                              'l:<due ms>': landed already, a second copy is dropped
 --   P:{dqN}:due          zset  id -> due ms
 --   P:{dqN}:mB           hash  id -> A .. "\n" .. envelope body (the entry without its id);
 --                              B = 1024 buckets by id, so that each hash stays small and
@@ -75,6 +76,8 @@ local function deliver(prefix, ready, now, target, id, due, shard, entry)
 end
 
 -- Cancel a deferred message wherever it is held: it is dropped when it lands in Redis.
+-- Returns the tombstone's previous value: false (none), 'c' (cancelled before) or
+-- 'l:<due ms>' (landed already).
 local function tombstone(prefix, id, ttl_ms)
-  return redis.call('SET', prefix .. ':tomb:' .. id, 1, 'PX', ttl_ms, 'NX')
+  return redis.call('SET', prefix .. ':tomb:' .. id, 'c', 'PX', ttl_ms, 'GET')
 end
