@@ -32,7 +32,7 @@ _HINTS = {
 _THROTTLED = frozenset(
     ("Throttling", "ThrottlingException", "SlowDown", "RequestLimitExceeded", "RequestThrottled")
 )
-_RETRIES = 5  # botocore retries throttling and 5xx with backoff; other errors are not retried
+_RETRIES = 5  # attempts in all: botocore retries throttling and 5xx with backoff, not the rest
 
 
 class AwsError(BackendError):
@@ -66,7 +66,7 @@ def aws_client(service: str, *, max_pool_connections: int = 10) -> Any:
 
     # Throttling and 5xx are retried with backoff by botocore's adaptive mode.
     config = Config(
-        retries={"mode": "adaptive", "max_attempts": _RETRIES},
+        retries={"mode": "adaptive", "total_max_attempts": _RETRIES},
         max_pool_connections=max_pool_connections,
     )
     try:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from actor_system.envelope import ID_LENGTH, Outgoing
-from actor_system.errors import BackendError, DecodeError
+from actor_system.errors import DecodeError
 from actor_system.ports import DONE, KEEP, Claim, Commit
 from adapters.redis.backend import RedisBackend
 from adapters.s3 import StateObject, WriteConflict, trim
@@ -121,7 +121,7 @@ class CompositeBackend(RedisBackend):
             # rather than when the leases expire, and let the caller back off.
             release = [Commit(c.actor, token, c.fence, None, [KEEP] * len(c.entries)) for c in live]
             super().commit(release, now_ms)
-            raise BackendError(f"S3 state read failed: {broken[0]}") from broken[0]
+            raise broken[0]
         out: list[Claim | None] = []
         found = iter(zip(live, objects, strict=True))
         for claim in claims:
@@ -327,6 +327,15 @@ class CompositeBackend(RedisBackend):
     def pending(self) -> int:
         n = super().pending()
         return n + (self.delay.pending() if self.delay is not None else 0)
+
+    def stats(self) -> dict[str, Any]:
+        stats = super().stats()
+        if self.delay is not None:
+            stats["deferred_elsewhere"] = self.delay.pending()
+            stats["deferred_store"] = self.delay.name
+        if self.state_store is not None:
+            stats["state_store"] = f"s3://{self.state_store.bucket}/{self.state_store.prefix}"
+        return stats
 
     def close(self) -> None:
         if self._pool is not None:

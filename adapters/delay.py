@@ -113,10 +113,12 @@ def _number(url: str, query: dict[str, str], name: str, default: float) -> float
 class SqsDelayQueue:
     """Deferred messages as SQS messages with ``DelaySeconds`` = min(remaining, 900).
 
-    One received before its due time (a horizon beyond 15 minutes) is sent again with the
-    remainder: chained hops, any horizon. ``near_s``: messages due sooner stay in the Redis
-    sorted set (millisecond timing; SQS has one-second steps). ``receive_every_s``: how often
-    a drain loop receives from the queue (a Lambda function can get them from its trigger).
+    One received more than ``near_s`` before its due time (a horizon beyond 15 minutes) is
+    sent again with the remainder: chained hops, any horizon. Messages due within ``near_s``
+    stay in (or return to) the Redis sorted set, which delivers them at their due time to the
+    millisecond. ``receive_every_s``: how often a drain loop receives from the queue (an idle
+    worker looks at least every ``poll_interval_s``; a Lambda function can get the messages
+    from its SQS trigger instead).
     """
 
     hops = True
@@ -176,8 +178,11 @@ class SqsDelayQueue:
         return self._url
 
     def delay_s(self, due_ms: int, now_ms: int) -> int:
-        """The DelaySeconds of the next hop: never past the due time, at most max_hop_s."""
-        return min(max(math.ceil((due_ms - now_ms) / 1000), 0), self.max_hop_s)
+        """The DelaySeconds of the next hop, at most max_hop_s: the last hop ends half of
+        ``near_s`` before the due time, so the message waits out the rest in the sorted set
+        and is delivered to the millisecond, not at SQS's one-second steps."""
+        lead_ms = self.near_s * 500
+        return min(max(math.ceil((due_ms - lead_ms - now_ms) / 1000), 0), self.max_hop_s)
 
     def offload(self, items: Sequence[Outgoing], now_ms: int) -> list[str]:
         """Send deferred messages; returns the ids SQS took (the others stay in Redis)."""

@@ -363,7 +363,7 @@ class RedisBackend:
             "mailbox_messages": sum(depths.values()),
             "in_flight_messages": sum(inflight.values()),
             "mailboxes": dict(sorted(depths.items(), key=lambda kv: -kv[1])),
-            "pending_deferred": self.pending(),
+            "pending_deferred": RedisBackend.pending(self),  # in the sorted set
             "next_due_ms": self.next_due_ms(),
             "dead_letters": self.dead_letter_count(),
         }
