@@ -223,7 +223,11 @@ class ActorSystem:
         return None
 
     def redrive(self, dead: DeadLetter) -> bool:
-        """Put a dead letter back in its actor's mailbox with a fresh attempt count."""
+        """Put a dead letter back in its actor's mailbox with a fresh attempt count; False
+        if it is gone, or never reached an actor (bytes from a delay queue that were not a
+        message: purge those)."""
+        if not dead.actor or len(dead.id) != ID_LENGTH:
+            return False
         return self.backend.redrive(dead.record, dead.actor, dead.id, dead.entry, self._now_ms())
 
     def purge(self, dead: DeadLetter) -> bool:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from actor_system.envelope import ID_LENGTH, Outgoing
 from actor_system.errors import DecodeError
 from actor_system.ports import DONE, KEEP, Claim, Commit
+from adapters.aws import AwsError
 from adapters.redis.backend import RedisBackend
 from adapters.s3 import StateObject, WriteConflict, trim
 
@@ -166,7 +167,7 @@ class CompositeBackend(RedisBackend):
         if self.state_store is None:
             results = super().commit(commits, now_ms)
             self._note_staged(commits, now_ms)
-            self._offload_staged(now_ms)
+            self._move_out(now_ms)
             return results
         plans = [self._plan(c) for c in commits]
         writes = [(c, t, obj) for c, t, obj in plans if obj is not None]
@@ -188,7 +189,7 @@ class CompositeBackend(RedisBackend):
             final.append(c)
         results = super().commit(final, now_ms)
         self._note_staged(final, now_ms)
-        self._offload_staged(now_ms)
+        self._move_out(now_ms)
         return [None if i in lost else r for i, r in enumerate(results)]
 
     def _plan(self, c: Commit) -> tuple[Commit, _S3Turn, StateObject | None]:
@@ -250,6 +251,17 @@ class CompositeBackend(RedisBackend):
         taken = set(self.delay.offload(far, now_ms)) if far else set()
         super().push([i for i in items if i.id not in taken], now_ms)
 
+    def _move_out(self, now_ms: int) -> None:
+        """Offload staged messages; on an AWS error they stay in the sorted set, which
+        delivers them on time anyway, and the next sweep tries again."""
+        try:
+            self._offload_staged(now_ms)
+        except AwsError as e:
+            self._staged = True
+            log.error(
+                "moving deferred messages to %s failed: %s", self.delay and self.delay.name, e
+            )
+
     def _offload_staged(self, now_ms: int) -> int:
         """Move far-future messages from the sorted set to the external delay queue."""
         if self.delay is None or not self._staged:
@@ -290,10 +302,13 @@ class CompositeBackend(RedisBackend):
             if now_ms - self._swept_at >= _SWEEP_EVERY_MS:
                 self._swept_at = now_ms
                 self._staged = True
-            self._offload_staged(now_ms)
+            self._move_out(now_ms)
             if self._receive_more or now_ms - self._received_at >= delay.receive_every_s * 1000:
                 self._received_at = now_ms
-                landed = self._collect(now_ms)
+                try:
+                    landed = self._collect(now_ms)
+                except AwsError as e:  # Redis work goes on; SQS keeps the messages
+                    log.error("receiving deferred messages failed: %s", e)
         actors, promoted = super().poll(now_ms, max_actors, lease_ms)
         return actors, promoted + landed
 

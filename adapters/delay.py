@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("actor_system")
 
 SQS_MAX_BODY = 256 * 1024
-SCHEDULER_MAX_INPUT = 8192  # characters of a schedule target's Input
+# The Scheduler API sets no maximum on a target's Input; its targets do (an SQS message, an
+# asynchronous Lambda event): bodies over this stay in the Redis sorted set.
+SCHEDULER_MAX_INPUT = 256 * 1024
 _RECEIVE_CALLS = 10  # ReceiveMessage calls per collection at most (10 messages each)
 
 

@@ -103,8 +103,38 @@ def measure(port: int, quick: bool, with_queues: bool) -> dict[str, dict[str, An
         "delay_scale": ours.delay_scale(port, 20_000 if quick else 1_000_000),
         "import": ours.import_times(),
     }
-    if not with_queues:
-        return res
+    if with_queues:
+        measure_queues(res, port, quick, n, n_enqueue, late_n, spread)
+    print("AWS adapters (moto) ...", file=sys.stderr)
+    res["actor-system"]["aws"] = measure_aws(port, quick)
+    return res
+
+
+def measure_aws(port: int, quick: bool) -> dict[str, Any]:
+    """S3 state beside Redis state, SQS beside the sorted set (bench/aws.py), if moto is here."""
+    try:
+        import moto  # noqa: F401
+    except ImportError:
+        return {}
+    from bench import aws
+
+    moto_proc, _ = aws.start_moto()
+    try:
+        return aws.measure(port, quick)
+    finally:
+        moto_proc.terminate()
+        moto_proc.wait(10)
+
+
+def measure_queues(
+    res: dict[str, dict[str, Any]],
+    port: int,
+    quick: bool,
+    n: int,
+    n_enqueue: int,
+    late_n: int,
+    spread: float,
+) -> None:
     pythons = venvs.ensure(QUEUES)
     for name in QUEUES:
         print(f"{name} ...", file=sys.stderr)
@@ -120,7 +150,6 @@ def measure(port: int, quick: bool, with_queues: bool) -> dict[str, dict[str, An
                 name, py, port, "lateness", "--n", str(late_n), "--spread", str(spread)
             ),
         }
-    return res
 
 
 def fmt(v: Any) -> str:
@@ -298,6 +327,10 @@ def main() -> None:
     for name, r in res.items():
         if "lateness" in r and r["lateness"].get("timing"):
             print(f"{name}: {r['lateness']['timing']}")
+    if us.get("aws"):
+        from bench import aws
+
+        print("\n" + aws.report(us["aws"]))
     print("\ntargets" + (" (quick mode: sizes too small to judge)" if args.quick else ""))
     for label, ok, figure in targets(res):
         print(f"  [{'ok' if ok else 'MISS'}] {label}: {figure}")

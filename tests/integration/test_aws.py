@@ -566,3 +566,21 @@ def test_boto3_is_imported_only_when_an_aws_store_is_used() -> None:
 def test_composite_backend_type(redis_url: str, aws: Any) -> None:
     system = s3_system(redis_url, aws, ManualClock())
     assert isinstance(system.backend, CompositeBackend)
+
+
+def test_sqs_outage_keeps_deferred_messages_in_redis_on_time(
+    redis_url: str, aws: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = ManualClock()
+    system = sqs_system(redis_url, aws, clock, "near=0&receive_every=0")
+    system.send(probe.ref("o"), Plan(delays=[120]))
+    boto3.client("sqs").delete_queue(QueueUrl=aws.queue_url)
+    system.run_until_idle()  # the commit stages the Timed message; moving it out fails
+    assert "moving deferred messages to sqs queue" in caplog.text
+    assert [d.actor for d in system.deferred()] == ["probe/o"]  # kept in the sorted set
+    clock.advance(119.999)
+    system.run_until_idle()
+    assert system.state(probe.ref("o")).deliveries == []
+    clock.advance(0.001)
+    assert system.run_until_idle().messages == 1
+    boto3.client("sqs").create_queue(QueueName=aws.queue)  # for the fixture's clean-up
