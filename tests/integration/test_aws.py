@@ -584,3 +584,45 @@ def test_sqs_outage_keeps_deferred_messages_in_redis_on_time(
     clock.advance(0.001)
     assert system.run_until_idle().messages == 1
     boto3.client("sqs").create_queue(QueueName=aws.queue)  # for the fixture's clean-up
+
+
+def test_sigkilled_workers_with_an_sqs_delay_queue_deliver_each_message_once(
+    redis_url: str, aws: Any
+) -> None:
+    import random
+
+    rng = random.Random(5)
+    delay_url = f"sqs://{aws.queue}?near=0&max_hop=1&receive_every=0.05"
+    system = ActorSystem.from_url(redis_url, actors=actors, delay=delay_url, poll_interval_s=0.05)
+    refs = [probe.ref(f"p{i}") for i in range(20)]
+    system.send_many([(r, Plan(delays=[0.5, 2.5, 8.0])) for r in refs])
+    kills = 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ACTOR_SYSTEM_DELAY_URL", delay_url)
+        mp.setenv("ACTOR_SYSTEM_POLL_INTERVAL_S", "0.05")
+        while kills < 5:
+            worker = start_worker(redis_url, "--lease-ms", "500")
+            time.sleep(rng.uniform(0.6, 1.2))
+            worker.send_signal(signal.SIGKILL)
+            worker.communicate(timeout=10)
+            kills += 1
+
+    def delivered() -> int:
+        return sum(len(system.state(r).deliveries) for r in refs)
+
+    mid_run = delivered()
+    worker = system.worker()
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while delivered() < 60 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.5)  # room for a late copy to show up
+    worker.stop()
+    thread.join(10)
+    print(f"kills={kills} delivered_before_final_drain={mid_run} total={delivered()}")
+    assert mid_run < 60
+    for ref in refs:
+        deliveries = system.state(ref).deliveries
+        assert len(deliveries) == 3, ref  # each once: none lost, no copy applied
+        assert all(at >= due for due, at in deliveries), ref  # never early
