@@ -147,3 +147,31 @@ def test_oversized_send_raises_message_too_large(system: ActorSystem) -> None:
         s.send(big.ref("1"), Big(blob="x" * 600))
     s.send(big.ref("1"), Big(blob="x" * 100))
     assert s.run_until_idle().messages == 1
+
+
+def test_from_env_picks_the_aws_stores_without_calling_aws() -> None:
+    from adapters.composite import CompositeBackend
+    from adapters.delay import SchedulerDelayQueue, SqsDelayQueue
+
+    env = {
+        "ACTOR_SYSTEM_REDIS_URL": "fakeredis://",
+        "ACTOR_SYSTEM_STATE_URL": "s3://bucket/actors",
+        "ACTOR_SYSTEM_DELAY_URL": "sqs://deferred?near=30&max_hop=600",
+    }
+    backend = ActorSystem.from_env(actors=[counter], environ=env).backend
+    assert isinstance(backend, CompositeBackend)
+    assert backend.state_store is not None
+    assert backend.state_store.key("counter/a") == "actors/counter/a"
+    assert isinstance(backend.delay, SqsDelayQueue)
+    assert (backend.delay.near_s, backend.delay.max_hop_s) == (30.0, 600)
+    assert backend.delay.delay_s(due_ms=1_000_000, now_ms=0) == 600  # capped hop
+    assert backend.delay.delay_s(due_ms=100_000, now_ms=0) == 85  # ends near / 2 early
+    env["ACTOR_SYSTEM_DELAY_URL"] = "scheduler://g?target=arn:t&role=arn:r&queue=q"
+    backend = ActorSystem.from_env(actors=[counter], environ=env).backend
+    assert isinstance(backend.delay, SchedulerDelayQueue)
+    assert backend.delay.queue is not None
+    assert SchedulerDelayQueue.expression(1_767_225_600_001) == "at(2026-01-01T00:00:01)"
+    with pytest.raises(ConfigError, match="max_hop=901 must be between 0 and 900"):
+        ActorSystem.from_url("fakeredis://", actors=[counter], delay="sqs://q?max_hop=901")
+    with pytest.raises(ConfigError, match=r"is not s3://bucket\[/prefix\]"):
+        ActorSystem.from_url("fakeredis://", actors=[counter], state="s3://")
