@@ -16,6 +16,7 @@ import binascii
 import json
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -315,6 +316,7 @@ class SchedulerDelayQueue:
         self.near_s = near_s
         self.receive_every_s = queue.receive_every_s if queue else 1.0
         self._client = client
+        self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
     def from_url(cls, url: str) -> SchedulerDelayQueue:
@@ -366,37 +368,55 @@ class SchedulerDelayQueue:
         return f"at({at.strftime('%Y-%m-%dT%H:%M:%S')})"
 
     def offload(self, items: Sequence[Outgoing], now_ms: int) -> list[str]:
-        taken: list[str] = []
+        """One schedule per message, created concurrently (one API call each); returns the
+        ids now held by a schedule. The first error other than a conflict is raised."""
+        fit = []
         for item in items:
-            assert item.due_ms is not None
-            body = encode_body(item)
-            if len(body) > SCHEDULER_MAX_INPUT:
+            if len(encode_body(item)) > SCHEDULER_MAX_INPUT:
                 log.warning(
-                    "deferred message %s encodes to %d characters, over the schedule input "
-                    "limit; it stays in the Redis sorted set",
+                    "deferred message %s is over the schedule input limit; it stays in the "
+                    "Redis sorted set",
                     item.id,
-                    len(body),
                 )
-                continue
-            name = self.schedule_name(item.id)
-            try:
-                aws_call(
-                    "CreateSchedule",
-                    f"{self.group}/{name}",
-                    self.client.create_schedule,
-                    Name=name,
-                    GroupName=self.group,
-                    ScheduleExpression=self.expression(item.due_ms),
-                    ScheduleExpressionTimezone="UTC",
-                    FlexibleTimeWindow={"Mode": "OFF"},
-                    Target={"Arn": self.target_arn, "RoleArn": self.role_arn, "Input": body},
-                    ActionAfterCompletion="DELETE",
-                )
-            except AwsError as e:
-                if e.code != "ConflictException":  # the same message sent again: done
-                    raise
-            taken.append(item.id)
-        return taken
+            else:
+                fit.append(item)
+        if len(fit) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(16, thread_name_prefix="actor-system")
+            results = list(self._pool.map(self._create, fit))
+        else:
+            results = [self._create(i) for i in fit]
+        errors = [r for r in results if isinstance(r, Exception)]
+        if errors and len(errors) == len(results):
+            raise errors[0]
+        for e in errors:
+            log.error("%s; the message stays in the Redis sorted set", e)
+        return [i.id for i, r in zip(fit, results, strict=True) if r is None]
+
+    def _create(self, item: Outgoing) -> AwsError | None:
+        assert item.due_ms is not None
+        name = self.schedule_name(item.id)
+        try:
+            aws_call(
+                "CreateSchedule",
+                f"{self.group}/{name}",
+                self.client.create_schedule,
+                Name=name,
+                GroupName=self.group,
+                ScheduleExpression=self.expression(item.due_ms),
+                ScheduleExpressionTimezone="UTC",
+                FlexibleTimeWindow={"Mode": "OFF"},
+                Target={
+                    "Arn": self.target_arn,
+                    "RoleArn": self.role_arn,
+                    "Input": encode_body(item),
+                },
+                ActionAfterCompletion="DELETE",
+            )
+        except AwsError as e:
+            if e.code != "ConflictException":  # the same message sent again: done
+                return e
+        return None
 
     def receive(self) -> list[Received]:
         return self.queue.receive() if self.queue else []
