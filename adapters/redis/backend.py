@@ -41,7 +41,10 @@ _PUSH_CHUNK = 500  # messages per push script call, to bound one script's run ti
 # pipeline's scripts back to back, so this bounds how long other clients wait behind one.
 _PROMOTE_PER_POLL = 512
 _FAKE_POLL_S = 0.005
-_NOTHING_DUE = 2**62  # an empty shard: nothing to promote until the epoch changes
+_NOTHING_DUE = 2**62
+# How long a landed message's id is remembered, so that an SQS copy landing after it is
+# dropped even before the actor has processed it (then its done set drops later copies).
+_LANDED_MS = 3_600_000  # an empty shard: nothing to promote until the epoch changes
 
 
 def client_from_url(url: str) -> tuple[redis.Redis, bool]:
@@ -296,7 +299,7 @@ class RedisBackend:
                 [
                     self.options.prefix,
                     now_ms,
-                    int(self.options.done_window_s * 1000),
+                    _LANDED_MS,
                     *self._deliveries(items[i : i + _PUSH_CHUNK]),
                 ],
             )
