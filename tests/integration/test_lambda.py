@@ -393,3 +393,30 @@ def test_concurrent_environments_drain_one_backlog_exactly_once(
     assert all(len(set(s.seen)) == len(s.seen) == 15 for s in states)  # type: ignore[attr-defined]
     assert sum(r["messages"] for r in results) == 300
     assert len(worked) >= 2  # the environments really drained side by side
+
+
+def test_sqs_delay_queue_as_the_functions_trigger_hops_then_delivers_on_time(
+    redis_url: str, aws_env: dict[str, str], wake_queue: str
+) -> None:
+    """The wake queue doubles as the delay queue; the test plays the SQS event source
+    mapping. Hops of at most 1 s stand in for SQS's 15 minutes."""
+    delay_url = f"sqs://{wake_queue.rsplit('/', 1)[1]}?near=1&max_hop=1"
+    system = ActorSystem.from_url(redis_url, actors=actors, delay=delay_url)
+    ref = probe.ref("lambda-hops")
+    system.send(ref, Timed(due=time.time() + 4.5), delay=4.5)
+    assert system.deferred() == []  # held by SQS, not by Redis
+    env = {"ACTOR_SYSTEM_WAKER_URL": wake_queue, "ACTOR_SYSTEM_DELAY_URL": delay_url}
+    invocations = 0
+    with harness(redis_url, aws_env, 3, **env) as lam:
+        deadline = time.time() + 20
+        while not system.state(ref).deliveries and time.time() < deadline:  # type: ignore[attr-defined]
+            records = receive(wake_queue, 3)
+            if records:
+                result = lam.invoke(sqs_event(records))
+                assert result["batchItemFailures"] == []
+                invocations += 1
+    [(asked, delivered)] = system.state(ref).deliveries  # type: ignore[attr-defined]
+    print(f"invocations={invocations} late_ms={(delivered - asked) * 1000:.0f}")
+    assert delivered >= asked  # never early
+    assert invocations >= 3  # the hops came back through the trigger
+    assert lam.cold_starts == 1
