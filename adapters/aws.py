@@ -23,6 +23,8 @@ _HINTS = {
     "AWS.SimpleQueueService.NonExistentQueue": "the queue does not exist: create it or fix the URL",
     "QueueDoesNotExist": "the queue does not exist: create it or fix the URL",
     "ResourceNotFoundException": "the resource does not exist: create it or fix the URL",
+    "404": "the resource does not exist: create it or fix the URL",  # HEAD answers carry no code
+    "403": "the IAM policy of these credentials does not allow this action here",
     "AccessDenied": "the IAM policy of these credentials does not allow this action here",
     "AccessDeniedException": "the IAM policy of these credentials does not allow this action here",
     "InvalidAccessKeyId": "the AWS credentials are not valid",

@@ -343,6 +343,15 @@ class CompositeBackend(RedisBackend):
         n = super().pending()
         return n + (self.delay.pending() if self.delay is not None else 0)
 
+    def check(self) -> None:
+        """Reach every AWS store once: AwsError names the first that is missing or refused
+        (the bucket, the queue, the schedule group). Call it at start-up if you like to
+        fail early; nothing else calls AWS before the first turn needs it."""
+        if self.state_store is not None:
+            self.state_store.check()
+        if self.delay is not None:
+            self.delay.check()
+
     def stats(self) -> dict[str, Any]:
         stats = super().stats()
         if self.delay is not None:

@@ -19,7 +19,7 @@ import msgpack
 
 from actor_system.envelope import Outgoing
 from actor_system.errors import ConfigError, DecodeError
-from adapters.aws import AwsError, as_aws_error, aws_call, aws_client, error_code
+from adapters.aws import as_aws_error, aws_call, aws_client, error_code
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -146,6 +146,3 @@ class S3StateStore:
 def trim(ids: Sequence[str], keep: int) -> list[str]:
     """The newest ``keep`` ids (the list is oldest first)."""
     return list(ids[-keep:]) if keep > 0 else []
-
-
-__all__ = ["AwsError", "S3StateStore", "StateObject", "WriteConflict", "trim"]

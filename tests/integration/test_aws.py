@@ -256,6 +256,8 @@ def test_missing_bucket_is_a_clear_error_and_the_batch_waits(redis_url: str, aws
                        r"NoSuchBucket.*bucket does not exist") as info:  # fmt: skip
         system.run_until_idle()
     assert isinstance(info.value, BackendError)
+    with pytest.raises(AwsError, match=r"HeadBucket on s3://no-such-bucket failed: 404.*does not"):
+        system.backend.check()
     assert system.stats()["mailbox_messages"] == 1  # given back at once, not lost
     assert system.stats()["leases_held"] == 0
 
@@ -563,9 +565,24 @@ def test_boto3_is_imported_only_when_an_aws_store_is_used() -> None:
     assert out.stdout.split() == ["False", "False"]  # not even at construction: on first call
 
 
-def test_composite_backend_type(redis_url: str, aws: Any) -> None:
-    system = s3_system(redis_url, aws, ManualClock())
+def test_check_reaches_every_store(redis_url: str, aws: Any) -> None:
+    system = ActorSystem.from_url(
+        redis_url,
+        actors=actors,
+        state=f"s3://{aws.bucket}/actors",
+        delay=f"scheduler://{aws.group}?target={aws.queue_arn}&role={ROLE}&queue={aws.queue}",
+    )
     assert isinstance(system.backend, CompositeBackend)
+    system.backend.check()  # bucket, schedule group and queue all there: no error
+    boto3.client("sqs").delete_queue(QueueUrl=aws.queue_url)
+    fresh = ActorSystem.from_url(
+        redis_url,
+        actors=actors,
+        delay=f"scheduler://{aws.group}?target={aws.queue_arn}&role={ROLE}&queue={aws.queue}",
+    )
+    with pytest.raises(AwsError, match=f"GetQueueUrl on {aws.queue} failed"):
+        fresh.backend.check()
+    boto3.client("sqs").create_queue(QueueName=aws.queue)  # for the fixture's clean-up
 
 
 def test_sqs_outage_keeps_deferred_messages_in_redis_on_time(
