@@ -104,13 +104,9 @@ def as_aws_error(what: str, resource: str, e: Exception) -> AwsError:
     return AwsError(what, resource, code, message)
 
 
-class SqsWaker:
-    """Wakes the drain function through its SQS wake queue (the function's SQS trigger).
-
-    The client and the queue URL are resolved on first use, not at import (cold starts).
-    """
-
-    max_delay_s = MAX_SQS_DELAY_S
+class SqsQueue:
+    """An SQS queue by name or URL; the client and the queue URL are resolved on first use,
+    not at import (cold starts)."""
 
     def __init__(self, *, queue: str, client: Any = None) -> None:
         self.queue = queue
@@ -131,6 +127,12 @@ class SqsWaker:
             )
             self._url = str(found["QueueUrl"])
         return self._url
+
+
+class SqsWaker(SqsQueue):
+    """Wakes the drain function through its SQS wake queue (the function's SQS trigger)."""
+
+    max_delay_s = MAX_SQS_DELAY_S
 
     def wake_at(self, due_ms: int, now_ms: int) -> None:
         """One wake message, visible at the due time (or after 15 minutes, the SQS maximum:

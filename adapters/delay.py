@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from actor_system.envelope import ID_LENGTH, Outgoing
 from actor_system.errors import ConfigError, DecodeError
-from adapters.aws import MAX_SQS_DELAY_S, AwsError, aws_call, aws_client
+from adapters.aws import MAX_SQS_DELAY_S, AwsError, SqsQueue, aws_call, aws_client
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -113,7 +113,7 @@ def _number(url: str, query: dict[str, str], name: str, default: float) -> float
     return value
 
 
-class SqsDelayQueue:
+class SqsDelayQueue(SqsQueue):
     """Deferred messages as SQS messages with ``DelaySeconds`` = min(remaining, 900).
 
     One received more than ``near_s`` before its due time (a horizon beyond 15 minutes) is
@@ -137,12 +137,10 @@ class SqsDelayQueue:
     ) -> None:
         if not 0 <= max_hop_s <= MAX_SQS_DELAY_S:
             raise ConfigError(f"max_hop={max_hop_s} must be between 0 and {MAX_SQS_DELAY_S}")
-        self.queue = queue
+        super().__init__(queue=queue, client=client)
         self.near_s = near_s
         self.max_hop_s = int(max_hop_s)
         self.receive_every_s = receive_every_s
-        self._client = client
-        self._url = queue if queue.startswith(("https://", "http://")) else None
 
     @classmethod
     def from_url(cls, url: str) -> SqsDelayQueue:
@@ -164,21 +162,6 @@ class SqsDelayQueue:
     @property
     def name(self) -> str:
         return f"sqs queue {self.queue}"
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = aws_client("sqs")
-        return self._client
-
-    @property
-    def queue_url(self) -> str:
-        if self._url is None:
-            found = aws_call(
-                "GetQueueUrl", self.queue, self.client.get_queue_url, QueueName=self.queue
-            )
-            self._url = str(found["QueueUrl"])
-        return self._url
 
     def delay_s(self, due_ms: int, now_ms: int) -> int:
         """The DelaySeconds of the next hop, at most max_hop_s: the last hop ends half of
