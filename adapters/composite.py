@@ -41,6 +41,7 @@ _MARKER = b"s3:"  # Redis keeps the S3 version it acknowledged as the actor's st
 _OFFLOAD_SCAN = 100  # staged messages read per shard per offload
 _SWEEP_EVERY_MS = 5_000  # look for messages a crashed process staged but did not move out
 _DAY_MS = 24 * 3600 * 1000
+_BACK_OFF_MS = 30_000  # after an AWS error, before moving or receiving messages again
 
 
 @dataclass(slots=True)
@@ -86,6 +87,7 @@ class CompositeBackend(RedisBackend):
         self._receive_more = False
         self._staged = True  # look once at start: a crashed process may have left some
         self._swept_at = 0
+        self._offload_after = 0  # no offloading before this (back-off after an AWS error)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -253,14 +255,15 @@ class CompositeBackend(RedisBackend):
 
     def _move_out(self, now_ms: int) -> None:
         """Offload staged messages; on an AWS error they stay in the sorted set, which
-        delivers them on time anyway, and the next sweep tries again."""
+        delivers them on time anyway, and the drain goes on without trying for a while."""
+        if now_ms < self._offload_after:
+            return
         try:
             self._offload_staged(now_ms)
         except AwsError as e:
             self._staged = True
-            log.error(
-                "moving deferred messages to %s failed: %s", self.delay and self.delay.name, e
-            )
+            self._offload_after = now_ms + _BACK_OFF_MS
+            log.error("moving deferred messages out failed, next try in 30 s: %s", e)
 
     def _offload_staged(self, now_ms: int) -> int:
         """Move far-future messages from the sorted set to the external delay queue."""
@@ -308,7 +311,8 @@ class CompositeBackend(RedisBackend):
                 try:
                     landed = self._collect(now_ms)
                 except AwsError as e:  # Redis work goes on; SQS keeps the messages
-                    log.error("receiving deferred messages failed: %s", e)
+                    self._received_at = now_ms + _BACK_OFF_MS
+                    log.error("receiving deferred messages failed, next try in 30 s: %s", e)
         actors, promoted = super().poll(now_ms, max_actors, lease_ms)
         return actors, promoted + landed
 
