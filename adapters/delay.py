@@ -60,31 +60,18 @@ def encode_body(item: Outgoing) -> str:
     )
 
 
-def is_deferred(body: Any) -> bool:
-    """Whether a decoded JSON value is a deferred-message body (not a wake, not foreign)."""
-    return isinstance(body, dict) and body.get("actor_system") == "deferred"
-
-
-def looks_deferred(body: str | dict[str, Any]) -> bool:
-    """A body to land (or to dead-letter if malformed); False for wakes and continuations,
-    which may share the queue."""
-    value: Any = body
-    if isinstance(body, str):
-        try:
-            value = json.loads(body)
-        except ValueError:
-            return True  # not JSON: ours to dead-letter with the reason
-    return not (isinstance(value, dict) and value.get("actor_system") in ("wake", "continue"))
-
-
-def decode_body(body: str | dict[str, Any]) -> Outgoing:
-    """The deferred message in a body; DecodeError (keeping the bytes) if it is malformed."""
+def decode_body(body: str | dict[str, Any]) -> Outgoing | None:
+    """The deferred message in a body, None for a wake or a continuation (they may share
+    the queue); DecodeError, keeping the bytes, for anything else that is not one."""
     raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
     try:
         m = json.loads(body) if isinstance(body, str) else body
     except ValueError as e:
         raise DecodeError(f"delay-queue message is not JSON: {e}", raw) from None
-    if not is_deferred(m):
+    kind = m.get("actor_system") if isinstance(m, dict) else None
+    if kind in ("wake", "continue"):
+        return None
+    if kind != "deferred":
         raise DecodeError("delay-queue message is not a deferred actor-system message", raw)
     mid, target, due, entry = m.get("id"), m.get("target"), m.get("due_ms"), m.get("entry")
     if not (isinstance(mid, str) and len(mid) == ID_LENGTH and isinstance(target, str)):
@@ -355,14 +342,15 @@ class SchedulerDelayQueue:
         ids now held by a schedule. The first error other than a conflict is raised."""
         fit = []
         for item in items:
-            if len(encode_body(item)) > SCHEDULER_MAX_INPUT:
+            body = encode_body(item)
+            if len(body) > SCHEDULER_MAX_INPUT:
                 log.warning(
                     "deferred message %s is over the schedule input limit; it stays in the "
                     "Redis sorted set",
                     item.id,
                 )
             else:
-                fit.append(item)
+                fit.append((item, body))
         if len(fit) > 1:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(16, thread_name_prefix="actor-system")
@@ -374,9 +362,10 @@ class SchedulerDelayQueue:
             raise errors[0]
         for e in errors:
             log.error("%s; the message stays in the Redis sorted set", e)
-        return [i.id for i, r in zip(fit, results, strict=True) if r is None]
+        return [i.id for (i, _), r in zip(fit, results, strict=True) if r is None]
 
-    def _create(self, item: Outgoing) -> AwsError | None:
+    def _create(self, item_body: tuple[Outgoing, str]) -> AwsError | None:
+        item, body = item_body
         assert item.due_ms is not None
         name = self.schedule_name(item.id)
         try:
@@ -392,7 +381,7 @@ class SchedulerDelayQueue:
                 Target={
                     "Arn": self.target_arn,
                     "RoleArn": self.role_arn,
-                    "Input": encode_body(item),
+                    "Input": body,
                 },
                 ActionAfterCompletion="DELETE",
             )

@@ -266,18 +266,19 @@ class RedisBackend:
         (``adapters.delay``): due ones into mailboxes, the others out again for another hop
         or into the sorted set. Malformed ones are dead-lettered with the reason; bodies of
         wakes and continuations are skipped. Returns how many reached their mailboxes."""
-        from adapters.delay import decode_body, looks_deferred
+        from adapters.delay import decode_body
 
         items: list[Outgoing] = []
         dead: list[bytes] = []
         for body in bodies:
-            if not looks_deferred(body):
-                continue
             try:
-                items.append(decode_body(body))
+                item = decode_body(body)
             except DecodeError as e:
                 log.error("dead letter from the delay queue: %s", e)
                 dead.append(dead_record(str(e), e.raw, now_ms))
+                continue
+            if item is not None:
+                items.append(item)
         hopped = self._hop(items, now_ms)
         delivered, _, _ = self.land([i for i in items if i.id not in hopped], now_ms)
         if dead:

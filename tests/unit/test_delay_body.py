@@ -9,7 +9,7 @@ import pytest
 
 from actor_system.envelope import Outgoing
 from actor_system.errors import DecodeError
-from adapters.delay import decode_body, encode_body, looks_deferred
+from adapters.delay import decode_body, encode_body
 
 ITEM = Outgoing("a" * 32, "counter/x", b"a" * 32 + b"\x97body", 1_767_225_600_000)
 
@@ -41,10 +41,11 @@ def test_malformed_bodies_raise_with_the_reason_and_keep_the_bytes(
 
 
 def test_wakes_are_not_landed_but_anything_else_is_examined() -> None:
-    assert not looks_deferred(json.dumps({"actor_system": "wake", "due_ms": 1}))
-    assert not looks_deferred({"actor_system": "continue", "depth": 1})
-    assert looks_deferred("not json")  # dead-lettered with the reason, not dropped
-    assert looks_deferred(json.dumps({"something": "else"}))
-    assert looks_deferred(encode_body(ITEM))
+    assert decode_body(json.dumps({"actor_system": "wake", "due_ms": 1})) is None
+    assert decode_body({"actor_system": "continue", "depth": 1}) is None
+    # anything else is dead-lettered with the reason, not dropped
     with pytest.raises(DecodeError, match="not JSON"):
         decode_body("not json")
+    with pytest.raises(DecodeError, match="not a deferred actor-system message"):
+        decode_body(json.dumps({"something": "else"}))
+    assert decode_body(encode_body(ITEM)) == ITEM
