@@ -115,9 +115,21 @@ def message_name(model: type[BaseModel]) -> str:
 
 
 class ActorType(Generic[S]):
-    """A kind of actor: a state model and one handler per message type."""
+    """A kind of actor: a state model and one handler per message type.
 
-    def __init__(self, name: str, *, state: type[S]) -> None:
+    ``done_window_s`` / ``done_max``: how long and how many processed message ids each actor
+    of this type remembers, so that a copy (or a send with the same idempotency key) is
+    dropped; defaults are the system's ``Options``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        state: type[S],
+        done_window_s: float | None = None,
+        done_max: int | None = None,
+    ) -> None:
         if not isinstance(name, str) or not _TYPE_NAME.match(name):
             raise ConfigError(f"actor type name {name!r} must match {_TYPE_NAME.pattern}")
         if not (isinstance(state, type) and issubclass(state, BaseModel)):
@@ -129,8 +141,17 @@ class ActorType(Generic[S]):
                 f"state model {state.__name__} of actor type {name!r} must be constructible "
                 f"with no arguments (give every field a default): {e}"
             ) from e
+        for option, value in (("done_window_s", done_window_s), ("done_max", done_max)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+            ):
+                raise ConfigError(f"{option}={value!r} of actor type {name!r} must be > 0")
         self.name = name
         self.state_type = state
+        # How long and how many processed ids (and so idempotency keys) each actor of this
+        # type remembers for dedup; None: the system's Options.
+        self.done_window_s = done_window_s
+        self.done_max = None if done_max is None else int(done_max)
         self._handlers: dict[str, tuple[type[BaseModel], Handler]] = {}
 
     def handler(self, fn: F) -> F:

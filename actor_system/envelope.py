@@ -3,13 +3,23 @@
 On the wire a mailbox entry is the 32-character hex message id followed by the msgpack body
 [format version, target, type, payload, attempt, sent-at ms, due-at ms], so that Lua scripts
 read the id (for de-duplication) without decoding msgpack.
+
+A message id is 128 bits in hex: 48 bits of send time in ms and a 16-bit sequence (so that
+ids from one sender sort in send order: the delay queue breaks ties of equal due times by
+id), 16 bits of a hash of the target actor (which picks the delay shard, so that one actor's
+deferred messages share a shard and leave it in due order, and a cancel finds the shard from
+the id alone), then 48 random bits. An id derived from an idempotency key is a hash in the
+same layout.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import uuid
+import os
+import threading
+import time
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +32,7 @@ FORMAT_VERSION = 1
 ID_LENGTH = 32
 _FIELDS = 7
 _HEX = frozenset(b"0123456789abcdef")
+_HEX_STR = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +58,49 @@ class Outgoing:
     due_ms: int | None
 
 
+class _Sequence:
+    """(ms, sequence) pairs that only grow within this process, whatever the wall clock does:
+    ids sent by one process sort in the order they were made."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = (0, 0)
+
+    def next(self) -> tuple[int, int]:
+        now_ms = time.time_ns() // 1_000_000
+        with self._lock:
+            last_ms, seq = self._last
+            if now_ms > last_ms:
+                self._last = (now_ms, 0)
+            elif seq < 0xFFFF:
+                self._last = (last_ms, seq + 1)
+            else:  # 65,536 ids in one ms: borrow the next ms
+                self._last = (last_ms + 1, 0)
+            return self._last
+
+
+# One per process, like uuid's node id: the order of ids is a property of the process.
+_SEQUENCE = _Sequence()
+
+
+def target_hash(target: str) -> str:
+    """The 4 hex digits of an id that name its target's delay shard."""
+    return f"{zlib.crc32(target.encode()) & 0xFFFF:04x}"
+
+
 def new_id(target: str, idempotency_key: str | None = None) -> str:
-    """A random id, or one derived from the caller's idempotency key (same key, same id)."""
+    """A fresh id that sorts after every earlier id of this process, or one derived from the
+    caller's idempotency key (same key, same id)."""
     if idempotency_key is None:
-        return uuid.uuid4().hex
-    digest = hashlib.blake2b(f"{target}\x00{idempotency_key}".encode(), digest_size=16)
-    return digest.hexdigest()
+        ms, seq = _SEQUENCE.next()
+        return f"{ms & 0xFFFF_FFFF_FFFF:012x}{seq:04x}{target_hash(target)}{os.urandom(6).hex()}"
+    digest = hashlib.blake2b(f"{target}\x00{idempotency_key}".encode(), digest_size=14).hexdigest()
+    return f"{digest[:16]}{target_hash(target)}{digest[16:28]}"
+
+
+def is_message_id(value: object) -> bool:
+    """True for a 32-character lowercase hex string, the form of every message id."""
+    return isinstance(value, str) and len(value) == ID_LENGTH and all(c in _HEX_STR for c in value)
 
 
 def encode(env: Envelope) -> bytes:
@@ -121,6 +169,13 @@ def due_ms(
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
         if isinstance(seconds, bool) or not isinstance(seconds, int | float):
             raise InvalidSend(f"delay={delay!r} must be seconds (int or float) or a timedelta")
+        try:
+            seconds = float(seconds)
+        except OverflowError:  # an int beyond a float's range
+            raise InvalidSend(
+                f"delay of about 10**{len(str(seconds)) - 1} seconds exceeds "
+                f"max_delay_s={max_delay_s:.0f}"
+            ) from None
         if not math.isfinite(seconds) or seconds < 0:
             raise InvalidSend(f"delay={delay!r} must be a finite number of seconds >= 0")
         if seconds == 0:

@@ -48,6 +48,9 @@ class Commit:
     actions: list[bytes]
     outbox: list[Outgoing] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
+    state_is_default: bool = False  # the state equals the model's defaults: nothing to keep
+    done_window_ms: int = 0  # how long processed ids are kept for dedup (0: the default)
+    done_max: int = 0  # how many at most (0: the default)
 
 
 class Clock(Protocol):
@@ -158,5 +161,8 @@ class Backend(Mailbox, TurnStore, DelayQueue, DeadLetters, Inspector, Protocol):
 
     def claim_wake(self, due_ms: int, now_ms: int) -> bool:
         """True if a wake firing at ``due_ms`` should be armed: none firing earlier is armed."""
+
+    def server_clock(self) -> Clock:
+        """The clock every process sharing these stores agrees on (the default clock)."""
 
     def close(self) -> None: ...

@@ -19,7 +19,14 @@ from pydantic import BaseModel, ValidationError
 
 from actor_system.actor import ActorRef, ActorType, Context, Handler, Registry, utc
 from actor_system.budget import timeout_guard
-from actor_system.envelope import ID_LENGTH, Envelope, Outgoing, check_size, decode
+from actor_system.envelope import (
+    ID_LENGTH,
+    Envelope,
+    Outgoing,
+    check_size,
+    decode,
+    is_message_id,
+)
 from actor_system.errors import (
     ActorSystemError,
     BudgetExhausted,
@@ -103,19 +110,14 @@ class Outbox:
         return item.id
 
     def cancel(self, message_id: str) -> None:
-        if not (isinstance(message_id, str) and len(message_id) == ID_LENGTH):
-            raise InvalidSend(f"{message_id!r} is not a message id")
+        if not is_message_id(message_id):
+            raise InvalidSend(f"{message_id!r} is not a message id (32 lowercase hex digits)")
         self.cancels.append(message_id)
 
-
-@dataclass(slots=True)
-class _Step:
-    """A message whose handler ran successfully, kept to replay the turn after a failure."""
-
-    fn: Handler
-    msg: BaseModel
-    env: Envelope
-    attempt: int
+    def truncate(self, items: int, cancels: int) -> None:
+        """Drop what was added after a savepoint (a failed handler's sends)."""
+        del self.items[items:]
+        del self.cancels[cancels:]
 
 
 @dataclass(slots=True)
@@ -128,9 +130,12 @@ class _Turn:
     leased_at: float  # monotonic time the lease was last taken or renewed
     budget: Budget
     actions: list[bytes] = field(default_factory=list)
-    steps: list[_Step] = field(default_factory=list)
+    ran: int = 0  # handlers that succeeded
     lateness: list[float] = field(default_factory=list)
-    snapshot: tuple[bytes, int, int] | None = None  # state and outbox size before a handler
+    # The savepoint after the last handler that succeeded: its encoded state (None: nothing
+    # ran, the stored state stands) and the outbox size. A failed or interrupted handler
+    # rolls back to it; no handler ever runs twice in one turn.
+    saved: tuple[bytes | None, int, int] = (None, 0, 0)
     report: DrainReport = field(default_factory=DrainReport)
 
 
@@ -138,6 +143,18 @@ class _Interrupted(Exception):
     def __init__(self, index: int) -> None:
         self.index = index
 
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """A message whose handler (or the encoding of the state it left) raised."""
+
+    index: int
+    env: Envelope
+    error: BaseException
+
+
+# Input that can never be processed: straight to the dead letters, no retry.
+_BAD_INPUT = (DecodeError, MessageTooLarge, UnknownMessageType, ValidationError)
 
 # A turn ready to commit: the commit, its counts, its metrics (None when nothing ran).
 _Done = tuple[Commit, DrainReport, TurnMetrics | None]
@@ -159,6 +176,7 @@ class Runtime:
         self.backend = backend
         self.clock = clock
         self.options = options
+        self._defaults: dict[str, bytes] = {}
 
     def _now_ms(self) -> int:
         return int(self.clock.now() * 1000)
@@ -194,6 +212,10 @@ class Runtime:
             except LeaseLost as e:
                 report.leases_lost += 1
                 log.warning("%s; its batch will be redelivered", e)
+            except Exception as e:
+                # The one boundary for whatever a turn did not expect: that turn's messages
+                # are retried (then dead-lettered) with the error; the round goes on.
+                pending.append(self._broken(claim, token, e))
             # Group commit: fast turns share one round trip, slow ones are not held back.
             if time.monotonic() - flushed_at > _GROUP_COMMIT_S:
                 self._flush(pending, report)
@@ -230,9 +252,27 @@ class Runtime:
             raise LeaseLost(f"lease of {turn.claim.actor} lost during its turn")
         turn.leased_at = time.monotonic()
 
+    def _commit(self, turn: _Turn, outbox: Outbox) -> Commit:
+        """The turn's commit: the state and outbox of its savepoint, one action per entry."""
+        data, n_items, n_cancels = turn.saved
+        outbox.truncate(n_items, n_cancels)
+        claim = turn.claim
+        return Commit(
+            claim.actor,
+            turn.token,
+            claim.fence,
+            data,
+            turn.actions,
+            outbox.items,
+            outbox.cancels,
+            state_is_default=data is not None and data == self._default_state(turn.actor),
+            done_window_ms=int((turn.actor.done_window_s or self.options.done_window_s) * 1000),
+            done_max=turn.actor.done_max or self.options.done_max,
+        )
+
     def _interrupted(self, turn: _Turn, index: int, outbox: Outbox) -> Commit:
-        """The guard stopped a handler: commit the messages before it (from the snapshot
-        taken before it ran); it goes back with its attempt raised, the rest unchanged."""
+        """The guard stopped a handler: commit the messages before it (its savepoint); it
+        goes back with its attempt raised, the rest unchanged."""
         claim = turn.claim
         log.warning(
             "handler on %s interrupted: the invocation's time budget ran out; the message "
@@ -240,8 +280,6 @@ class Runtime:
             claim.actor,
             extra={"actor": claim.actor},
         )
-        assert turn.snapshot is not None  # set before every handler under a limited budget
-        data, n_items, n_cancels = turn.snapshot
         entry, failed = claim.entries[index]
         attempt = failed + 1  # the envelope's own count is not needed to bound retries here
         if attempt >= self.options.max_attempts:
@@ -250,20 +288,29 @@ class Runtime:
             turn.report.dead_letters += 1
         else:
             again = RETRY + b"interrupted: the handler ran out of time"
-        actions = turn.actions[:index] + [again] + [KEEP] * (len(claim.entries) - index - 1)
+        del turn.actions[index:]
+        turn.actions += [again] + [KEEP] * (len(claim.entries) - index - 1)
         turn.report.interrupted = 1
-        return Commit(
-            claim.actor,
-            turn.token,
-            claim.fence,
-            data if turn.steps else None,
-            actions,
-            outbox.items[:n_items],
-            outbox.cancels[:n_cancels],
-        )
+        return self._commit(turn, outbox)
 
     def _abandon(self, claim: Claim, token: str) -> Commit:
         return Commit(claim.actor, token, claim.fence, None, [KEEP] * len(claim.entries))
+
+    def _broken(self, claim: Claim, token: str, error: Exception) -> _Done:
+        """A turn that failed outside every handler: nothing of it is written; each claimed
+        message is retried with the error, or dead-lettered at max_attempts."""
+        log.error("turn of %s failed: %r", claim.actor, error, exc_info=error)
+        report = DrainReport(turns=1)
+        actions = []
+        for entry, failed in claim.entries:
+            if failed + 1 >= self.options.max_attempts:
+                reason = f"the turn failed {failed + 1} times, last: {_reason(error)}"
+                actions.append(self._dead(claim, entry, failed + 1, reason, error))
+                report.dead_letters += 1
+            else:
+                actions.append(RETRY + _error_text(error))
+                report.retries += 1
+        return Commit(claim.actor, token, claim.fence, None, actions), report, None
 
     def _turn(self, claim: Claim, token: str, leased_at: float, budget: Budget) -> _Done:
         try:
@@ -285,11 +332,7 @@ class Runtime:
         except _Interrupted as stop:
             return self._interrupted(turn, stop.index, outbox), turn.report, None
         if failure is not None:
-            state, outbox = self._after_failure(turn, failure)
-        data = self._encode_state(state) if turn.steps else None
-        commit = Commit(
-            claim.actor, token, claim.fence, data, turn.actions, outbox.items, outbox.cancels
-        )
+            self._after_failure(turn, failure, outbox)
         metrics = TurnMetrics(
             actor_type=ref.type,
             actor=claim.actor,
@@ -299,19 +342,15 @@ class Runtime:
             dead_letters=turn.report.dead_letters,
             lateness_s=tuple(turn.lateness),
         )
-        return commit, turn.report, metrics
+        return self._commit(turn, outbox), turn.report, metrics
 
-    def _run_handlers(
-        self, turn: _Turn, state: BaseModel, outbox: Outbox
-    ) -> tuple[int, Envelope, BaseException] | None:
+    def _run_handlers(self, turn: _Turn, state: BaseModel, outbox: Outbox) -> _Failure | None:
         seen: set[str] = set()
         now = utc(turn.now_s)
         for index, (entry, failed) in enumerate(turn.claim.entries):
             try:
-                env = self._accept(turn, entry)
-                model, fn = turn.actor.resolve(env.type)
-                msg = model.model_validate(env.payload)
-            except (DecodeError, MessageTooLarge, UnknownMessageType, ValidationError) as e:
+                env, msg, fn = self._open(turn, entry)
+            except _BAD_INPUT as e:
                 turn.actions.append(self._dead(turn.claim, entry, failed + 1, _reason(e), None))
                 turn.report.dead_letters += 1
                 continue
@@ -319,33 +358,34 @@ class Runtime:
                 turn.actions.append(DONE)
                 turn.report.duplicates += 1
                 continue
-            if turn.steps and not turn.budget.can_start_turn():
+            if turn.ran and not turn.budget.can_start_turn():
                 # Not enough time for another handler: commit what is done, keep the rest.
                 turn.actions.extend([KEEP] * (len(turn.claim.entries) - index))
                 return None
             seen.add(env.id)
             self._keep_lease(turn)
-            attempt = env.attempt + failed
-            ctx: Context[Any] = Context(state, turn.ref, env.id, attempt, now, outbox)
-            if turn.budget.limited:  # what to commit if the guard interrupts this handler
-                turn.snapshot = (self._encode_state(state), len(outbox.items), len(outbox.cancels))
+            ctx: Context[Any] = Context(state, turn.ref, env.id, env.attempt + failed, now, outbox)
             started = time.monotonic()
             try:
                 with timeout_guard(turn.budget.handler_time_s()):
                     fn(ctx, msg)
+                state = self._state_after(turn.actor, ctx)
+                saved = self._encode_state(state)
             except BudgetExhausted as e:
                 raise _Interrupted(index) from e
             except Exception as e:
-                return index, env, e
+                return _Failure(index, env, e)
+            turn.saved = (saved, len(outbox.items), len(outbox.cancels))
             turn.budget.observe_handler(time.monotonic() - started)
             turn.actions.append(DONE)
-            turn.steps.append(_Step(fn, msg, env, attempt))
+            turn.ran += 1
             turn.report.messages += 1
             if env.due_at_ms is not None:
                 turn.lateness.append(turn.now_s - env.due_at_ms / 1000)
         return None
 
-    def _accept(self, turn: _Turn, entry: bytes) -> Envelope:
+    def _open(self, turn: _Turn, entry: bytes) -> tuple[Envelope, BaseModel, Handler]:
+        """Decode an entry and validate its payload; raises one of _BAD_INPUT."""
         check_size(entry, self.options.max_message_bytes, "mailbox entry")
         env = decode(entry)
         if env.target != turn.claim.actor:
@@ -354,26 +394,51 @@ class Runtime:
                 f"{turn.claim.actor!r}",
                 entry,
             )
-        return env
+        model, fn = turn.actor.resolve(env.type)
+        return env, model.model_validate(env.payload), fn
 
-    def _after_failure(
-        self, turn: _Turn, failure: tuple[int, Envelope, BaseException]
-    ) -> tuple[BaseModel, Outbox]:
-        """Roll the state back to before the failed message by replaying the turn so far,
-        then retry, re-send or dead-letter the failed message; later ones stay queued."""
-        index, env, error = failure
+    @staticmethod
+    def _state_after(actor: ActorType[Any], ctx: Context[Any]) -> BaseModel:
+        """The state a handler left: ``ctx.state``, mutated or replaced (frozen models)."""
+        state: BaseModel = ctx.state
+        fits = isinstance(state, actor.state_type)
+        if not fits:
+            raise TypeError(
+                f"ctx.state must be a {actor.state_type.__name__} for actor type "
+                f"{actor.name!r}, the handler left a {type(state).__name__}"
+            )
+        return state
+
+    def _after_failure(self, turn: _Turn, failure: _Failure, outbox: Outbox) -> None:
+        """Retry, re-send or dead-letter the failed message; the state and outbox roll back
+        to the savepoint of the message before it, and the messages after it stay queued."""
         entries = turn.claim.entries
-        entry, failed = entries[index]
+        entry, failed = entries[failure.index]
+        _, n_items, n_cancels = turn.saved
+        outbox.truncate(n_items, n_cancels)
+        turn.actions.append(self._failed_action(turn, failure, entry, failed, outbox))
+        turn.actions.extend([KEEP] * (len(entries) - failure.index - 1))
+        turn.saved = (turn.saved[0], len(outbox.items), len(outbox.cancels))
+
+    def _failed_action(
+        self, turn: _Turn, failure: _Failure, entry: bytes, failed: int, outbox: Outbox
+    ) -> bytes:
+        env, error = failure.env, failure.error
         attempt = env.attempt + failed
-        state, outbox = self._replay(turn)
-        if isinstance(error, Retry) and attempt < self.options.max_attempts:
-            if error.delay > 0:
+        if attempt >= self.options.max_attempts:
+            turn.report.dead_letters += 1
+            reason = f"failed {attempt} times, last: {_reason(error)}"
+            return self._dead(turn.claim, entry, attempt, reason, error)
+        if isinstance(error, Retry) and error.delay > 0:
+            try:
                 self._resend_later(turn, outbox, env, error.delay)
-                turn.actions.append(WITHDRAW)
-            else:
-                turn.actions.append(RETRY + _error_text(error))
+            except (ActorSystemError, ValidationError) as e:
+                turn.report.dead_letters += 1
+                reason = f"Retry(delay={error.delay!r}) cannot be honoured: {_reason(e)}"
+                return self._dead(turn.claim, entry, attempt, reason, error)
             turn.report.retries += 1
-        elif attempt < self.options.max_attempts:
+            return WITHDRAW
+        if not isinstance(error, Retry):
             log.warning(
                 "handler for %s on %s failed (attempt %d of %d): %r",
                 env.type,
@@ -388,34 +453,8 @@ class Runtime:
                     "message_type": env.type,
                 },
             )
-            turn.actions.append(RETRY + _error_text(error))
-            turn.report.retries += 1
-        else:
-            reason = f"failed {attempt} times, last: {_reason(error)}"
-            turn.actions.append(self._dead(turn.claim, entry, attempt, reason, error))
-            turn.report.dead_letters += 1
-        turn.actions.extend([KEEP] * (len(entries) - index - 1))
-        return state, outbox
-
-    def _replay(self, turn: _Turn) -> tuple[BaseModel, Outbox]:
-        state = self.load_state(turn.actor, turn.claim.state)
-        outbox = Outbox(self.registry, turn.now_s)
-        now = utc(turn.now_s)
-        try:
-            for step in turn.steps:
-                ctx: Context[Any] = Context(state, turn.ref, step.env.id, step.attempt, now, outbox)
-                step.fn(ctx, step.msg)
-        except Exception as e:  # a handler that is not deterministic: commit nothing of it
-            log.error(
-                "replaying the turn of %s failed (%r); its batch is retried whole",
-                turn.claim.actor,
-                e,
-            )
-            turn.actions[:] = [a if a[:1] == DEAD else KEEP for a in turn.actions]
-            turn.report.messages = 0
-            turn.steps.clear()
-            return self.load_state(turn.actor, turn.claim.state), Outbox(self.registry, turn.now_s)
-        return state, outbox
+        turn.report.retries += 1
+        return RETRY + _error_text(error)
 
     def _resend_later(self, turn: _Turn, outbox: Outbox, env: Envelope, delay: float) -> None:
         model, _ = turn.actor.resolve(env.type)
@@ -442,15 +481,28 @@ class Runtime:
             ) from e
         return model.model_validate(raw)
 
+    def _default_state(self, actor: ActorType[Any]) -> bytes:
+        """The encoded defaults of an actor type's state: a commit that leaves them lets
+        the backend drop the actor's state (an idle actor then keeps no keys)."""
+        found = self._defaults.get(actor.name)
+        if found is None:
+            found = self._defaults[actor.name] = self._encode_state(actor.state_type())
+        return found
+
     @staticmethod
     def _encode_state(state: BaseModel) -> bytes:
-        return bytes(msgpack.packb(state.model_dump(mode="json"), use_bin_type=True))
+        try:
+            return bytes(msgpack.packb(state.model_dump(mode="json"), use_bin_type=True))
+        except (OverflowError, TypeError, ValueError) as e:
+            raise TypeError(
+                f"the state {type(state).__name__} cannot be stored: {type(e).__name__}: {e}"
+            ) from e
 
     def _dead(
         self, claim: Claim, entry: bytes, attempts: int, reason: str, error: BaseException | None
     ) -> bytes:
         prefix = entry[:ID_LENGTH].decode("ascii", "replace")
-        mid = prefix if len(prefix) == ID_LENGTH and prefix.isalnum() else ""
+        mid = prefix if is_message_id(prefix) else ""
         log.error(
             "dead letter %s for %s: %s",
             mid,

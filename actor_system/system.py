@@ -13,8 +13,7 @@ from pydantic import BaseModel
 
 from actor_system.actor import ActorRef, ActorType, Registry
 from actor_system.budget import Budget
-from actor_system.clock import SystemClock
-from actor_system.envelope import ID_LENGTH
+from actor_system.envelope import ID_LENGTH, is_message_id
 from actor_system.errors import ConfigError, InvalidSend
 from actor_system.metrics import EmfMetrics
 from actor_system.options import Options
@@ -88,7 +87,9 @@ class ActorSystem:
         self.options = options or Options()
         self.registry = Registry(actors, self.options)
         self.backend = backend
-        self.clock: Clock = clock or SystemClock()
+        # One time authority for every process: the store's (Redis TIME), unless the caller
+        # drives time itself (ManualClock in tests).
+        self.clock: Clock = clock or backend.server_clock()
         self.runtime = Runtime(self.registry, backend, self.clock, self.options, on_turn)
 
     @classmethod
@@ -198,8 +199,8 @@ class ActorSystem:
 
     def cancel(self, message_id: str) -> bool:
         """Cancel a deferred message not yet due; False if unknown or already delivered."""
-        if not (isinstance(message_id, str) and len(message_id) == ID_LENGTH):
-            raise InvalidSend(f"{message_id!r} is not a message id")
+        if not is_message_id(message_id):
+            raise InvalidSend(f"{message_id!r} is not a message id (32 lowercase hex digits)")
         return self.backend.cancel(message_id)
 
     # -- reading ---------------------------------------------------------------------------

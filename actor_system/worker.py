@@ -69,6 +69,13 @@ class Worker:
                 log.warning("backend unavailable, retrying in %.1fs: %s", backoff_s, e)
                 self._stop.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, _MAX_BACKOFF_S)
+            except Exception:
+                # Turns turn their own failures into retries and dead letters; this is for a
+                # defect anywhere else: the process stays up, its leases expire and another
+                # round (or another worker) takes the work again.
+                log.exception("drain round failed, retrying in %.1fs", backoff_s)
+                self._stop.wait(backoff_s)
+                backoff_s = min(backoff_s * 2, _MAX_BACKOFF_S)
 
     def _wait_idle(self) -> None:
         rt = self.runtime

@@ -12,8 +12,10 @@ import msgpack
 import redis
 from redis.exceptions import NoScriptError, RedisError
 
+from actor_system.clock import SystemClock
 from actor_system.errors import BackendError, ConfigError, DecodeError
 from actor_system.ports import Claim, Commit
+from adapters.redis.clock import RedisClock
 from adapters.redis.keys import Keys
 
 if TYPE_CHECKING:
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 
     from actor_system.envelope import Outgoing
     from actor_system.options import Options
+    from actor_system.ports import Clock
 
 log = logging.getLogger("actor_system")
 
@@ -86,6 +89,9 @@ class RedisBackend:
         self._epoch = -1
         # Cancels leave a tombstone this long when deferred messages also live outside Redis.
         self.tombstone_ms = 0
+        # How long the actor's state hash outlives its last write (0: for good; S3 state
+        # keeps only a marker in Redis, which may expire).
+        self.state_ttl_ms = 0
 
     @classmethod
     def from_url(cls, url: str, options: Options) -> RedisBackend:
@@ -222,8 +228,8 @@ class RedisBackend:
                 now_ms,
                 c.state or b"",
                 c.fence,
-                int(o.done_window_s * 1000),
-                o.done_max,
+                c.done_window_ms or int(o.done_window_s * 1000),
+                c.done_max or o.done_max,
                 o.prefix,
                 len(c.actions),
                 *c.actions,
@@ -233,7 +239,7 @@ class RedisBackend:
             ]
             for mid in c.cancels:
                 args += [mid, self.keys.shard_of(mid)]
-            args.append(self.tombstone_ms)
+            args += [self.tombstone_ms, -1 if c.state_is_default else self.state_ttl_ms]
             calls.append(("commit", self.keys.commit_keys(c.actor), args))
         return [int(r[1]) if r[0] == 1 else None for r in self._run(calls, "commit")]
 
@@ -279,6 +285,9 @@ class RedisBackend:
                 continue
             if item is not None:
                 items.append(item)
+        # SQS returns messages in no particular order: land them in due order (then id
+        # order, which is send order for one sender), as the sorted set would deliver them.
+        items.sort(key=lambda i: (i.due_ms or 0, i.id))
         hopped = self._hop(items, now_ms)
         delivered, _, _ = self.land([i for i in items if i.id not in hopped], now_ms)
         if dead:
@@ -400,6 +409,13 @@ class RedisBackend:
         ttl_ms = max(due_ms - now_ms, 0) + 60_000
         self._call("wake", self.client.set, key, due_ms, None, ttl_ms)
         return True
+
+    def server_clock(self) -> Clock:
+        """Redis's own time for a server shared by processes; fakeredis lives in this
+        process, whose clock is then the only one."""
+        if not self.blocking:
+            return SystemClock()
+        return RedisClock(self.client)
 
     def close(self) -> None:
         self.client.close()

@@ -34,14 +34,16 @@ class Keys:
         return f"{self.prefix}:{{{actor}}}:{suffix}"
 
     def shard_of(self, message_id: str) -> int:
-        return int(message_id[:8], 16) % self.delay_shards
+        """The delay shard of a message: from the target hash inside its id (envelope.py),
+        so that every deferred message of one actor is in one shard, in due order."""
+        return int(message_id[16:20], 16) % self.delay_shards
 
     def delay_due(self, shard: int) -> str:
         return f"{self.prefix}:{{dq{shard}}}:due"
 
     def delay_msg(self, shard: int, message_id: str) -> str:
         """The bucket hash holding a deferred message (same rule as mkey in lib.lua)."""
-        return f"{self.prefix}:{{dq{shard}}}:m{int(message_id[8:11], 16) % DELAY_BUCKETS}"
+        return f"{self.prefix}:{{dq{shard}}}:m{int(message_id[20:23], 16) % DELAY_BUCKETS}"
 
     def begin_keys(self, actor: str) -> list[str]:
         names = ("lease", "fence", "mb", "inflight", "state", "att", "done")

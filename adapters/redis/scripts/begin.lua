@@ -16,6 +16,9 @@ end
 redis.call('HSET', KEYS[1], 't', ARGV[1], 'e', now + tonumber(ARGV[2]))
 redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]) + 60000)
 local fence = redis.call('INCR', KEYS[2])
+-- The fence numbers leases while the actor is busy; the lease token is what guards a commit,
+-- so an idle actor's fence may go (it restarts at 1).
+redis.call('PEXPIRE', KEYS[2], 2 * tonumber(ARGV[2]))
 redis.call('ZADD', KEYS[8], now + tonumber(ARGV[2]), ARGV[5])
 -- A dead holder's claim goes back to the head of the mailbox, in order, attempts + 1.
 local recovered = 0

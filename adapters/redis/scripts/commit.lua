@@ -8,7 +8,12 @@
 --   'w' withdrawn (re-sent deferred by the outbox), 'x' .. record (dead letter)
 -- then n outbox items, each 5 args: target, id, due ms or '', shard, entry
 -- then n cancels, each 2 args: id, shard; then the tombstone lifetime ms (0: none; set when
---   deferred messages also live outside Redis, see land.lua)
+--   deferred messages also live outside Redis, see land.lua); then the state's lifetime ms:
+--   0 kept for good, -1 deleted (the state is the model's defaults), > 0 expires (a marker
+--   of state kept elsewhere, S3)
+-- Keys of an idle actor go away: the done set expires a dedup window after the last commit,
+-- the lease with the commit, att/err/mb/inflight when empty, the fence with its lease
+-- (begin.lua), the state as above. Only state that differs from the defaults stays.
 -- Returns {1, version} or {0} when the lease was lost (nothing written).
 if redis.call('HGET', KEYS[1], 't') ~= ARGV[1] then
   return {0}
@@ -56,6 +61,7 @@ if ARGV[4] ~= '' then
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - tonumber(ARGV[6]))
 redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -tonumber(ARGV[7]) - 1)
+redis.call('PEXPIRE', KEYS[6], ARGV[6])
 local i = 10 + n
 local n_out = tonumber(ARGV[i])
 for j = 1, n_out do
@@ -65,6 +71,12 @@ end
 i = i + 1 + n_out * 5
 local n_cancel = tonumber(ARGV[i])
 local tomb_ms = tonumber(ARGV[i + 1 + n_cancel * 2])
+local state_ms = tonumber(ARGV[i + 2 + n_cancel * 2])
+if state_ms < 0 then
+  redis.call('DEL', KEYS[4])
+elseif state_ms > 0 then
+  redis.call('PEXPIRE', KEYS[4], state_ms)
+end
 for j = 1, n_cancel do
   local k = i + 1 + (j - 1) * 2
   redis.call('ZREM', dkey(prefix, ARGV[k + 1], 'due'), ARGV[k])

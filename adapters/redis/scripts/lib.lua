@@ -17,10 +17,13 @@
 --   P:tomb:<id>          str   'c': a cancelled deferred message that may still be held
 --                              outside Redis (SQS, Scheduler), dropped when it lands;
 --                              'l:<due ms>': landed already, a second copy is dropped
---   P:{dqN}:due          zset  id -> due ms
+--   P:{dqN}:due          zset  id -> due ms; N comes from the target hash in the id, so one
+--                              actor's messages share a shard, and equal due times leave
+--                              it in id order, which is send order for one sender
 --   P:{dqN}:mB           hash  id -> A .. "\n" .. envelope body (the entry without its id);
---                              B = 1024 buckets by id, so that each hash stays small and
---                              compact (listpack) even with millions of pending messages
+--                              B = 1024 buckets by the id's random bits, so that each
+--                              hash stays small and compact (listpack) even with millions
+--                              of pending messages
 -- Scripts that fan out to other actors build those keys from P (single-node Redis).
 local unpack = unpack or table.unpack
 
@@ -34,7 +37,7 @@ end
 
 -- The bucket hash of a deferred message (same rule as Keys.delay_msg in keys.py).
 local function mkey(prefix, shard, id)
-  return dkey(prefix, shard, 'm' .. (tonumber(string.sub(id, 9, 11), 16) % 1024))
+  return dkey(prefix, shard, 'm' .. (tonumber(string.sub(id, 21, 23), 16) % 1024))
 end
 
 -- Wake idle workers blocked on P:wake. Tokens are only hints (P:ready is the truth), so the

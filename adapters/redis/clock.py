@@ -1,0 +1,72 @@
+"""The Redis server's clock: the one time authority of every process of a system.
+
+Due times, the check that a deferred message is due and lease expiries are compared across
+processes, so they must come from one clock: a worker whose own clock runs ahead would
+otherwise deliver early, or take a lease that is still live. ``RedisClock`` reads ``TIME``
+and advances it with the local monotonic clock in between (no round trip per reading),
+reading again every ``resync_s``, so a wall clock that is wrong or steps does not matter.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from redis.exceptions import RedisError
+
+from actor_system.errors import BackendError
+
+if TYPE_CHECKING:
+    import redis
+
+log = logging.getLogger("actor_system")
+
+
+class RedisClock:
+    """Redis ``TIME`` as a lower bound: never ahead of the server, so never early.
+
+    A reading of ``TIME`` happened somewhere inside its round trip, so at the moment the
+    answer arrives the server's time is at least the value read; extrapolating from that
+    moment keeps every reading at or behind the server. Readings never go backwards.
+    """
+
+    def __init__(self, client: redis.Redis, *, resync_s: float = 10.0) -> None:
+        self._client = client
+        self._resync_s = resync_s
+        self._lock = threading.Lock()
+        self._base_s: float | None = None  # server time read ...
+        self._at = 0.0  # ... at this monotonic time (when the answer arrived)
+        self._tried = -float("inf")  # monotonic time of the last attempt to read
+        self._last = 0.0
+
+    def now(self) -> float:
+        mono = time.monotonic()
+        if mono - self._tried >= self._resync_s:
+            self._sync()
+            mono = time.monotonic()
+        assert self._base_s is not None  # _sync raised otherwise
+        with self._lock:
+            self._last = max(self._last, self._base_s + (mono - self._at))
+            return self._last
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
+
+    def _sync(self) -> None:
+        self._tried = time.monotonic()
+        try:
+            seconds, micros = self._client.time()
+        except RedisError as e:
+            if self._base_s is None:
+                raise BackendError(f"Redis TIME failed: {type(e).__name__}: {e}") from e
+            # The monotonic extrapolation stays a lower bound; read again in a second.
+            self._tried += 1.0 - self._resync_s
+            log.warning("Redis TIME failed, the clock goes on from its last reading: %s", e)
+            return
+        arrived = time.monotonic()
+        with self._lock:
+            self._base_s = int(seconds) + int(micros) / 1e6
+            self._at = arrived
