@@ -22,7 +22,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgpack
 
@@ -98,7 +98,7 @@ def new_id(target: str, idempotency_key: str | None = None) -> str:
     return f"{digest[:16]}{target_hash(target)}{digest[16:28]}"
 
 
-def is_message_id(value: object) -> bool:
+def is_message_id(value: object) -> TypeGuard[str]:
     """True for a 32-character lowercase hex string, the form of every message id."""
     return isinstance(value, str) and len(value) == ID_LENGTH and all(c in _HEX_STR for c in value)
 

@@ -4,24 +4,29 @@ EventBridge Scheduler: ``ActorSystem.from_url(redis_url, state="s3://...", delay
 S3 state, one turn: Redis ``begin`` (lease, fence, claim) then one GET of the actor's object;
 handlers run; one conditional PUT (state, processed ids, outbox) then Redis ``commit``, which
 delivers the outbox, records the ids and stores the S3 version it acknowledges. A writer that
-dies between the PUT and the Redis commit leaves the object one version ahead of that
-acknowledgement: the next holder drops the messages the object lists as processed and
-delivers the object's outbox itself, so nothing is lost and nothing applies twice.
+dies between the PUT and the Redis commit, or a Redis that loses acknowledged writes (or
+whose acknowledgement expired), leaves the object ahead of that acknowledgement: the next
+holder drops the messages the object's retained commits processed and delivers again what
+they sent within the replay window (``adapters/s3.py``), so nothing is lost and nothing
+applies twice. ``recover`` does the same for every recent object at once, for the actors no
+message will wake after Redis lost everything.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from actor_system.envelope import ID_LENGTH, Outgoing
 from actor_system.errors import DecodeError
 from actor_system.ports import DONE, KEEP, Claim, Commit
 from adapters.aws import AwsError
+from adapters.delay import Held, SqsDelayQueue, deferred_in
 from adapters.redis.backend import RedisBackend
-from adapters.s3 import StateObject, WriteConflict, trim
+from adapters.s3 import Retained, StateObject, WriteConflict
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -38,6 +43,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _MARKER = b"s3:"  # Redis keeps the S3 version it acknowledged as the actor's state
+_RECOVER_CHUNK = 100  # actors per begin and commit round trip in recover
 _OFFLOAD_SCAN = 100  # staged messages read per shard per offload
 _SWEEP_EVERY_MS = 5_000  # look for messages a crashed process staged but did not move out
 _DAY_MS = 24 * 3600 * 1000
@@ -49,19 +55,55 @@ class _S3Turn:
     """What begin read from S3 for one turn, kept until its commit."""
 
     obj: StateObject | None  # None: the object is corrupt (the turn dead-letters, writes nothing)
-    carry: bool  # the object's outbox was never acknowledged in Redis: deliver it now
+    ahead: bool  # Redis acknowledged an older version: the commit moves the marker on
     entries: list[tuple[bytes, int]]  # as claimed from Redis
     skipped: set[int] = field(default_factory=set)  # positions already processed per S3
+    resend: list[Outgoing] = field(default_factory=list)  # sent by unacknowledged commits
+    recancel: list[str] = field(default_factory=list)  # cancelled by them
 
     @property
     def etag(self) -> str | None:
         return self.obj.etag if self.obj is not None else None
+
+    def replay(self, commits: Sequence[Retained]) -> None:
+        """Deliver again what ``commits`` sent and cancelled, each id once."""
+        sent = {o.id for o in self.resend}
+        for c in commits:
+            for o in c.outbox:
+                if o.id not in sent:
+                    sent.add(o.id)
+                    self.resend.append(o)
+            self.recancel += [x for x in c.cancels if x not in self.recancel]
 
 
 def _acked(marker: bytes | None) -> int:
     if marker and marker.startswith(_MARKER):
         return int(marker[len(_MARKER) :])
     return 0
+
+
+def _id(entry: bytes) -> str:
+    return entry[:ID_LENGTH].decode("ascii", "replace")
+
+
+def _unacknowledged(
+    obj: StateObject, acked: int, entries: Sequence[tuple[bytes, int]], window_ms: int, now_ms: int
+) -> list[Retained]:
+    """The retained commits Redis did not acknowledge whose sends must be delivered again.
+
+    Those of the last ``window_ms``: Redis may have lost their deliveries, and their receivers
+    still know the ids they processed. Older ones are not sent again (their receivers may have
+    forgotten, and an expired marker says nothing), except the last commit when a message it
+    processed is back from a dead holder's in-flight list (attempts > 0): then its Redis
+    commit never ran, so nobody received its sends, however long ago it was written.
+    """
+    late = [c for c in obj.commits if c.version > acked]
+    recent = [c for c in late if now_ms - c.at_ms <= window_ms]
+    if late and late[-1] not in recent:
+        retried = {_id(e) for e, failed in entries if failed > 0}
+        if not retried.isdisjoint(late[-1].done):
+            recent.append(late[-1])
+    return recent
 
 
 class CompositeBackend(RedisBackend):
@@ -81,6 +123,10 @@ class CompositeBackend(RedisBackend):
         self.delay = delay
         if delay is not None:
             self.tombstone_ms = int(options.max_delay_s * 1000) + _DAY_MS
+        if state is not None:
+            # Redis keeps only the acknowledged S3 version: it may go with an idle actor's
+            # other keys (an object ahead of no marker re-sends only within its window).
+            self.state_ttl_ms = int(options.done_window_s * 1000)
         self._turns: dict[tuple[str, str], _S3Turn] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._received_at = -(2**62)
@@ -88,6 +134,7 @@ class CompositeBackend(RedisBackend):
         self._staged = True  # look once at start: a crashed process may have left some
         self._swept_at = 0
         self._offload_after = 0  # no offloading before this (back-off after an AWS error)
+        self._held: list[Held] = []  # received and landed, deleted once Redis has them durably
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -132,10 +179,12 @@ class CompositeBackend(RedisBackend):
                 out.append(None)
                 continue
             _, obj = next(found)
-            out.append(self._s3_claim(claim, obj, token))
+            out.append(self._s3_claim(claim, obj, token, now_ms))
         return out
 
-    def _s3_claim(self, claim: Claim, obj: StateObject | Exception, token: str) -> Claim:
+    def _s3_claim(
+        self, claim: Claim, obj: StateObject | Exception, token: str, now_ms: int
+    ) -> Claim:
         if isinstance(obj, Exception):
             # A corrupt object: hand the runtime its bytes, which it cannot decode either,
             # so the messages are dead-lettered with the reason; nothing is written.
@@ -145,14 +194,19 @@ class CompositeBackend(RedisBackend):
                 claim.actor, claim.fence, obj.raw or b"\xc1", 0, claim.entries,
                 claim.recovered, claim.duplicates, claim.first_errors,
             )  # fmt: skip
-        turn = _S3Turn(obj, obj.version > _acked(claim.state), claim.entries)
+        acked = _acked(claim.state)
+        turn = _S3Turn(obj, obj.version > acked, claim.entries)
         done = set(obj.done)
         kept = []
         for pos, (entry, failed) in enumerate(claim.entries):
-            if entry[:ID_LENGTH].decode("ascii", "replace") in done:
-                turn.skipped.add(pos)  # processed by a commit Redis never acknowledged
+            if _id(entry) in done:
+                turn.skipped.add(pos)  # processed by a commit Redis may not have (any longer)
             else:
                 kept.append((entry, failed))
+        if turn.ahead:
+            assert self.state_store is not None
+            window_ms = self.state_store.window_ms
+            turn.replay(_unacknowledged(obj, acked, claim.entries, window_ms, now_ms))
         self._turns[(claim.actor, token)] = turn
         return Claim(
             claim.actor,
@@ -171,14 +225,14 @@ class CompositeBackend(RedisBackend):
             self._note_staged(commits, now_ms)
             self._move_out(now_ms)
             return results
-        plans = [self._plan(c) for c in commits]
+        plans = [self._plan(c, now_ms) for c in commits]
         writes = [(c, t, obj) for c, t, obj in plans if obj is not None]
         store = self.state_store
         puts = self._map(lambda w: store.write(w[0].actor, w[2], w[1].etag), writes)
         outcome = dict(zip([id(w[0]) for w in writes], puts, strict=True))
         final: list[Commit] = []
         lost: set[int] = set()
-        for i, (c, turn, _) in enumerate(plans):
+        for i, (c, _, _) in enumerate(plans):
             put = outcome.get(id(c))
             if isinstance(put, Exception):
                 if isinstance(put, WriteConflict):
@@ -186,7 +240,7 @@ class CompositeBackend(RedisBackend):
                 else:
                     log.error("S3 commit of %s failed, batch abandoned: %s", c.actor, put)
                 lost.add(i)
-                final.append(Commit(c.actor, c.token, c.fence, None, [KEEP] * len(turn.entries)))
+                final.append(self._redis_commit(c, None, [KEEP] * len(c.actions), [], []))
                 continue
             final.append(c)
         results = super().commit(final, now_ms)
@@ -194,44 +248,98 @@ class CompositeBackend(RedisBackend):
         self._move_out(now_ms)
         return [None if i in lost else r for i, r in enumerate(results)]
 
-    def _plan(self, c: Commit) -> tuple[Commit, _S3Turn, StateObject | None]:
-        """The Redis commit of a turn (actions for every claimed entry, the carried outbox,
-        the acknowledged S3 version) and the S3 object to write first, if any."""
+    def _plan(self, c: Commit, now_ms: int) -> tuple[Commit, _S3Turn, StateObject | None]:
+        """The Redis commit of a turn (actions for every claimed entry, the sends of
+        unacknowledged commits, the acknowledged S3 version) and the S3 object to write
+        first, if any."""
         turn = self._turns.pop((c.actor, c.token), None)
         if turn is None:  # begin did not see this turn: write nothing, give it back
             log.error("commit of %s without its S3 read; batch abandoned", c.actor)
-            return (
-                Commit(c.actor, c.token, c.fence, None, [KEEP] * len(c.actions)),
-                _S3Turn(None, False, [(b"", 0)] * len(c.actions)),
-                None,
-            )
+            keep = [KEEP] * len(c.actions)
+            return self._redis_commit(c, None, keep, [], []), _S3Turn(None, False, []), None
         actions = iter(c.actions)
         full = [DONE if pos in turn.skipped else next(actions) for pos in range(len(turn.entries))]
         obj = turn.obj
         if obj is None:  # corrupt object: dead letters only
-            return Commit(c.actor, c.token, c.fence, None, full), turn, None
-        outbox = (obj.outbox if turn.carry else []) + c.outbox
-        cancels = (obj.cancels if turn.carry else []) + c.cancels
+            return self._redis_commit(c, None, full, [], []), turn, None
+        outbox = turn.resend + c.outbox
+        cancels = turn.recancel + c.cancels
         if c.state is None:
-            marker = _MARKER + str(obj.version).encode() if turn.carry else None
-            return Commit(c.actor, c.token, c.fence, marker, full, outbox, cancels), turn, None
+            marker = _MARKER + str(obj.version).encode() if turn.ahead else None
+            return self._redis_commit(c, marker, full, outbox, cancels), turn, None
         processed = [
-            e[:ID_LENGTH].decode("ascii")
+            _id(e)
             for pos, ((e, _), a) in enumerate(zip(turn.entries, full, strict=True))
             if a == DONE and pos not in turn.skipped
         ]
-        keep = max(2 * self.options.batch, 200)
-        new = StateObject(
-            c.state, obj.version + 1, trim(obj.done + processed, keep), outbox, cancels
-        )
+        # The new commit keeps everything its Redis commit sends, the sends it delivers again
+        # included: if that Redis commit is lost too, the next holder finds them here.
+        mine = Retained(obj.version + 1, now_ms, processed, outbox, cancels)
+        assert self.state_store is not None
+        new = obj.successor(c.state, mine, self.state_store.window_ms)
         marker = _MARKER + str(new.version).encode()
-        return Commit(c.actor, c.token, c.fence, marker, full, outbox, cancels), turn, new
+        return self._redis_commit(c, marker, full, outbox, cancels), turn, new
+
+    @staticmethod
+    def _redis_commit(
+        c: Commit,
+        marker: bytes | None,
+        actions: list[bytes],
+        outbox: list[Outgoing],
+        cancels: list[str],
+    ) -> Commit:
+        """The turn's Redis commit, its dedup settings kept. Redis holds only the S3 marker
+        as the state: never deleted as default state is (``state_is_default``), it expires
+        with the state TTL instead."""
+        return replace(
+            c,
+            state=marker,
+            actions=actions,
+            outbox=outbox,
+            cancels=cancels,
+            state_is_default=False,
+        )
 
     def load_state(self, actor: str) -> tuple[bytes | None, int]:
         if self.state_store is None:
             return super().load_state(actor)
         obj = self.state_store.read(actor)
         return obj.state, obj.version
+
+    def recover(self, now_ms: int) -> int:
+        """After Redis lost writes (a restore, a failover, a flush), deliver again what every
+        actor sent within the replay window and Redis no longer acknowledges; returns how
+        many actors sent something again.
+
+        An actor's next turn does this by itself; ``recover`` reaches the actors that nothing
+        will wake, whose input Redis lost with the rest. It lists the objects written within
+        two windows (ListObjectsV2) and runs for each a turn that claims nothing; an actor
+        whose lease is held is skipped (its holder does it). Run it once Redis is back, from
+        a process that is not draining with this backend at the same time.
+        """
+        store = self.state_store
+        if store is None:
+            return 0
+        actors = list(store.actors(now_ms - 2 * store.window_ms))
+        resent = 0
+        for start in range(0, len(actors), _RECOVER_CHUNK):
+            resent += self._recover(actors[start : start + _RECOVER_CHUNK], now_ms)
+        return resent
+
+    def _recover(self, actors: Sequence[str], now_ms: int) -> int:
+        token = uuid.uuid4().hex
+        claims = [c for c in self.begin(actors, token, self.options.lease_ms, 0, now_ms) if c]
+        resent = 0
+        for c in claims:
+            turn = self._turns[(c.actor, token)]
+            resent += bool(turn.resend or turn.recancel)
+            if c.recovered:
+                # A dead holder's messages went back to the mailbox unclaimed: leave the
+                # marker behind, so that the turn that claims them still sees the object
+                # ahead and sends its last commit again if they are among its ids.
+                turn.ahead = False
+        self.commit([Commit(c.actor, token, c.fence, None, []) for c in claims], now_ms)
+        return resent
 
     # -- DelayQueue: SQS / Scheduler ------------------------------------------------------
 
@@ -305,6 +413,8 @@ class CompositeBackend(RedisBackend):
             if now_ms - self._swept_at >= _SWEEP_EVERY_MS:
                 self._swept_at = now_ms
                 self._staged = True
+            # Before moving out: unstage drops the landed tombstone that _release looks for.
+            self._release(now_ms)
             self._move_out(now_ms)
             if self._receive_more or now_ms - self._received_at >= delay.receive_every_s * 1000:
                 self._received_at = now_ms
@@ -317,15 +427,68 @@ class CompositeBackend(RedisBackend):
         return actors, promoted + landed
 
     def _collect(self, now_ms: int) -> int:
-        """Receive what the external queue has made visible, land it, delete it."""
-        assert self.delay is not None
-        received = self.delay.receive()
+        """Receive what the external queue has made visible and land it. What went out for
+        another hop is deleted at once (SQS holds the new copy); the rest is held in SQS
+        until Redis has kept its landing for ``durable_s`` (``_release``)."""
+        delay = self.delay
+        assert delay is not None
+        received = delay.receive()
         self._receive_more = len(received) >= 100
         if not received:
             return 0
-        landed = self.accept_deferred([r.body for r in received], now_ms)
-        self.delay.delete([r.receipt for r in received])
+        found = [(r, deferred_in(r.body)) for r in received]
+        # Bodies that are not deferred messages: dead letters with the reason, wakes skipped.
+        self.accept_deferred([r.body for r, item in found if item is None], now_ms)
+        items = [item for _, item in found if item is not None]
+        # In due order, then id (send) order, as accept_deferred lands them: SQS returns
+        # messages in no particular order.
+        items.sort(key=lambda i: (i.due_ms or 0, i.id))
+        hopped = self._hop(items, now_ms)
+        landed, _, _ = self.land([i for i in items if i.id not in hopped], now_ms)
+        release_ms = now_ms + int(delay.durable_s * 1000)
+        self._held += [
+            Held(r.receipt, release_ms, item)
+            for r, item in found
+            if item is None or item.id not in hopped
+        ]
+        delay.delete([r.receipt for r, item in found if item is not None and item.id in hopped])
         return landed
+
+    def _release(self, now_ms: int) -> None:
+        """Delete the held messages whose time has come if Redis still has their landing;
+        one whose landing Redis lost (a restart or failover lost its last writes) is left
+        to SQS, which delivers it again once its visibility timeout ends, and it lands again."""
+        delay = self.delay
+        assert delay is not None
+        due = [h for h in self._held if h.release_ms <= now_ms]
+        if not due:
+            return
+        checked = [(h, h.item) for h in due if h.item is not None]
+        keys = [self.keys.tomb(item.id) for _, item in checked]
+        tombs = self._call("release", self.client.mget, keys) if keys else []
+        lost = {
+            h.receipt: item.id
+            for (h, item), tomb in zip(checked, tombs, strict=True)
+            if not self._landing_kept(tomb, item)
+        }
+        self._held = [h for h in self._held if h.release_ms > now_ms]
+        for mid in lost.values():
+            log.warning("Redis lost the landing of deferred message %s; SQS delivers it again", mid)
+        try:
+            delay.delete([h.receipt for h in due if h.receipt not in lost])
+        except AwsError as e:  # they come back after their visibility timeout: copies, dropped
+            log.error("deleting landed deferred messages failed: %s", e)
+
+    @staticmethod
+    def _landing_kept(tomb: bytes | None, item: Outgoing) -> bool:
+        """Whether the tombstone land.lua wrote is still there: 'l:<due ms>' for this due
+        time or a later one (a re-deferral under the id, which only a kept landing can have
+        led to), or 'c' (cancelled since: nothing to deliver)."""
+        if tomb == b"c":
+            return True
+        if tomb is None or not tomb.startswith(b"l:"):
+            return False
+        return item.due_ms is not None and int(tomb[2:]) >= item.due_ms
 
     def _hop(self, items: Sequence[Outgoing], now_ms: int) -> set[str]:
         """Send far ones out again for another SQS hop; the ids now held there."""
@@ -345,7 +508,14 @@ class CompositeBackend(RedisBackend):
 
     def pending(self) -> int:
         n = super().pending()
-        return n + (self.delay.pending() if self.delay is not None else 0)
+        return n + (self._pending_elsewhere() if self.delay is not None else 0)
+
+    def _pending_elsewhere(self) -> int:
+        """Deferred messages the external store holds, less those held in the SQS queue
+        after they landed (``_release``): Redis counts them now, or they were delivered."""
+        assert self.delay is not None
+        held = len(self._held) if isinstance(self.delay, SqsDelayQueue) else 0
+        return max(self.delay.pending() - held, 0)
 
     def check(self) -> None:
         """Reach every AWS store once: AwsError names the first that is missing or refused
@@ -359,7 +529,7 @@ class CompositeBackend(RedisBackend):
     def stats(self) -> dict[str, Any]:
         stats = super().stats()
         if self.delay is not None:
-            stats["deferred_elsewhere"] = self.delay.pending()
+            stats["deferred_elsewhere"] = self._pending_elsewhere()
             stats["deferred_store"] = self.delay.name
         if self.state_store is not None:
             stats["state_store"] = f"s3://{self.state_store.bucket}/{self.state_store.prefix}"

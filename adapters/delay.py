@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
-from actor_system.envelope import ID_LENGTH, Outgoing
+from actor_system.envelope import ID_LENGTH, Outgoing, is_message_id
 from actor_system.errors import ConfigError, DecodeError
 from adapters.aws import MAX_SQS_DELAY_S, AwsError, SqsQueue, aws_call, aws_client
 
@@ -36,6 +36,13 @@ SQS_MAX_BODY = 256 * 1024
 # asynchronous Lambda event): bodies over this stay in the Redis sorted set.
 SCHEDULER_MAX_INPUT = 256 * 1024
 _RECEIVE_CALLS = 10  # ReceiveMessage calls per collection at most (10 messages each)
+# A landed message is deleted from SQS only after Redis has held the landing this long
+# (appendfsync everysec writes within about a second), so that a Redis losing its last
+# second does not lose a message that SQS has already forgotten.
+DURABLE_S = 2.0
+# Received messages stay invisible for durable_s plus this: time to land them and for the
+# poll that deletes them to come round. One whose receiver dies is received again after it.
+VISIBILITY_MARGIN_S = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +51,15 @@ class Received:
 
     body: str
     receipt: str
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A received message left in SQS until Redis has held its landing for ``durable_s``."""
+
+    receipt: str
+    release_ms: int  # delete it from this time on, if Redis still has the landing
+    item: Outgoing | None  # None: not a deferred message (a dead letter, a wake)
 
 
 def encode_body(item: Outgoing) -> str:
@@ -74,7 +90,7 @@ def decode_body(body: str | dict[str, Any]) -> Outgoing | None:
     if kind != "deferred":
         raise DecodeError("delay-queue message is not a deferred actor-system message", raw)
     mid, target, due, entry = m.get("id"), m.get("target"), m.get("due_ms"), m.get("entry")
-    if not (isinstance(mid, str) and len(mid) == ID_LENGTH and isinstance(target, str)):
+    if not (is_message_id(mid) and isinstance(target, str) and "/" in target):
         raise DecodeError("deferred message lacks a valid id or target", raw)
     if type(due) is not int or not isinstance(entry, str):
         raise DecodeError("deferred message lacks a due time or an entry", raw)
@@ -85,6 +101,20 @@ def decode_body(body: str | dict[str, Any]) -> Outgoing | None:
     if data[:ID_LENGTH] != mid.encode():
         raise DecodeError("deferred message entry does not carry its id", raw)
     return Outgoing(mid, target, data, due)
+
+
+def deferred_in(body: str) -> Outgoing | None:
+    """The deferred message in a body; None for anything else (a wake, a malformed body)."""
+    try:
+        return decode_body(body)
+    except DecodeError:
+        return None
+
+
+def distinct(items: Sequence[Outgoing]) -> list[Outgoing]:
+    """Items without repeated (id, due time) pairs: copies of one message (SQS delivers at
+    least once, and a crash between a send and the unstage sends twice) go out once."""
+    return list({(i.id, i.due_ms): i for i in items}.values())
 
 
 def _number(url: str, query: dict[str, str], name: str, default: float) -> float:
@@ -108,7 +138,8 @@ class SqsDelayQueue(SqsQueue):
     stay in (or return to) the Redis sorted set, which delivers them at their due time to the
     millisecond. ``receive_every_s``: how often a drain loop receives from the queue (an idle
     worker looks at least every ``poll_interval_s``; a Lambda function can get the messages
-    from its SQS trigger instead).
+    from its SQS trigger instead). ``durable_s``: how long Redis must have held a landed
+    message before it is deleted from SQS.
     """
 
     hops = True
@@ -120,23 +151,28 @@ class SqsDelayQueue(SqsQueue):
         near_s: float = 60.0,
         max_hop_s: int = MAX_SQS_DELAY_S,
         receive_every_s: float = 1.0,
+        durable_s: float = DURABLE_S,
         client: Any = None,
     ) -> None:
         if not 0 <= max_hop_s <= MAX_SQS_DELAY_S:
             raise ConfigError(f"max_hop={max_hop_s} must be between 0 and {MAX_SQS_DELAY_S}")
+        if not 0 <= durable_s <= 3600:
+            raise ConfigError(f"durable={durable_s} must be between 0 and 3600 seconds")
         super().__init__(queue=queue, client=client)
         self.near_s = near_s
         self.max_hop_s = int(max_hop_s)
         self.receive_every_s = receive_every_s
+        self.durable_s = durable_s
+        self.visibility_s = math.ceil(durable_s) + VISIBILITY_MARGIN_S
 
     @classmethod
     def from_url(cls, url: str) -> SqsDelayQueue:
-        """``sqs://queue-name?near=60&max_hop=900&receive_every=1`` (seconds)."""
+        """``sqs://queue-name?near=60&max_hop=900&receive_every=1&durable=2`` (seconds)."""
         parts = urlsplit(url)
         if parts.scheme != "sqs" or not parts.netloc:
             raise ConfigError(f"delay URL {url!r} is not sqs://queue-name[?near=&max_hop=]")
         query = dict(parse_qsl(parts.query))
-        unknown = set(query) - {"near", "max_hop", "receive_every"}
+        unknown = set(query) - {"near", "max_hop", "receive_every", "durable"}
         if unknown:
             raise ConfigError(f"unknown parameter(s) {', '.join(sorted(unknown))} in {url!r}")
         return cls(
@@ -144,6 +180,7 @@ class SqsDelayQueue(SqsQueue):
             near_s=_number(url, query, "near", 60.0),
             max_hop_s=int(_number(url, query, "max_hop", MAX_SQS_DELAY_S)),
             receive_every_s=_number(url, query, "receive_every", 1.0),
+            durable_s=_number(url, query, "durable", DURABLE_S),
         )
 
     @property
@@ -160,9 +197,8 @@ class SqsDelayQueue(SqsQueue):
     def offload(self, items: Sequence[Outgoing], now_ms: int) -> list[str]:
         """Send deferred messages; returns the ids SQS took (the others stay in Redis)."""
         taken: list[str] = []
-        batch: list[dict[str, Any]] = []
-        for item in items:
-            assert item.due_ms is not None
+        batch: list[tuple[Outgoing, str]] = []
+        for item in distinct(items):
             body = encode_body(item)
             if len(body) > SQS_MAX_BODY:
                 log.warning(
@@ -172,35 +208,43 @@ class SqsDelayQueue(SqsQueue):
                     len(body),
                 )
                 continue
-            size = sum(len(b["MessageBody"]) for b in batch)
+            size = sum(len(b) for _, b in batch)
             if batch and (len(batch) == 10 or size + len(body) > SQS_MAX_BODY):
-                taken += self._send_batch(batch)  # a batch holds 10 messages, 256 KiB in all
+                taken += self._send_batch(batch, now_ms)  # 10 messages, 256 KiB in all
                 batch = []
-            delay = self.delay_s(item.due_ms, now_ms)
-            batch.append({"Id": item.id, "MessageBody": body, "DelaySeconds": delay})
+            batch.append((item, body))
         if batch:
-            taken += self._send_batch(batch)
+            taken += self._send_batch(batch, now_ms)
         return taken
 
-    def _send_batch(self, batch: list[dict[str, Any]]) -> list[str]:
+    def _send_batch(self, batch: list[tuple[Outgoing, str]], now_ms: int) -> list[str]:
+        # Entry Ids are positions, not message ids: SQS refuses a whole batch whose Ids
+        # repeat, and one message may be in a batch twice under two due times.
+        entries = []
+        for n, (item, body) in enumerate(batch):
+            assert item.due_ms is not None
+            delay = self.delay_s(item.due_ms, now_ms)
+            entries.append({"Id": str(n), "MessageBody": body, "DelaySeconds": delay})
         sent = aws_call(
             "SendMessageBatch",
             self.queue,
             self.client.send_message_batch,
             QueueUrl=self.queue_url,
-            Entries=batch,
+            Entries=entries,
         )
         for failed in sent.get("Failed", []):
             log.warning(
-                "SQS refused deferred message %s (%s: %s); it stays in the Redis sorted set",
-                failed.get("Id"),
+                "SQS refused deferred message %s (%s: %s); it stays in Redis",
+                batch[int(failed["Id"])][0].id,
                 failed.get("Code"),
                 failed.get("Message"),
             )
-        return [s["Id"] for s in sent.get("Successful", [])]
+        return [batch[int(s["Id"])][0].id for s in sent.get("Successful", [])]
 
     def receive(self) -> list[Received]:
-        """The messages visible now (their delay is over), up to 100."""
+        """The messages visible now (their delay is over), up to 100. They stay invisible
+        for ``visibility_s`` whatever the queue's own timeout: long enough for their
+        receipts to be used after ``durable_s``, short enough to come back soon after a crash."""
         got: list[Received] = []
         for _ in range(_RECEIVE_CALLS):
             answer = aws_call(
@@ -210,6 +254,7 @@ class SqsDelayQueue(SqsQueue):
                 QueueUrl=self.queue_url,
                 MaxNumberOfMessages=10,
                 WaitTimeSeconds=0,
+                VisibilityTimeout=self.visibility_s,
             )
             messages = answer.get("Messages", [])
             got += [Received(m.get("Body", ""), m["ReceiptHandle"]) for m in messages]
@@ -285,12 +330,14 @@ class SchedulerDelayQueue:
         self.queue = queue
         self.near_s = near_s
         self.receive_every_s = queue.receive_every_s if queue else 1.0
+        self.durable_s = queue.durable_s if queue else DURABLE_S
         self._client = client
         self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
     def from_url(cls, url: str) -> SchedulerDelayQueue:
-        """``scheduler://group?target=<arn>&role=<arn>[&queue=<queue name>][&near=900]``."""
+        """``scheduler://group?target=<arn>&role=<arn>[&queue=<queue name>][&near=900]``
+        (``receive_every`` and ``durable`` as for the SQS queue, which they apply to)."""
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
         missing = [k for k in ("target", "role") if not query.get(k)]
@@ -300,7 +347,7 @@ class SchedulerDelayQueue:
                 "&role=<role arn>[&queue=<queue name>]"
                 + (f" (missing {', '.join(missing)})" if missing else "")
             )
-        unknown = set(query) - {"target", "role", "queue", "near", "receive_every"}
+        unknown = set(query) - {"target", "role", "queue", "near", "receive_every", "durable"}
         if unknown:
             raise ConfigError(f"unknown parameter(s) {', '.join(sorted(unknown))} in {url!r}")
         queue = None
@@ -308,6 +355,7 @@ class SchedulerDelayQueue:
             queue = SqsDelayQueue(
                 queue=query["queue"],
                 receive_every_s=_number(url, query, "receive_every", 1.0),
+                durable_s=_number(url, query, "durable", DURABLE_S),
             )
         return cls(
             group=parts.netloc,
@@ -341,7 +389,7 @@ class SchedulerDelayQueue:
         """One schedule per message, created concurrently (one API call each); returns the
         ids now held by a schedule. The first error other than a conflict is raised."""
         fit = []
-        for item in items:
+        for item in distinct(items):
             body = encode_body(item)
             if len(body) > SCHEDULER_MAX_INPUT:
                 log.warning(
@@ -367,28 +415,43 @@ class SchedulerDelayQueue:
     def _create(self, item_body: tuple[Outgoing, str]) -> AwsError | None:
         item, body = item_body
         assert item.due_ms is not None
-        name = self.schedule_name(item.id)
+        error: AwsError | None = None
+        for _ in range(2):  # once more if the schedule is deleted (it fired) between our calls
+            try:
+                self._put(self.schedule_name(item.id), item.due_ms, body)
+                return None
+            except AwsError as e:
+                if e.code != "ResourceNotFoundException":
+                    return e
+                error = e
+        return error
+
+    def _put(self, name: str, due_ms: int, body: str) -> None:
+        """Create the schedule. If one of that name exists and is for the same due time, it
+        is this message sent again: done. Otherwise it is an earlier due time of the same id
+        (``Retry(delay=...)`` re-defers under the id while the fired schedule still exists):
+        it gets the new time and body, or the re-deferred message would be lost."""
+        resource = f"{self.group}/{name}"
+        definition: dict[str, Any] = {
+            "Name": name,
+            "GroupName": self.group,
+            "ScheduleExpression": self.expression(due_ms),
+            "ScheduleExpressionTimezone": "UTC",
+            "FlexibleTimeWindow": {"Mode": "OFF"},
+            "Target": {"Arn": self.target_arn, "RoleArn": self.role_arn, "Input": body},
+            "ActionAfterCompletion": "DELETE",
+        }
         try:
-            aws_call(
-                "CreateSchedule",
-                f"{self.group}/{name}",
-                self.client.create_schedule,
-                Name=name,
-                GroupName=self.group,
-                ScheduleExpression=self.expression(item.due_ms),
-                ScheduleExpressionTimezone="UTC",
-                FlexibleTimeWindow={"Mode": "OFF"},
-                Target={
-                    "Arn": self.target_arn,
-                    "RoleArn": self.role_arn,
-                    "Input": body,
-                },
-                ActionAfterCompletion="DELETE",
-            )
+            aws_call("CreateSchedule", resource, self.client.create_schedule, **definition)
+            return
         except AwsError as e:
-            if e.code != "ConflictException":  # the same message sent again: done
-                return e
-        return None
+            if e.code != "ConflictException":
+                raise
+        found = aws_call(
+            "GetSchedule", resource, self.client.get_schedule, Name=name, GroupName=self.group
+        )
+        if _due_of(found) != due_ms:
+            aws_call("UpdateSchedule", resource, self.client.update_schedule, **definition)
 
     def receive(self) -> list[Received]:
         return self.queue.receive() if self.queue else []
@@ -433,6 +496,16 @@ class SchedulerDelayQueue:
         aws_call("GetScheduleGroup", self.group, self.client.get_schedule_group, Name=self.group)
         if self.queue:
             self.queue.check()
+
+
+def _due_of(schedule: dict[str, Any]) -> int | None:
+    """The due time in a schedule's input, None if it holds no deferred message."""
+    try:
+        body = json.loads(schedule.get("Target", {}).get("Input", ""))
+    except ValueError:
+        return None
+    due = body.get("due_ms") if isinstance(body, dict) else None
+    return due if type(due) is int else None
 
 
 ExternalDelay = SqsDelayQueue | SchedulerDelayQueue

@@ -47,7 +47,8 @@ _FAKE_POLL_S = 0.005
 _NOTHING_DUE = 2**62
 # How long a landed message's id is remembered, so that an SQS copy landing after it is
 # dropped even before the actor has processed it (then its done set drops later copies).
-_LANDED_MS = 3_600_000  # an empty shard: nothing to promote until the epoch changes
+_LANDED_MS = 3_600_000
+_LOOK_AGAIN_MS = 5_000  # every shard is promoted at least this often, whatever the epoch
 
 
 def client_from_url(url: str) -> tuple[redis.Redis, bool]:
@@ -87,6 +88,7 @@ class RedisBackend:
         self._sha: dict[str, str] = {}
         self._shard_due: list[int | None] = [None] * self.keys.delay_shards
         self._epoch = -1
+        self._looked_at = 0
         # Cancels leave a tombstone this long when deferred messages also live outside Redis.
         self.tombstone_ms = 0
         # How long the actor's state hash outlives its last write (0: for good; S3 state
@@ -171,8 +173,12 @@ class RedisBackend:
         *promoted, (epoch, *actors) = self._run(calls, "poll")
         for shard, (_, left) in zip(shards, promoted, strict=True):
             self._shard_due[shard] = _NOTHING_DUE if left < 0 else int(left)
-        if epoch != self._epoch:
+        if epoch != self._epoch or now_ms - self._looked_at >= _LOOK_AGAIN_MS:
+            # The epoch only grows, unless Redis lost its last writes (a restart from an
+            # older snapshot, a failover): then it may repeat a value this poller has seen,
+            # so every shard is looked at again now and then whatever the epoch says.
             self._epoch = epoch
+            self._looked_at = now_ms
             self._shard_due = [None] * k.delay_shards
         return [a.decode() for a in actors], sum(n for n, _ in promoted)
 

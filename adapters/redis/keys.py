@@ -30,6 +30,10 @@ class Keys:
     def dlq(self) -> str:
         return f"{self.prefix}:dlq"
 
+    def tomb(self, message_id: str) -> str:
+        """A deferred message's tombstone: cancelled, or landed at a due time (lib.lua)."""
+        return f"{self.prefix}:tomb:{message_id}"
+
     def actor(self, actor: str, suffix: str) -> str:
         return f"{self.prefix}:{{{actor}}}:{suffix}"
 

@@ -318,3 +318,26 @@ def test_invalid_dedup_options_of_an_actor_type_are_config_errors() -> None:
         ActorType("bad", state=Tally, done_window_s=0)
     with pytest.raises(ConfigError, match="done_max=-1"):
         ActorType("bad", state=Tally, done_max=-1)
+
+
+def test_a_delay_queue_body_with_a_non_hex_id_is_dead_lettered(make_system) -> None:
+    import base64
+    import json
+
+    system: ActorSystem = make_system(tally)
+    good = system.registry.prepare(tally.ref("d"), Put(n=1), now_s=system.clock.now())
+    bad_id = "g" * 32
+    body = {
+        "actor_system": "deferred",
+        "id": bad_id,
+        "target": "tally/d",
+        "due_ms": 0,
+        "entry": base64.b64encode(bad_id.encode() + good.entry[32:]).decode(),
+    }
+    fine = dict(body, id=good.id, entry=base64.b64encode(good.entry).decode())
+    landed = system.backend.accept_deferred([json.dumps(body), json.dumps(fine)], 0)
+    assert landed == 1
+    [dead] = system.dead_letters()
+    assert dead.reason == "deferred message lacks a valid id or target"
+    system.run_until_idle()
+    assert system.state(tally.ref("d")).total == 1

@@ -5,7 +5,9 @@
 -- A due message goes to its actor's mailbox, one not yet due to the sorted set with its exact
 -- due time (never early), a cancelled one nowhere. Idempotent by id and due time: a second
 -- copy from SQS's at-least-once delivery is dropped here (or by the actor's done set), while
--- a message re-deferred under the same id by Retry(delay=...) has another due time.
+-- a message re-deferred under the same id by Retry(delay=...) has another due time. A message
+-- landed in the sorted set that goes out again (unstage.lua) loses its tombstone, so that it
+-- lands when it comes back.
 -- Returns {delivered to mailboxes, put in the sorted set, dropped}.
 local delivered, waiting, dropped = 0, 0, 0
 local now = tonumber(ARGV[2])
