@@ -456,8 +456,9 @@ class CompositeBackend(RedisBackend):
 
     def _release(self, now_ms: int) -> None:
         """Delete the held messages whose time has come if Redis still has their landing;
-        one whose landing Redis lost (a restart or failover lost its last writes) is left
-        to SQS, which delivers it again once its visibility timeout ends, and it lands again."""
+        one whose landing Redis lost (a restart or failover lost its last writes) lands
+        again now and is held once more (SQS keeps it meanwhile: if this process dies, SQS
+        delivers it again once its visibility timeout ends, and it lands then)."""
         delay = self.delay
         assert delay is not None
         due = [h for h in self._held if h.release_ms <= now_ms]
@@ -472,8 +473,14 @@ class CompositeBackend(RedisBackend):
             if not self._landing_kept(tomb, item)
         }
         self._held = [h for h in self._held if h.release_ms > now_ms]
-        for mid in lost.values():
-            log.warning("Redis lost the landing of deferred message %s; SQS delivers it again", mid)
+        again = [(h, item) for h, item in checked if h.receipt in lost]
+        if again:
+            log.warning(
+                "Redis lost the landing of %d deferred message(s); landing again", len(again)
+            )
+            self.land([item for _, item in again], now_ms)
+            release_ms = now_ms + int(delay.durable_s * 1000)
+            self._held += [Held(h.receipt, release_ms, item) for h, item in again]
         try:
             delay.delete([h.receipt for h in due if h.receipt not in lost])
         except AwsError as e:  # they come back after their visibility timeout: copies, dropped

@@ -41,8 +41,10 @@ _RECEIVE_CALLS = 10  # ReceiveMessage calls per collection at most (10 messages 
 # second does not lose a message that SQS has already forgotten.
 DURABLE_S = 2.0
 # Received messages stay invisible for durable_s plus this: time to land them and for the
-# poll that deletes them to come round. One whose receiver dies is received again after it.
-VISIBILITY_MARGIN_S = 30
+# poll that deletes them to come round. One whose receiver dies is received again after it,
+# so it is short: a message received near its due time and lost with its receiver comes back
+# this much later (a receipt that expired first only makes a copy, which is dropped).
+VISIBILITY_MARGIN_S = 5
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,10 +15,12 @@ class Entry(BaseModel):
 
 
 class Due(BaseModel):
-    """A deferred message that must not run before ``due_ms``."""
+    """A deferred message that must not run before ``due_ms``; from one ``sender``, due
+    messages must run in due order."""
 
     key: str
     due_ms: int
+    sender: str = ""
 
 
 class Relay(BaseModel):
@@ -32,6 +34,8 @@ class LedgerState(BaseModel):
     applied: int = 0
     out_of_order: int = 0  # a seq other than last + 1: a loss, a duplicate or a reordering
     deferred: list[str] = Field(default_factory=list)
+    last_due: dict[str, int] = Field(default_factory=dict)  # sender -> latest due_ms run
+    deferred_out_of_order: int = 0  # a due time before one already run from that sender
     early: int = 0
     max_late_ms: int = 0
     late_ms: list[int] = Field(default_factory=list)
@@ -62,6 +66,9 @@ def due(ctx: Context[LedgerState], msg: Due) -> None:
     ctx.state.max_late_ms = max(ctx.state.max_late_ms, now_ms - msg.due_ms)
     ctx.state.late_ms.append(now_ms - msg.due_ms)
     ctx.state.deferred.append(msg.key)
+    if msg.due_ms < ctx.state.last_due.get(msg.sender, 0):
+        ctx.state.deferred_out_of_order += 1
+    ctx.state.last_due[msg.sender] = max(msg.due_ms, ctx.state.last_due.get(msg.sender, 0))
 
 
 @relay.handler

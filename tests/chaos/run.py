@@ -4,13 +4,23 @@
 
 Prints the figures and exits 1 if any message was lost, applied twice, reordered or early,
 or if anything is left in a mailbox, an in-flight list, a lease or the delay queue.
+
+With ``--redis-loss-every-s`` the run also makes Redis lose its last writes, again and again:
+it snapshots the server (``SAVE``), lets the workload run on for up to 1.5 s, then SIGKILLs
+the server and restarts it from that snapshot, as a failover to a lagging replica or an AOF
+``everysec`` crash would. Meant with S3 state and an SQS delay queue (``--state``,
+``--delay``), the stores that survive it; the producer sends each message with an
+idempotency key and, like any producer whose acknowledged sends may be lost, sends again
+what it sent since the snapshot. ``--own-redis`` starts the redis-server it controls.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import pathlib
 import random
 import signal
 import subprocess
@@ -18,11 +28,12 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 import redis
 
-from actor_system import ActorSystem
+from actor_system import ActorSystem, BackendError
 from tests.chaos.actors import Due, Entry, LedgerState, Relay, actors, ledger, relay
 from tests.integration.workers import worker_args
 
@@ -35,8 +46,11 @@ class Figures:
     deferred: int = 0
     kills: int = 0
     freezes: int = 0
+    redis_losses: int = 0
+    resent: int = 0  # sends made again after Redis lost them (same ids)
     lost: int = 0
     duplicated_or_reordered: int = 0
+    deferred_reordered: int = 0  # from one sender, a due time run after a later one
     early: int = 0
     max_late_ms: int = 0
     p99_late_ms: int = 0
@@ -48,6 +62,7 @@ class Figures:
         return (
             self.lost == 0
             and self.duplicated_or_reordered == 0
+            and self.deferred_reordered == 0
             and self.early == 0
             and not any(self.leftovers.values())
         )
@@ -56,14 +71,17 @@ class Figures:
 class Workers:
     """Worker processes (the real CLI) that the chaos driver kills, freezes and restarts."""
 
-    def __init__(self, url: str, n: int, lease_ms: int) -> None:
+    def __init__(self, url: str, n: int, lease_ms: int, env: dict[str, str]) -> None:
         self.args = worker_args(
             url, "--lease-ms", str(lease_ms), "--batch", "20", app="tests.chaos.actors"
         )
+        self.env = {**os.environ, **env}
         self.procs = [self._start() for _ in range(n)]
 
     def _start(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(
+            self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env
+        )
 
     def kill(self, i: int) -> None:
         self.procs[i].send_signal(signal.SIGKILL)
@@ -108,32 +126,99 @@ def produce(
             expected["relayed"] += 1
         else:
             delay = rng.uniform(0.0, args.max_delay_s)
-            due_ms = int((time.time() + delay) * 1000)  # recomputed at send time below
-            plan.append((ledger.ref(target), Due(key=f"d{i}", due_ms=due_ms), delay))
+            # due_ms is set at send time below, by the system's clock, as the runtime does.
+            due = Due(key=f"d{i}", due_ms=0, sender=f"producer/{i % 4}")
+            plan.append((ledger.ref(target), due, delay))
             expected["deferred"][target] = expected["deferred"].get(target, 0) + 1
     expected["senders"] = seqs
     return plan
 
 
-def send_all(
-    system: ActorSystem, plan: list[tuple[Any, Any, float | None]], seconds: float
-) -> None:
-    """Send the plan spread over ``seconds``, immediate ones in batches, in plan order."""
-    chunk = max(len(plan) // max(int(seconds / 0.05), 1), 1)
-    for start in range(0, len(plan), chunk):
-        immediate = []
-        for ref, msg, delay in plan[start : start + chunk]:
-            if delay is None:
+class Producer:
+    """Sends the plan; with ``keyed``, each message under an idempotency key and logged, so
+    that what Redis lost can be sent again under the same ids, in the same order."""
+
+    def __init__(self, system: ActorSystem, keyed: bool) -> None:
+        self.system = system
+        self.keyed = keyed
+        self.lock = threading.Lock()  # held while sending, and by a Redis loss
+        self.log: list[tuple[Any, Any, int | None, str]] = []  # ref, msg, due ms, key
+
+    def send_all(self, plan: list[tuple[Any, Any, float | None]], seconds: float) -> None:
+        """Send the plan spread over ``seconds``, immediate ones in batches, in plan order."""
+        chunk = max(len(plan) // max(int(seconds / 0.05), 1), 1)
+        for start in range(0, len(plan), chunk):
+            with self.lock:
+                self._send(plan[start : start + chunk], start)
+            time.sleep(0.05)
+
+    def _send(self, part: list[tuple[Any, Any, float | None]], first: int) -> None:
+        immediate: list[tuple[Any, Any]] = []
+        for n, (ref, msg, delay) in enumerate(part, first):
+            due_ms = None
+            if delay is not None:
+                # Sent with at=: the due time in the payload is exactly the runtime's.
+                due_ms = msg.due_ms = math.ceil((self.system.clock.now() + delay) * 1000)
+            if delay is None and not self.keyed:
                 immediate.append((ref, msg))
                 continue
             if immediate:
-                system.send_many(immediate)
+                self.system.send_many(immediate)
                 immediate = []
-            msg.due_ms = int((time.time() + delay) * 1000)
-            system.send(ref, msg, delay=delay)
+            self.log.append((ref, msg, due_ms, f"k{n}"))
+            self._resend(self.log[-1])
         if immediate:
-            system.send_many(immediate)
-        time.sleep(0.05)
+            self.system.send_many(immediate)
+
+    def _resend(self, logged: tuple[Any, Any, int | None, str]) -> None:
+        ref, msg, due_ms, key = logged
+        at = None if due_ms is None else datetime.fromtimestamp(due_ms / 1000, UTC)
+        self.system.send(ref, msg, at=at, idempotency_key=key if self.keyed else None)
+
+    def send_again(self, since: int) -> int:
+        """Send again, in order, what was sent after the first ``since`` (caller holds lock)."""
+        for logged in self.log[since:]:
+            for _ in range(100):  # the restarted server may still be loading
+                try:
+                    self._resend(logged)
+                    break
+                except BackendError:
+                    time.sleep(0.05)
+        return len(self.log) - since
+
+
+class Restartable(Protocol):
+    """A redis-server the run may crash and restart (tests/conftest.py RedisServer)."""
+
+    proc: subprocess.Popen[bytes] | None
+
+    def start(self) -> None: ...
+
+
+def lose_last_writes(
+    server: Restartable,
+    client: redis.Redis,
+    producer: Producer,
+    rng: random.Random,
+    until: float,
+    every_s: float,
+    figures: Figures,
+) -> None:
+    """Roll Redis back to a snapshot taken up to 1.5 s earlier, again and again; then the
+    producer sends again what it sent since the snapshot."""
+    while time.time() + every_s < until:
+        time.sleep(rng.uniform(0.5, every_s))
+        with producer.lock:
+            client.save()
+            since = len(producer.log)
+        time.sleep(rng.uniform(0.3, 1.5))  # acknowledged writes that the crash will lose
+        with producer.lock:
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGKILL)
+            server.proc.wait(10)
+            server.start()  # from the snapshot: everything after it is gone
+            figures.redis_losses += 1
+            figures.resent += producer.send_again(since)
 
 
 def chaos(
@@ -176,6 +261,7 @@ def check(
             complete &= got >= n
         relayed_applied += sum(v for k, v in state.last.items() if k.startswith("relay/"))
         figures.duplicated_or_reordered += state.out_of_order
+        figures.deferred_reordered += state.deferred_out_of_order
         want = expected["deferred"].get(target, 0)
         figures.lost += max(want - len(set(state.deferred)), 0)
         figures.duplicated_or_reordered += len(state.deferred) - len(set(state.deferred))
@@ -202,23 +288,40 @@ def leftovers(client: redis.Redis, system: ActorSystem) -> dict[str, int]:
     }
 
 
-def run(args: argparse.Namespace) -> Figures:
+def run(args: argparse.Namespace, server: Restartable | None = None) -> Figures:
+    """The run; ``server`` is the redis-server behind ``args.url`` when Redis is to lose
+    its last writes (``args.redis_loss_every_s``)."""
     rng = random.Random(args.seed)
     client = redis.Redis.from_url(args.url)
     client.flushall()
-    system = ActorSystem.from_url(args.url, actors=actors)
+    stores = {"state": args.state, "delay": args.delay}
+    system = ActorSystem.from_url(args.url, actors=actors, **stores)
     figures = Figures(messages=args.messages)
     expected: dict[str, Any] = {"relayed": 0, "deferred": {}}
     plan = produce(system, rng, args, expected)
     figures.relayed = expected["relayed"]
     figures.deferred = sum(expected["deferred"].values())
     figures.immediate = args.messages - figures.relayed - figures.deferred
-    workers = Workers(args.url, args.workers, args.lease_ms)
+    env = {
+        f"ACTOR_SYSTEM_{name.upper()}_URL": url for name, url in stores.items() if url is not None
+    }
+    workers = Workers(args.url, args.workers, args.lease_ms, env)
+    losing = args.redis_loss_every_s > 0
+    if losing and server is None:
+        raise SystemExit("--redis-loss-every-s needs a redis-server of the run's (--own-redis)")
+    producer = Producer(system, keyed=losing)
+    until = time.time() + args.seconds
+    threads = [threading.Thread(target=producer.send_all, args=(plan, args.seconds))]
+    if losing:
+        assert server is not None
+        loss_args = (server, client, producer, rng, until, args.redis_loss_every_s, figures)
+        threads.append(threading.Thread(target=lose_last_writes, args=loss_args))
     try:
-        producer = threading.Thread(target=send_all, args=(system, plan, args.seconds))
-        producer.start()
-        chaos(workers, rng, time.time() + args.seconds, args.lease_ms, figures)
-        producer.join()
+        for t in threads:
+            t.start()
+        chaos(workers, rng, until, args.lease_ms, figures)
+        for t in threads:
+            t.join()
         start = time.time()
         while not check(system, client, args, expected, figures):
             if time.time() - start > args.drain_timeout_s:
@@ -227,6 +330,12 @@ def run(args: argparse.Namespace) -> Figures:
         figures.drain_s = time.time() - start
         # Leases of workers killed near the end expire; idle workers then recover them.
         time.sleep(args.lease_ms / 1000 + 2.5)
+        # Copies that killed workers had received come back from SQS after their visibility
+        # timeout; the workers land them (and drop them) before the leftovers are counted.
+        while args.delay and system.stats()["pending_deferred"]:
+            if time.time() - start > args.drain_timeout_s:
+                break
+            time.sleep(0.5)
     finally:
         workers.stop()
     time.sleep(0.2)
@@ -252,11 +361,36 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-ms", type=int, default=1_000)
     p.add_argument("--drain-timeout-s", type=float, default=120.0)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--state", help="state URL, e.g. s3://bucket/prefix (AWS_* from the env)")
+    p.add_argument("--delay", help="delay URL, e.g. sqs://queue?near=2&max_hop=1")
+    p.add_argument(
+        "--redis-loss-every-s",
+        type=float,
+        default=0.0,
+        help="roll Redis back to a snapshot about this often (needs --own-redis)",
+    )
+    p.add_argument(
+        "--own-redis", action="store_true", help="start a redis-server of the run's (--url unused)"
+    )
     return p
 
 
 def main() -> None:
-    figures = run(parser().parse_args())
+    args = parser().parse_args()
+    if args.own_redis:
+        import tempfile
+
+        from tests.conftest import RedisServer
+
+        server = RedisServer(pathlib.Path(tempfile.mkdtemp()))
+        server.start()
+        args.url = server.url
+        try:
+            figures = run(args, server)
+        finally:
+            server.stop()
+    else:
+        figures = run(args)
     print(json.dumps(asdict(figures) | {"ok": figures.ok}, indent=2))
     sys.exit(0 if figures.ok else 1)
 

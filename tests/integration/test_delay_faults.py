@@ -187,11 +187,11 @@ def test_redis_losing_a_landing_gets_the_message_again_from_sqs(
     clock.advance(1)
     deadline = time.monotonic() + 20
     while system.state(ref).count == 0 and time.monotonic() < deadline:
-        system.run_until_idle()  # SQS kept it: received again once its visibility ends
+        system.run_until_idle()  # SQS kept it, and this process lands it again
         time.sleep(0.05)
     assert system.state(ref).count == 1
     assert system.state(ref).seen == [mid]
-    assert "Redis lost the landing of deferred message" in caplog.text
+    assert "Redis lost the landing of 1 deferred message(s); landing again" in caplog.text
     clock.advance(1)
     system.run_until_idle()  # this landing Redis kept: deleted now
     assert in_queue(aws) == (0, 0)
