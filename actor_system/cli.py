@@ -235,6 +235,14 @@ def deferred_cancel(s: Settings, message_id: str) -> None:
     s.out({"cancelled": message_id} if s.json else f"cancelled {message_id}")
 
 
+@main.command()
+@pass_settings
+def recover(s: Settings) -> None:
+    """After Redis lost writes: send again what S3-state actors sent and Redis lost."""
+    system = s.system(needs_app=False)
+    s.out({"actors_resent": system.recover()})
+
+
 @main.group()
 def dlq() -> None:
     """Inspect, redrive or purge dead letters."""

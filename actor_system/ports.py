@@ -162,6 +162,9 @@ class Backend(Mailbox, TurnStore, DelayQueue, DeadLetters, Inspector, Protocol):
     def claim_wake(self, due_ms: int, now_ms: int) -> bool:
         """True if a wake firing at ``due_ms`` should be armed: none firing earlier is armed."""
 
+    def recover(self, now_ms: int) -> int:
+        """Send again what state stores outside Redis know was sent and Redis lost."""
+
     def server_clock(self) -> Clock:
         """The clock every process sharing these stores agrees on (the default clock)."""
 

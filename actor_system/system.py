@@ -246,6 +246,14 @@ class ActorSystem:
         """Mailbox depths, in-flight messages, leases, deferred and dead-letter counts."""
         return self.backend.stats()
 
+    def recover(self) -> int:
+        """After Redis lost writes (a restore, a failover, a flush): send again what actors
+        with state elsewhere (S3) sent within their replay window and Redis no longer
+        acknowledges; returns how many actors sent something again (0 with Redis state,
+        where nothing outside Redis knows more). Each actor's next turn does the same for
+        itself; this reaches the actors no message will wake."""
+        return self.backend.recover(self._now_ms())
+
     # -- draining --------------------------------------------------------------------------
 
     def run_until_idle(self, *, max_rounds: int = 1_000_000) -> DrainReport:

@@ -416,6 +416,11 @@ class RedisBackend:
         self._call("wake", self.client.set, key, due_ms, None, ttl_ms)
         return True
 
+    def recover(self, now_ms: int) -> int:
+        """Nothing to send again: with state in Redis, a lost commit took its sends along
+        with its state change and its processed ids (they run again)."""
+        return 0
+
     def server_clock(self) -> Clock:
         """Redis's own time for a server shared by processes; fakeredis lives in this
         process, whose clock is then the only one."""

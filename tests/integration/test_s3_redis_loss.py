@@ -310,3 +310,27 @@ def test_replay_window_comes_from_the_url() -> None:
         S3StateStore.from_url("s3://b/p?replay_window=0")
     with pytest.raises(ConfigError, match=r"unknown parameter\(s\) window"):
         S3StateStore.from_url("s3://b/p?window=5")
+
+
+def test_the_recover_command_resends_after_a_flush(
+    server: Snapshots, aws: AwsResources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from actor_system.cli import main
+
+    state_url = f"s3://{aws.bucket}/actors?replay_window={WINDOW_S}"
+    system = ActorSystem.from_url(server.url, actors=[counter, relay], state=state_url)
+    b = counter.ref("cli-b")
+    system.send(relay.ref("cli"), Forward(n=7, to="cli-b", delay=600))
+    system.run_until_idle()  # the forward waits in the sorted set, 10 minutes ahead
+    server.client().flushall()  # ... and is gone with everything else
+    monkeypatch.setenv("ACTOR_SYSTEM_STATE_URL", state_url)
+    runner = CliRunner()
+    got = runner.invoke(main, ["--json", "--url", server.url, "recover"])
+    assert got.exit_code == 0, got.output
+    assert '"actors_resent": 1' in got.output
+    assert [d.actor for d in system.deferred()] == ["counter/cli-b"]
+    assert system.state(b).count == 0  # type: ignore[attr-defined]
+    plain = runner.invoke(main, ["--json", "--url", server.url, "recover"])
+    assert '"actors_resent": 0' in plain.output  # acknowledged now: nothing more to send
