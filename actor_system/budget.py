@@ -57,6 +57,8 @@ class Budget:
         return cls(clock.now() + remaining_ms / 1000, clock=clock, margin_s=margin_s)
 
     def remaining_s(self) -> float:
+        if self.deadline_s == math.inf:  # a worker's budget: no clock reading per message
+            return math.inf
         return self.deadline_s - self._clock.now()
 
     def can_start_turn(self) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import threading
 import time
 import zlib
@@ -31,8 +32,8 @@ from actor_system.errors import DecodeError, InvalidSend, MessageTooLarge
 FORMAT_VERSION = 1
 ID_LENGTH = 32
 _FIELDS = 7
-_HEX = frozenset(b"0123456789abcdef")
-_HEX_STR = frozenset("0123456789abcdef")
+_HEX_ID = re.compile(rb"[0-9a-f]{32}")
+_HEX_ID_STR = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,7 @@ def new_id(target: str, idempotency_key: str | None = None) -> str:
 
 def is_message_id(value: object) -> TypeGuard[str]:
     """True for a 32-character lowercase hex string, the form of every message id."""
-    return isinstance(value, str) and len(value) == ID_LENGTH and all(c in _HEX_STR for c in value)
+    return isinstance(value, str) and _HEX_ID_STR.fullmatch(value) is not None
 
 
 def encode(env: Envelope) -> bytes:
@@ -126,7 +127,7 @@ def decode(raw: bytes) -> Envelope:
     if len(raw) <= ID_LENGTH:
         raise DecodeError(f"entry of {len(raw)} bytes is too short to hold an envelope", raw)
     prefix = raw[:ID_LENGTH]
-    if not all(c in _HEX for c in prefix):
+    if _HEX_ID.fullmatch(prefix) is None:
         raise DecodeError("entry does not start with a 32-character hex message id", raw)
     try:
         fields = msgpack.unpackb(raw[ID_LENGTH:], raw=False, strict_map_key=True)
