@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from actor_system import ActorSystem, ActorType, ManualClock
+from tests.waiting import GENEROUS_S
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -57,13 +58,13 @@ class RedisServer:
             self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + GENEROUS_S
         while True:
             try:
                 client.ping()
                 break
             except redis.ConnectionError:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
                     raise
                 time.sleep(0.02)
         client.close()
@@ -71,7 +72,7 @@ class RedisServer:
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
-            self.proc.wait(10)
+            self.proc.wait(GENEROUS_S)
 
 
 @pytest.fixture(scope="session")
@@ -157,7 +158,7 @@ def moto_server() -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + GENEROUS_S  # importing moto takes seconds on a busy machine
     while True:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):

@@ -13,6 +13,7 @@ import pytest
 
 from actor_system import ActorSystem
 from tests.actors import Add, Boom, Note, actors, counter, logger
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -128,13 +129,13 @@ def test_worker_with_concurrency_drains_and_stops_on_sigterm(redis_url: str) -> 
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 30
-    while sum(system.state(counter.ref(f"w{i}")).count for i in range(10)) < 1000:  # type: ignore[attr-defined]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=20)
+    wait_until(
+        lambda: sum(system.state(counter.ref(f"w{i}")).count for i in range(10)) >= 1000,  # type: ignore[attr-defined]
+        what="1000 messages",
+        every_s=0.05,
+    )
+    proc.send_signal(signal.SIGTERM)  # each child stops after its round and reports it
+    out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert json.loads(out)["messages"] == 1000
 
@@ -159,12 +160,9 @@ def test_json_logs_carry_actor_and_message_fields(redis_url: str) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 20
-    while system.backend.dead_letter_count() == 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(system.backend.dead_letter_count, what="a dead letter", every_s=0.05)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=60)
     records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     dead = [r for r in records if r["message"].startswith("dead letter")]
     assert dead, err
@@ -175,15 +173,32 @@ def test_json_logs_carry_actor_and_message_fields(redis_url: str) -> None:
 
 
 def test_stats_watch_refreshes_until_interrupted(redis_url: str) -> None:
-    proc = subprocess.Popen(
+    import threading
+
+    lines: list[str] = []
+    with subprocess.Popen(
         [EXE, "--json", "--url", redis_url, "stats", "--watch", "0.2"],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         text=True,
-    )
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=10)
-    snapshots = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    ) as proc:
+        stdout = proc.stdout
+        assert stdout is not None
+
+        def read() -> None:
+            for line in stdout:  # each snapshot is flushed as it is printed
+                lines.append(line)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        # Interrupt once it has refreshed a few times (a fixed sleep can end before the CLI
+        # has even started on a busy machine).
+        try:
+            wait_until(lambda: sum(ln.startswith("{") for ln in lines) >= 3, what="3 snapshots")
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(60)
+            reader.join(60)
+    snapshots = [json.loads(line) for line in lines if line.startswith("{")]
     assert len(snapshots) >= 3
     assert all("pending_deferred" in s for s in snapshots)

@@ -12,6 +12,7 @@ import redis
 from actor_system import ActorSystem
 from tests.actors import Add, actors, counter
 from tests.integration.workers import start_worker
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -28,19 +29,23 @@ def test_sigkilled_workers_lose_nothing_and_apply_nothing_twice(redis_url: str) 
     for i in range(0, len(messages), 500):
         system.send_many(messages[i : i + 500])
 
-    kills = 0
-    while kills < KILLS:
-        worker = start_worker(redis_url, "--lease-ms", "500", "--batch", "20")
-        time.sleep(rng.uniform(0.3, 0.9))
-        worker.send_signal(signal.SIGKILL)
-        worker.communicate(timeout=10)
-        kills += 1
-
     def total() -> int:
         return sum(system.state(r).count for r in refs)  # type: ignore[attr-defined]
 
+    kills = 0
+    while kills < KILLS:
+        before = total()
+        worker = start_worker(redis_url, "--lease-ms", "500", "--batch", "20")
+        # Kill it at a random point of its work, not while it is still starting (which can
+        # take longer than the whole window on a busy machine): wait for its first commit.
+        wait_until(lambda: total() > before, what="the worker's first commit")  # noqa: B023
+        time.sleep(rng.uniform(0.0, 0.6))
+        worker.send_signal(signal.SIGKILL)
+        worker.communicate(timeout=60)
+        kills += 1
+
     mid_run = total()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while total() < ACTORS * PER_ACTOR and time.monotonic() < deadline:
         system.run_until_idle()
         time.sleep(0.1)  # let the dead holders' leases expire

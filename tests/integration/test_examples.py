@@ -26,7 +26,7 @@ def test_example_runs_and_prints_what_happens(
         [sys.executable, "-m", f"examples.{name}", "--redis-url", url],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=110,  # under pytest's 120 s, so that a hang reports the example's output
         check=True,
     ).stdout
     for line in EXPECTED[name]:

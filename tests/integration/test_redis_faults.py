@@ -16,6 +16,7 @@ from actor_system import ActorSystem, BackendError
 from tests.chaos.actors import Entry, LedgerState, actors, ledger
 from tests.conftest import RedisServer
 from tests.integration.workers import start_worker
+from tests.waiting import GENEROUS_S, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -24,28 +25,32 @@ ACTORS = 20
 
 def send_with_retry(system: ActorSystem, target: str, seq: int) -> None:
     """At-least-once sending with a stable idempotency key: exactly once in effect."""
-    for _ in range(200):
+    deadline = time.monotonic() + GENEROUS_S
+    while True:
         try:
             system.send(
                 ledger.ref(target), Entry(sender="p", seq=seq), idempotency_key=f"{target}:{seq}"
             )
             return
         except BackendError:
+            if time.monotonic() > deadline:
+                raise AssertionError("Redis did not come back") from None
             time.sleep(0.05)
-    raise AssertionError("Redis did not come back")
 
 
 def ledgers(system: ActorSystem) -> list[LedgerState]:
-    for _ in range(200):
+    deadline = time.monotonic() + GENEROUS_S
+    while True:
         try:
             states = [system.state(ledger.ref(f"a{i}")) for i in range(ACTORS)]
             return [s for s in states if isinstance(s, LedgerState)]
         except BackendError:
+            if time.monotonic() > deadline:
+                raise AssertionError("Redis did not come back") from None
             time.sleep(0.05)
-    raise AssertionError("Redis did not come back")
 
 
-def wait_applied(system: ActorSystem, total: int, timeout: float = 60) -> list[LedgerState]:
+def wait_applied(system: ActorSystem, total: int, timeout: float = 120) -> list[LedgerState]:
     deadline = time.monotonic() + timeout
     while True:
         states = ledgers(system)
@@ -71,7 +76,7 @@ def run_workload(server: RedisServer, fault, per_actor: int = 60) -> tuple[int, 
         for w in workers:
             w.send_signal(signal.SIGTERM)
         for w in workers:
-            w.communicate(timeout=30)
+            w.communicate(timeout=60)
     return sent, states
 
 
@@ -147,21 +152,26 @@ def test_worker_on_a_read_only_replica_waits_for_failover(tmp_path: Path) -> Non
         for seq in range(1, 11):
             system.send(ledger.ref("a0"), Entry(sender="p", seq=seq))
         replica_client = redis.Redis(port=replica.port)
-        deadline = time.monotonic() + 10
-        while replica_client.exists("as:{ledger/a0}:mb") == 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(lambda: replica_client.exists("as:{ledger/a0}:mb"), what="the replica to sync")
         worker = start_worker_chaos(replica.url)
-        time.sleep(1.5)  # READONLY errors: the worker backs off and keeps trying
+
+        def readonly_errors() -> int:
+            stats = replica_client.info("errorstats").get("errorstat_READONLY", {})
+            return int(stats.get("count", 0))
+
+        # READONLY errors: the worker backs off and keeps trying (a second error after the
+        # first), rather than a fixed sleep that a slow start can outlast.
+        wait_until(lambda: readonly_errors() >= 2, what="the worker to retry after READONLY")
         assert worker.poll() is None
         replica_client.execute_command("REPLICAOF", "NO", "ONE")  # the failover
         promoted = ActorSystem.from_url(replica.url, actors=actors)
-        deadline = time.monotonic() + 20
-        while promoted.state(ledger.ref("a0")).applied < 10:  # type: ignore[attr-defined]
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until(
+            lambda: promoted.state(ledger.ref("a0")).applied >= 10,  # type: ignore[attr-defined]
+            what="the worker to drain the promoted replica",
+            every_s=0.1,
+        )
         worker.send_signal(signal.SIGTERM)
-        _, err = worker.communicate(timeout=20)
+        _, err = worker.communicate(timeout=60)
         assert worker.returncode == 0
         assert b"READONLY" in err or b"read only" in err.lower()
         state = promoted.state(ledger.ref("a0"))

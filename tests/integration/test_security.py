@@ -13,6 +13,7 @@ import pytest
 from actor_system import ActorSystem, BackendError
 from tests.actors import Add, counter
 from tests.conftest import RedisServer
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -49,18 +50,19 @@ def acl_server(tmp_path: Path):
 
 
 def wait_up(url: str) -> None:
-    import time
-
     import redis
 
-    for _ in range(200):
+    def answers() -> bool:
         try:
-            redis.Redis.from_url(url).ping()
-            return
-        except redis.ConnectionError:
-            time.sleep(0.02)
+            with redis.Redis.from_url(url) as client:
+                client.ping()
         except redis.AuthenticationError:
-            return
+            return True  # up, and refusing the default user as configured
+        except redis.ConnectionError:
+            return False
+        return True
+
+    wait_until(answers, what=f"redis-server at {url.split('@')[-1]}")
 
 
 def test_acl_user_and_password_come_from_the_url(

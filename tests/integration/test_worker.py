@@ -10,18 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from actor_system import ActorSystem
+from actor_system import ActorSystem, DrainReport
 from tests.actors import Add, Slow, Timed, actors, counter, probe
 from tests.integration.workers import start_worker
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
 
-def wait_for(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
+def wait_started(system: ActorSystem, name: str) -> None:
+    """Wait until the worker has started and delivered one message: it runs its loop."""
+    ref = counter.ref(f"started-{name}")
+    system.send(ref, Add(n=1))
+    wait_until(lambda: system.state(ref).count == 1, what="the worker to start")  # type: ignore[attr-defined]
 
 
 def test_frozen_holder_cannot_overwrite_state_of_the_next_holder(
@@ -33,33 +34,40 @@ def test_frozen_holder_cannot_overwrite_state_of_the_next_holder(
     worker = start_worker(redis_url, "--lease-ms", "500")
     try:
         system.send(ref, Slow(path=str(marker), seconds=1.0))
-        wait_for(marker.exists)
+        wait_until(marker.exists, what="the handler to start")
         worker.send_signal(signal.SIGSTOP)  # frozen inside the handler, holding the lease
         marker.unlink()
         time.sleep(0.7)  # the lease runs out while it is frozen
-        report = system.run_until_idle()  # the next holder recovers and commits
+
+        def recovering_drain() -> DrainReport | None:
+            report = system.run_until_idle()  # the next holder recovers and commits
+            return report if report.recovered else None  # not yet if its clock reads behind
+
+        report = wait_until(recovering_drain, what="the expired lease to be recovered")
         assert report.recovered == 1
         assert report.messages == 1
         assert system.state(ref).writer == os.getpid()  # type: ignore[attr-defined]
-        worker.send_signal(signal.SIGCONT)  # the stale holder finishes and tries to commit
-        time.sleep(1.5)
+        # The stale holder finishes its handler and tries to commit; SIGTERM stops the
+        # worker only after that round, so the attempt is made however slow the machine.
+        worker.send_signal(signal.SIGCONT)
     finally:
         worker.send_signal(signal.SIGCONT)
         worker.send_signal(signal.SIGTERM)
-        out, _ = worker.communicate(timeout=15)
+        out, err = worker.communicate(timeout=60)
     state = system.state(ref)
     assert state.writer == os.getpid()  # type: ignore[attr-defined]
     assert state.count == 1  # type: ignore[attr-defined]
     assert json.loads(out)["messages"] == 0  # its commit was refused
+    assert b"lease of probe/stale lost" in err, err  # ...because it no longer held the lease
 
 
 def test_worker_stops_cleanly_on_sigterm(redis_url: str) -> None:
     system = ActorSystem.from_url(redis_url, actors=actors)
     worker = start_worker(redis_url)
     system.send_many([(counter.ref("t"), Add(n=1))] * 200)
-    wait_for(lambda: system.state(counter.ref("t")).count == 200)  # type: ignore[attr-defined]
+    wait_until(lambda: system.state(counter.ref("t")).count == 200, what="200 messages")  # type: ignore[attr-defined]
     worker.send_signal(signal.SIGTERM)
-    out, err = worker.communicate(timeout=10)
+    out, err = worker.communicate(timeout=60)
     assert worker.returncode == 0, err
     assert json.loads(out)["messages"] == 200
 
@@ -69,15 +77,17 @@ def test_live_worker_delivers_deferred_messages_on_time_never_early(redis_url: s
     worker = start_worker(redis_url)
     ref = probe.ref("timing")
     try:
-        time.sleep(0.5)  # let the worker reach its idle wait
-        start = time.time()
+        wait_started(system, "timing")  # then it blocks in its idle wait
         for i in range(40):
             delay = 0.2 + i * 0.05
-            system.send(ref, Timed(due=start + delay), delay=delay)
-        wait_for(lambda: len(system.state(ref).deliveries) == 40)  # type: ignore[attr-defined]
+            # Due times read from the sender's clock just before each send (the send reads it
+            # again, never earlier): exact for "never early", and a slow sending loop adds no
+            # lateness.
+            system.send(ref, Timed(due=system.clock.now() + delay), delay=delay)
+        wait_until(lambda: len(system.state(ref).deliveries) == 40, what="40 deliveries")  # type: ignore[attr-defined]
     finally:
         worker.send_signal(signal.SIGTERM)
-        worker.communicate(timeout=10)
+        worker.communicate(timeout=60)
     lateness = sorted(done - due for due, done in system.state(ref).deliveries)  # type: ignore[attr-defined]
     print(f"lateness p50={lateness[20] * 1000:.1f}ms max={lateness[-1] * 1000:.1f}ms")
     assert lateness[0] >= 0  # never early
