@@ -15,10 +15,12 @@ from actor_system.errors import (
     LeaseLost,
     MessageTooLarge,
     Retry,
+    TimeLimitExceeded,
     UnknownActorType,
     UnknownMessageType,
 )
 from actor_system.options import Options
+from actor_system.policy import RetryPolicy
 from actor_system.runtime import DrainReport
 from actor_system.system import ActorSystem, DeadLetter
 
@@ -43,7 +45,9 @@ __all__ = [
     "MessageTooLarge",
     "Options",
     "Retry",
+    "RetryPolicy",
     "SystemClock",
+    "TimeLimitExceeded",
     "UnknownActorType",
     "UnknownMessageType",
 ]

@@ -6,7 +6,7 @@ import inspect
 import re
 import sys
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from actor_system.envelope import Envelope, Outgoing, check_size, due_ms, encode, new_id
 from actor_system.errors import ConfigError, InvalidSend, UnknownActorType, UnknownMessageType
+from actor_system.policy import RetryPolicy
 
 if typing.TYPE_CHECKING:
     from actor_system.options import Options
@@ -106,7 +107,26 @@ class Context(Generic[S]):
         self._sender.cancel(message_id)
 
 
-Handler = Callable[[Context[Any], Any], None]
+Handler = Callable[[Context[Any], Any], Any]  # None, or an awaitable for async def
+# One step of a state migration: the stored mapping of version n -> that of version n + 1.
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _check_migrations(
+    actor: str, version: int, migrations: Mapping[int, Migration]
+) -> tuple[int, dict[int, Migration]]:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ConfigError(f"version={version!r} of actor type {actor!r} must be an int >= 1")
+    steps = dict(migrations)
+    for n, fn in steps.items():
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < version:
+            raise ConfigError(
+                f"migration key {n!r} of actor type {actor!r} must be a version from 1 to "
+                f"{version - 1} (it migrates version n to n + 1)"
+            )
+        if not callable(fn):
+            raise ConfigError(f"migration {n} of actor type {actor!r} is not callable")
+    return version, steps
 
 
 def message_name(model: type[BaseModel]) -> str:
@@ -117,6 +137,8 @@ def message_name(model: type[BaseModel]) -> str:
 class ActorType(Generic[S]):
     """A kind of actor: a state model and one handler per message type.
 
+    ``version`` / ``migrations``: the version of the state model, and for each older version
+    ``n`` a function from the stored mapping of version ``n`` to that of version ``n + 1``.
     ``done_window_s`` / ``done_max``: how long and how many processed message ids each actor
     of this type remembers, so that a copy (or a send with the same idempotency key) is
     dropped; defaults are the system's ``Options``.
@@ -127,6 +149,9 @@ class ActorType(Generic[S]):
         name: str,
         *,
         state: type[S],
+        version: int = 1,
+        migrations: Mapping[int, Migration] | None = None,
+        retry: RetryPolicy | None = None,
         done_window_s: float | None = None,
         done_max: int | None = None,
     ) -> None:
@@ -146,6 +171,11 @@ class ActorType(Generic[S]):
                 isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
             ):
                 raise ConfigError(f"{option}={value!r} of actor type {name!r} must be > 0")
+        self.version, self.migrations = _check_migrations(name, version, migrations or {})
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigError(f"retry= of actor type {name!r} must be a RetryPolicy")
+        self.retry = retry or RetryPolicy()
+        self._retry_of: dict[str, RetryPolicy] = {}  # per message type, when a handler says
         self.name = name
         self.state_type = state
         # How long and how many processed ids (and so idempotency keys) each actor of this
@@ -154,11 +184,35 @@ class ActorType(Generic[S]):
         self.done_max = None if done_max is None else int(done_max)
         self._handlers: dict[str, tuple[type[BaseModel], Handler]] = {}
 
-    def handler(self, fn: F) -> F:
-        """Register ``fn(ctx, msg)``; the annotation of ``msg`` picks the message type."""
+    @typing.overload
+    def handler(self, fn: F, *, retry: RetryPolicy | None = None) -> F: ...
+
+    @typing.overload
+    def handler(self, fn: None = None, *, retry: RetryPolicy | None = None) -> Callable[[F], F]: ...
+
+    def handler(
+        self, fn: F | None = None, *, retry: RetryPolicy | None = None
+    ) -> F | Callable[[F], F]:
+        """Register ``fn(ctx, msg)`` (or ``async def``); the annotation of ``msg`` picks the
+        message type. ``@actor.handler(retry=RetryPolicy(...))`` overrides the actor type's
+        retry policy for this message type."""
         # Annotations may name classes local to the caller (string annotations under
         # `from __future__ import annotations`); resolve them in the caller's scope too.
         caller = sys._getframe(1).f_locals
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigError(
+                f"retry= of a handler of actor type {self.name!r} must be a RetryPolicy"
+            )
+        if fn is None:
+            return lambda f: self._register(f, retry, caller)
+        return self._register(fn, retry, caller)
+
+    def policy(self, type_name: str) -> RetryPolicy:
+        """The retry policy of a message type: its handler's, else the actor type's."""
+        return self._retry_of.get(type_name, self.retry)
+
+    def _register(self, fn: F, retry: RetryPolicy | None, caller: dict[str, Any]) -> F:
+        _check_not_awaitable(self.name, fn)
         model = _message_annotation(self.name, fn, caller)
         key = message_name(model)
         if key in self._handlers:
@@ -168,6 +222,8 @@ class ActorType(Generic[S]):
                 f"({previous.__qualname__}); {fn.__qualname__} cannot also handle it"
             )
         self._handlers[key] = (model, fn)
+        if retry is not None:
+            self._retry_of[key] = retry
         return fn
 
     def ref(self, actor_id: str) -> ActorRef:
@@ -191,6 +247,24 @@ class ActorType(Generic[S]):
 
     def __repr__(self) -> str:
         return f"ActorType({self.name!r}, state={self.state_type.__name__})"
+
+
+def _check_not_awaitable(actor: str, fn: Callable[..., Any]) -> None:
+    """A plain function annotated to return an awaitable would hand the runtime a coroutine
+    it never awaits: refuse it (``async def`` handlers are awaited)."""
+    if inspect.iscoroutinefunction(fn):
+        return
+    try:
+        returns = typing.get_type_hints(fn).get("return")
+    except Exception:  # unresolvable annotations are reported by _message_annotation
+        return
+    origin = typing.get_origin(returns) or returns
+    if isinstance(origin, type) and issubclass(origin, Awaitable):
+        raise ConfigError(
+            f"handler {getattr(fn, '__qualname__', fn)!r} of actor type {actor!r} returns an "
+            f"awaitable ({returns!r}) but is not an async def: write `async def` so that the "
+            "runtime awaits it"
+        )
 
 
 def _message_annotation(

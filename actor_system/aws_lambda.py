@@ -15,8 +15,6 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from actor_system.actor import ActorRef
 from actor_system.budget import Budget
 from actor_system.errors import (
@@ -28,6 +26,7 @@ from actor_system.errors import (
     UnknownMessageType,
 )
 from actor_system.logs import reset_request_context, set_request_context
+from actor_system.payloads import InvalidPayload, parse_payload
 from actor_system.worker import Worker
 
 if TYPE_CHECKING:
@@ -257,10 +256,17 @@ def _response(status: int, body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# The keys of an ingress request body; any other is a typo that would be dropped silently.
+_BODY_KEYS = ("delay", "idempotency_key", "payload", "type")
+
+
 def ingress(system: ActorSystem, event: dict[str, Any]) -> dict[str, Any]:
     """``POST /actors/{type}/{id}/messages`` with ``{"type": ..., "payload": {...}}`` and
     optionally ``"delay"`` (seconds) and ``"idempotency_key"``. Authorization is left to API
-    Gateway (IAM or a JWT authorizer)."""
+    Gateway (IAM or a JWT authorizer).
+
+    People type these requests, so unknown keys, in the body or in the payload, are answered
+    with 400 naming them (see actor_system.payloads) instead of being dropped."""
     http = event["requestContext"]["http"]
     match = _PATH.match(event.get("rawPath") or http.get("path", ""))
     if match is None:
@@ -278,23 +284,30 @@ def ingress(system: ActorSystem, event: dict[str, Any]) -> dict[str, Any]:
         return _response(400, {"error": f"body is not JSON: {e}"})
     if not isinstance(body, dict) or not isinstance(body.get("type"), str):
         return _response(400, {"error": 'body must be {"type": "<MessageType>", "payload": {...}}'})
+    extra = [key for key in body if key not in _BODY_KEYS]
+    if extra:
+        noun = "field" if len(extra) == 1 else "fields"
+        names = ", ".join(repr(k) for k in extra)
+        known = ", ".join(_BODY_KEYS)
+        return _response(400, {"error": f"unknown body {noun} {names}; known: {known}"})
+    return _deliver(system, match["type"], match["id"], body)
+
+
+def _deliver(
+    system: ActorSystem, actor: str, actor_id: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    """Validate the payload strictly and send it; answers as ``ingress`` documents."""
     try:
-        ref = ActorRef(match["type"], match["id"])
+        ref = ActorRef(actor, actor_id)
         model, _ = system.registry.get(ref.type).resolve(body["type"])
-        msg = model.model_validate(body.get("payload", {}))
+        msg = parse_payload(model, body.get("payload", {}), strict=True)
         mid = system.send(
             ref, msg, delay=body.get("delay"), idempotency_key=body.get("idempotency_key")
         )
     except (UnknownActorType, UnknownMessageType) as e:
         return _response(404, {"error": str(e)})
-    except ValidationError as e:
-        return _response(
-            400,
-            {
-                "error": "invalid payload",
-                "details": e.errors(include_url=False, include_context=False),
-            },
-        )
+    except InvalidPayload as e:
+        return _response(400, {"error": str(e), "details": e.details})
     except MessageTooLarge as e:
         return _response(413, {"error": str(e)})
     except InvalidSend as e:

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from actor_system.clock import SystemClock
-from actor_system.errors import BudgetExhausted
+from actor_system.errors import BudgetExhausted, TimeLimitExceeded
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -77,23 +77,29 @@ class Budget:
 
 
 @contextmanager
-def timeout_guard(seconds: float) -> Iterator[None]:
-    """Raise BudgetExhausted inside the block after ``seconds`` (SIGALRM, main thread only).
+def timeout_guard(seconds: float, limit_s: float | None = None) -> Iterator[None]:
+    """Raise BudgetExhausted inside the block after ``seconds`` (the budget), or
+    TimeLimitExceeded after ``limit_s`` (the handler's own limit) if that comes first
+    (SIGALRM, main thread only).
 
-    The only signal or timer the runtime arms, and only while a handler runs inside a live
-    invocation; it is disarmed in ``finally`` and never delivers a message.
+    The only signal or timer the runtime arms, and only while a handler runs; it is disarmed
+    in ``finally`` and never delivers a message.
     """
-    if not math.isfinite(seconds) or threading.current_thread() is not threading.main_thread():
+    budget_first = limit_s is None or seconds <= limit_s
+    wait_s = seconds if budget_first or limit_s is None else limit_s
+    if not math.isfinite(wait_s) or threading.current_thread() is not threading.main_thread():
         yield
         return
-    if seconds <= 0:
+    if wait_s <= 0:
         raise BudgetExhausted("no time left in the budget to run a handler")
 
     def on_alarm(signum: int, frame: FrameType | None) -> None:
-        raise BudgetExhausted(f"handler interrupted after {seconds:.3f}s: the budget ran out")
+        if budget_first:
+            raise BudgetExhausted(f"handler interrupted after {wait_s:.3f}s: the budget ran out")
+        raise TimeLimitExceeded(f"the handler ran longer than its time_limit_s={wait_s:g}")
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, wait_s)
     try:
         yield
     finally:

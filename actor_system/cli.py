@@ -6,6 +6,7 @@ types, ``--app module[:name]`` (or ``ACTOR_SYSTEM_APP``). ``--json`` prints JSON
 
 from __future__ import annotations
 
+import base64
 import importlib
 import json
 import os
@@ -18,11 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from pydantic import ValidationError
+import msgpack
 
 from actor_system import logs
 from actor_system.actor import ActorRef, ActorType
 from actor_system.errors import ActorSystemError, ConfigError, InvalidSend
+from actor_system.payloads import parse_payload
 from actor_system.system import ENV_PREFIX, ActorSystem
 
 if TYPE_CHECKING:
@@ -170,6 +172,11 @@ def main(
     help="deliver at this time (ISO 8601; UTC if no offset)",
 )
 @click.option("--idempotency-key", help="the same key to the same actor is processed once")
+@click.option(
+    "--lenient",
+    is_flag=True,
+    help="ignore payload fields the message type does not know (default: reject them)",
+)
 @pass_settings
 def send(
     s: Settings,
@@ -180,16 +187,19 @@ def send(
     delay: float | None,
     at_: datetime | None,
     idempotency_key: str | None,
+    lenient: bool,
 ) -> None:
-    """Send MESSAGE_TYPE with a JSON payload to actor TYPE/ID; prints the message id."""
+    """Send MESSAGE_TYPE with a JSON payload to actor TYPE/ID; prints the message id.
+
+    A payload field the message type does not know is an error that names it (a typo would
+    otherwise be dropped and the field's default sent); --lenient ignores such fields."""
     system = s.system(needs_app=True)
     model, _ = system.registry.get(type_name).resolve(message_type)
     try:
-        msg = model.model_validate_json(payload)
-    except ValidationError as e:
-        raise InvalidSend(
-            f"invalid {message_type} payload: {e.errors(include_url=False)}"
-        ) from None
+        data = json.loads(payload)
+    except ValueError as e:
+        raise InvalidSend(f"invalid {message_type} payload: not JSON: {e}") from None
+    msg = parse_payload(model, data, strict=not lenient)
     if at_ is not None and at_.tzinfo is None:
         at_ = at_.replace(tzinfo=UTC)
     mid = system.send(
@@ -201,11 +211,43 @@ def send(
 @main.command()
 @click.argument("type_name", metavar="TYPE")
 @click.argument("actor_id", metavar="ID")
+@click.option(
+    "--raw",
+    is_flag=True,
+    help='the stored mapping as it is ("_v": its version), even if it does not validate; '
+    "null if none; needs no --app",
+)
 @pass_settings
-def state(s: Settings, type_name: str, actor_id: str) -> None:
-    """Print the committed state of actor TYPE/ID as JSON."""
-    system = s.system(needs_app=True)
-    click.echo(system.state(ActorRef(type_name, actor_id)).model_dump_json())
+def state(s: Settings, type_name: str, actor_id: str, raw: bool) -> None:
+    """Print the committed state of actor TYPE/ID as JSON (migrated to the current version).
+
+    A state this deploy cannot read is a one-line error; --raw shows what is stored."""
+    ref = ActorRef(type_name, actor_id)
+    system = s.system(needs_app=not raw)
+    if raw:
+        click.echo(json.dumps(jsonable(system.raw_state(ref)), sort_keys=True))
+    else:
+        click.echo(system.state(ref).model_dump_json())
+
+
+def jsonable(value: Any) -> Any:
+    """A decoded msgpack value as JSON can hold it: bytes (values or keys) as
+    ``"base64:..."``, extension types as ``{"ext": code, "base64": data}``."""
+    if isinstance(value, dict):
+        return {_json_key(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, msgpack.ExtType):
+        return {"ext": value.code, "base64": base64.b64encode(value.data).decode("ascii")}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return "base64:" + base64.b64encode(value).decode("ascii")
+    return value
+
+
+def _json_key(key: Any) -> str:
+    if isinstance(key, bytes):
+        return "base64:" + base64.b64encode(key).decode("ascii")
+    return key if isinstance(key, str) else str(key)
 
 
 @main.group()

@@ -55,3 +55,9 @@ class Retry(ActorSystemError):
 class BudgetExhausted(BaseException):
     """The time budget ran out inside a handler; derives from BaseException so
     a handler's ``except Exception:`` cannot swallow it."""
+
+
+class TimeLimitExceeded(BaseException):
+    """A handler ran past its ``RetryPolicy.time_limit_s``; a BaseException so that the
+    handler's ``except Exception:`` cannot swallow it. The runtime turns it into a failure of
+    that message (a ``TimeoutError``), retried like any other."""

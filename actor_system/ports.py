@@ -51,6 +51,7 @@ class Commit:
     state_is_default: bool = False  # the state equals the model's defaults: nothing to keep
     done_window_ms: int = 0  # how long processed ids are kept for dedup (0: the default)
     done_max: int = 0  # how many at most (0: the default)
+    pause_ms: int = 0  # > 0: the actor is not taken again before this time (retry backoff)
 
 
 class Clock(Protocol):

@@ -7,7 +7,11 @@ release in one script (``commit``) that refuses to write if the lease is no long
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
+import math
+import random
 import time
 import traceback
 import uuid
@@ -17,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 from pydantic import BaseModel, ValidationError
 
+from actor_system import stored_state
 from actor_system.actor import ActorRef, ActorType, Context, Handler, Registry, utc
 from actor_system.budget import timeout_guard
 from actor_system.envelope import (
@@ -35,6 +40,7 @@ from actor_system.errors import (
     LeaseLost,
     MessageTooLarge,
     Retry,
+    TimeLimitExceeded,
     UnknownMessageType,
 )
 from actor_system.metrics import MetricsHook, TurnMetrics
@@ -59,6 +65,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("actor_system")
 
 _GROUP_COMMIT_S = 0.02
+_TOO_NEW_WAIT_S = 30  # a state stored by a newer deploy: its messages wait this long
 
 
 @dataclass(slots=True)
@@ -136,7 +143,10 @@ class _Turn:
     # ran, the stored state stands) and the outbox size. A failed or interrupted handler
     # rolls back to it; no handler ever runs twice in one turn.
     saved: tuple[bytes | None, int, int] = (None, 0, 0)
+    pause_ms: int = 0  # the actor is not taken again before this time (a retry's backoff)
     report: DrainReport = field(default_factory=DrainReport)
+    # Stored fields the state model does not declare: every commit writes them back.
+    unknown: dict[str, Any] = field(default_factory=dict)
 
 
 class _Interrupted(Exception):
@@ -177,6 +187,8 @@ class Runtime:
         self.clock = clock
         self.options = options
         self._defaults: dict[str, bytes] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._rng = random.Random()  # jitter of retry delays
 
     def _now_ms(self) -> int:
         return int(self.clock.now() * 1000)
@@ -268,6 +280,7 @@ class Runtime:
             state_is_default=data is not None and data == self._default_state(turn.actor),
             done_window_ms=int((turn.actor.done_window_s or self.options.done_window_s) * 1000),
             done_max=turn.actor.done_max or self.options.done_max,
+            pause_ms=turn.pause_ms,
         )
 
     def _interrupted(self, turn: _Turn, index: int, outbox: Outbox) -> Commit:
@@ -316,8 +329,16 @@ class Runtime:
         try:
             ref = ActorRef.from_key(claim.actor)
             actor = self.registry.get(ref.type)
-            state = self.load_state(actor, claim.state)
-        except (ActorSystemError, ValidationError) as e:
+            loaded = stored_state.decode(actor, claim.state)
+        except stored_state.StateTooNew as e:
+            # A newer deploy wrote it (a rolling deploy): leave it and the messages alone, and
+            # look again later, when this process may have been replaced.
+            log.warning("%s; its messages wait %d s", e, _TOO_NEW_WAIT_S)
+            pause_ms = math.ceil((self.clock.now() + _TOO_NEW_WAIT_S) * 1000)
+            keep = [KEEP] * len(claim.entries)
+            commit = Commit(claim.actor, token, claim.fence, None, keep, pause_ms=pause_ms)
+            return commit, DrainReport(turns=1), None
+        except ActorSystemError as e:
             # Nothing can run for this actor: dead-letter its messages with the reason.
             reason = f"{type(e).__name__}: {e}"
             actions = [self._dead(claim, entry, n + 1, reason, None) for entry, n in claim.entries]
@@ -325,10 +346,11 @@ class Runtime:
             return Commit(claim.actor, token, claim.fence, None, actions), report, None
         started = time.monotonic()
         turn = _Turn(claim, ref, actor, self.clock.now(), token, leased_at, budget)
+        turn.unknown = loaded.unknown
         turn.report.turns = 1
         outbox = Outbox(self.registry, turn.now_s)
         try:
-            failure = self._run_handlers(turn, state, outbox)
+            failure = self._run_handlers(turn, loaded.state, outbox)
         except _Interrupted as stop:
             return self._interrupted(turn, stop.index, outbox), turn.report, None
         if failure is not None:
@@ -365,14 +387,20 @@ class Runtime:
             seen.add(env.id)
             self._keep_lease(turn)
             ctx: Context[Any] = Context(state, turn.ref, env.id, env.attempt + failed, now, outbox)
+            limit_s = turn.actor.policy(env.type).time_limit_s
+            # An async handler's limit is asyncio's (wait_for): a signal raised inside the
+            # event loop would leave its task behind.
+            alarm_s = None if inspect.iscoroutinefunction(fn) else limit_s
             started = time.monotonic()
             try:
-                with timeout_guard(turn.budget.handler_time_s()):
-                    fn(ctx, msg)
+                with timeout_guard(turn.budget.handler_time_s(), alarm_s):
+                    self._call(fn, ctx, msg, limit_s)
                 state = self._state_after(turn.actor, ctx)
-                saved = self._encode_state(state)
+                saved = stored_state.encode(turn.actor, state, turn.unknown)
             except BudgetExhausted as e:
                 raise _Interrupted(index) from e
+            except TimeLimitExceeded as e:
+                return _Failure(index, env, TimeoutError(str(e)))
             except Exception as e:
                 return _Failure(index, env, e)
             turn.saved = (saved, len(outbox.items), len(outbox.cancels))
@@ -383,6 +411,41 @@ class Runtime:
             if env.due_at_ms is not None:
                 turn.lateness.append(turn.now_s - env.due_at_ms / 1000)
         return None
+
+    def _call(self, fn: Handler, ctx: Context[Any], msg: BaseModel, limit_s: float | None) -> None:
+        """Run a handler; an ``async def`` one on this runtime's event loop, within its
+        time limit."""
+        if inspect.iscoroutinefunction(fn):
+            coro = fn(ctx, msg)
+            try:
+                self._event_loop().run_until_complete(asyncio.wait_for(coro, limit_s))
+            except TimeoutError:
+                if limit_s is None:
+                    raise  # the handler's own timeout, not ours
+                raise TimeoutError(
+                    f"the handler ran longer than its time_limit_s={limit_s:g}"
+                ) from None
+            return
+        result = fn(ctx, msg)
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()  # never awaited on purpose: no warning, a clear failure instead
+            raise TypeError(
+                f"handler {getattr(fn, '__qualname__', fn)!r} returned an awaitable without "
+                "being an async def; write `async def` so that the runtime awaits it"
+            )
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        """One event loop per runtime, for async handlers, made on first use."""
+        if self._loop is None or self._loop.is_closed():
+            self._loop = asyncio.new_event_loop()
+        return self._loop
+
+    def close(self) -> None:
+        """Close the event loop of async handlers, if one was made."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
 
     def _open(self, turn: _Turn, entry: bytes) -> tuple[Envelope, BaseModel, Handler]:
         """Decode an entry and validate its payload; raises one of _BAD_INPUT."""
@@ -425,26 +488,37 @@ class Runtime:
     ) -> bytes:
         env, error = failure.env, failure.error
         attempt = env.attempt + failed
-        if attempt >= self.options.max_attempts:
+        policy = turn.actor.policy(env.type)
+        max_attempts = policy.max_attempts or self.options.max_attempts
+        if isinstance(error, policy.never_retry):
+            turn.report.dead_letters += 1
+            reason = f"not retried ({type(error).__name__} is in never_retry): {_reason(error)}"
+            return self._dead(turn.claim, entry, attempt, reason, error)
+        if attempt >= max_attempts:
             turn.report.dead_letters += 1
             reason = f"failed {attempt} times, last: {_reason(error)}"
             return self._dead(turn.claim, entry, attempt, reason, error)
-        if isinstance(error, Retry) and error.delay > 0:
+        asked = error.delay if isinstance(error, Retry) else 0.0
+        explicit = asked > 0
+        delay_s = asked if explicit else policy.delay_s(attempt, self._rng)
+        if explicit or (delay_s > 0 and not policy.keep_order):
+            # Through the delay queue: the messages behind it proceed meanwhile.
             try:
-                self._resend_later(turn, outbox, env, error.delay)
+                self._resend_later(turn, outbox, env, delay_s)
             except (ActorSystemError, ValidationError) as e:
                 turn.report.dead_letters += 1
-                reason = f"Retry(delay={error.delay!r}) cannot be honoured: {_reason(e)}"
+                reason = f"Retry(delay={delay_s!r}) cannot be honoured: {_reason(e)}"
                 return self._dead(turn.claim, entry, attempt, reason, error)
             turn.report.retries += 1
             return WITHDRAW
         if not isinstance(error, Retry):
             log.warning(
-                "handler for %s on %s failed (attempt %d of %d): %r",
+                "handler for %s on %s failed (attempt %d of %d), retry in %.1fs: %r",
                 env.type,
                 turn.claim.actor,
                 attempt,
-                self.options.max_attempts,
+                max_attempts,
+                delay_s,
                 error,
                 extra={
                     "actor": turn.claim.actor,
@@ -453,6 +527,9 @@ class Runtime:
                     "message_type": env.type,
                 },
             )
+        # The actor waits: the message goes back to the head of its mailbox and the actor
+        # is not taken again before the retry time (a deferred re-delivery, no sleep).
+        turn.pause_ms = math.ceil((turn.now_s + delay_s) * 1000) if delay_s > 0 else 0
         turn.report.retries += 1
         return RETRY + _error_text(error)
 
@@ -468,35 +545,13 @@ class Runtime:
         )
         outbox.items.append(again)
 
-    def load_state(self, actor: ActorType[Any], data: bytes | None) -> BaseModel:
-        """Decode committed state bytes (None: the model's defaults)."""
-        model: type[BaseModel] = actor.state_type
-        if data is None:
-            return model()
-        try:
-            raw = msgpack.unpackb(data, raw=False)
-        except Exception as e:
-            raise DecodeError(
-                f"stored state of actor type {actor.name!r} is corrupt: {e}", data
-            ) from e
-        return model.model_validate(raw)
-
     def _default_state(self, actor: ActorType[Any]) -> bytes:
         """The encoded defaults of an actor type's state: a commit that leaves them lets
         the backend drop the actor's state (an idle actor then keeps no keys)."""
         found = self._defaults.get(actor.name)
         if found is None:
-            found = self._defaults[actor.name] = self._encode_state(actor.state_type())
+            found = self._defaults[actor.name] = stored_state.encode(actor, actor.state_type(), {})
         return found
-
-    @staticmethod
-    def _encode_state(state: BaseModel) -> bytes:
-        try:
-            return bytes(msgpack.packb(state.model_dump(mode="json"), use_bin_type=True))
-        except (OverflowError, TypeError, ValueError) as e:
-            raise TypeError(
-                f"the state {type(state).__name__} cannot be stored: {type(e).__name__}: {e}"
-            ) from e
 
     def _dead(
         self, claim: Claim, entry: bytes, attempts: int, reason: str, error: BaseException | None

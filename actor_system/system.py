@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import msgpack
 from pydantic import BaseModel
 
+from actor_system import stored_state
 from actor_system.actor import ActorRef, ActorType, Registry
 from actor_system.budget import Budget
 from actor_system.envelope import ID_LENGTH, is_message_id
@@ -206,10 +207,20 @@ class ActorSystem:
     # -- reading ---------------------------------------------------------------------------
 
     def state(self, ref: ActorRef) -> BaseModel:
-        """The last committed state of an actor (its model's defaults if it has none)."""
+        """The last committed state of an actor (its model's defaults if it has none),
+        migrated to the current version. Raises StateInvalid (with the raw bytes) if this
+        deploy cannot read it, DecodeError if the stored bytes are corrupt."""
         actor = self.registry.get(ref.type)
         data, _ = self.backend.load_state(ref.key)
-        return self.runtime.load_state(actor, data)
+        state: BaseModel = stored_state.decode(actor, data).state
+        return state
+
+    def raw_state(self, ref: ActorRef) -> dict[str, Any] | None:
+        """The stored mapping of an actor's state as it is, its version under ``"_v"``
+        (absent: version 1), whether or not it validates; None if it has no stored state.
+        Needs no registered actor type. Raises DecodeError if the bytes are not a map."""
+        data, _ = self.backend.load_state(ref.key)
+        return stored_state.raw(data)
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The newest dead letters first."""
@@ -301,6 +312,8 @@ class ActorSystem:
         return make_handler(self, lambda_options)  # type: ignore[no-any-return]
 
     def close(self) -> None:
+        """Close the backend's connections and the event loop of async handlers."""
+        self.runtime.close()
         self.backend.close()
 
     def _now_ms(self) -> int:

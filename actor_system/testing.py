@@ -20,13 +20,29 @@ if TYPE_CHECKING:
     from actor_system.runtime import DrainReport
     from actor_system.system import ActorSystem
 
-__all__ = ["LambdaContext", "LambdaHarness", "ManualClock", "advance_and_drain"]
+__all__ = ["LambdaContext", "LambdaHarness", "ManualClock", "advance_and_drain", "settle"]
 
 
 def advance_and_drain(system: ActorSystem, clock: ManualClock, seconds: float) -> DrainReport:
     """Move the clock forward and deliver everything that fell due, without sleeping."""
     clock.advance(seconds)
     return system.run_until_idle()
+
+
+def settle(system: ActorSystem, clock: ManualClock, *, within_s: float = 3600.0) -> DrainReport:
+    """Drain, stepping the clock to each next due time (deferred messages, retries waiting
+    out their backoff), until nothing is due within ``within_s`` of the start; returns the
+    sum of what was done. Retries run their whole course without sleeping."""
+    from actor_system.runtime import DrainReport
+
+    report = DrainReport()
+    until_ms = (clock.now() + within_s) * 1000
+    while True:
+        report.add(system.run_until_idle())
+        due_ms = system.backend.next_due_ms()
+        if due_ms is None or due_ms > until_ms:
+            return report
+        clock.set(max(clock.now(), due_ms / 1000))
 
 
 INIT_TIMEOUT_S = 10.0

@@ -168,7 +168,11 @@ class RedisBackend:
             for s in shards
         ]
         calls.append(
-            ("poll", [k.leases, k.ready], [now_ms, max_actors, self.options.prefix, lease_ms])
+            (
+                "poll",
+                [k.leases, k.ready, k.paused],
+                [now_ms, max_actors, self.options.prefix, lease_ms],
+            )
         )
         *promoted, (epoch, *actors) = self._run(calls, "poll")
         for shard, (_, left) in zip(shards, promoted, strict=True):
@@ -245,7 +249,11 @@ class RedisBackend:
             ]
             for mid in c.cancels:
                 args += [mid, self.keys.shard_of(mid)]
-            args += [self.tombstone_ms, -1 if c.state_is_default else self.state_ttl_ms]
+            args += [
+                self.tombstone_ms,
+                -1 if c.state_is_default else self.state_ttl_ms,
+                c.pause_ms,
+            ]
             calls.append(("commit", self.keys.commit_keys(c.actor), args))
         return [int(r[1]) if r[0] == 1 else None for r in self._run(calls, "commit")]
 
@@ -327,12 +335,16 @@ class RedisBackend:
         return totals[0], totals[1], totals[2]
 
     def next_due_ms(self) -> int | None:
+        """The earliest time something becomes due: a deferred message, or an actor waiting
+        out a retry's backoff (P:paused)."""
         pipe = self.client.pipeline(transaction=False)
         for s in range(self.keys.delay_shards):
             pipe.zrange(self.keys.delay_due(s), 0, 0, withscores=True)
-        firsts = self._call("next due", pipe.execute)
+        pipe.zrange(self.keys.paused, 0, 0, withscores=True)
+        *firsts, ready = self._call("next due", pipe.execute)
         self._shard_due = [int(f[0][1]) if f else _NOTHING_DUE for f in firsts]
         dues = [d for d in self._shard_due if d is not None and d != _NOTHING_DUE]
+        dues += [int(ready[0][1])] if ready else []
         return min(dues) if dues else None
 
     def pending(self) -> int:

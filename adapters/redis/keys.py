@@ -27,6 +27,10 @@ class Keys:
         return f"{self.prefix}:leases"
 
     @property
+    def paused(self) -> str:
+        return f"{self.prefix}:paused"
+
+    @property
     def dlq(self) -> str:
         return f"{self.prefix}:dlq"
 
@@ -56,4 +60,4 @@ class Keys:
     def commit_keys(self, actor: str) -> list[str]:
         names = ("lease", "mb", "inflight", "state", "att", "done")
         keys = [self.actor(actor, n) for n in names] + [self.leases, self.ready, self.dlq]
-        return [*keys, self.actor(actor, "err")]
+        return [*keys, self.actor(actor, "err"), self.paused]

@@ -6,6 +6,7 @@ import msgpack
 
 from actor_system import ActorSystem, ManualClock
 from actor_system.envelope import Envelope, encode
+from actor_system.testing import settle
 from tests.actors import Add, Boom, Later, Note, counter, logger
 
 
@@ -24,12 +25,12 @@ def envelope(mid: str, target: str, mtype: str, payload: dict) -> bytes:
     return encode(Envelope(mid, target, mtype, payload, 1, 0, None))
 
 
-def test_failing_handler_is_retried_then_dead_lettered(make_system) -> None:
+def test_failing_handler_is_retried_then_dead_lettered(make_system, clock: ManualClock) -> None:
     system: ActorSystem = make_system(logger, max_attempts=3)
     ref = logger.ref("b")
     mid = system.send(ref, Boom())
     system.send(ref, Note(text="after"))
-    report = system.run_until_idle()
+    report = settle(system, clock)
     assert report.retries == 2
     assert report.dead_letters == 1
     # The failed attempts' state changes were rolled back; the next message still ran.
@@ -45,13 +46,13 @@ def test_failing_handler_is_retried_then_dead_lettered(make_system) -> None:
     assert "boom on attempt 3" in dead.error
 
 
-def test_handler_that_fails_once_succeeds_on_retry(make_system) -> None:
+def test_handler_that_fails_once_succeeds_on_retry(make_system, clock: ManualClock) -> None:
     system: ActorSystem = make_system(logger, max_attempts=3)
     ref = logger.ref("b1")
     system.send(ref, Note(text="before"))
     system.send(ref, Boom(times=1))
     system.send(ref, Note(text="after"))
-    report = system.run_until_idle()
+    report = settle(system, clock)
     assert report.retries == 1
     assert report.dead_letters == 0
     assert system.state(ref).log == ["before", "boom attempt 2", "after"]

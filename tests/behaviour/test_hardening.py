@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from actor_system import ActorSystem, ActorType, Context, InvalidSend, ManualClock, Retry
 from actor_system.envelope import is_message_id, new_id
+from actor_system.testing import settle
 from actor_system.worker import Worker
 
 # -- actors of these tests ----------------------------------------------------------------
@@ -110,13 +111,13 @@ def dead_reasons(system: ActorSystem) -> list[str]:
 
 
 def test_bad_cancel_in_a_handler_dead_letters_that_message_and_the_round_goes_on(
-    make_system,
+    make_system, clock: ManualClock
 ) -> None:
     system: ActorSystem = make_system(tally, max_attempts=2)
     system.send(tally.ref("a"), CancelBad())
     system.send(tally.ref("a"), Put(n=1))
     system.send(tally.ref("b"), Put(n=5))
-    report = system.run_until_idle()
+    report = settle(system, clock)
     assert report.dead_letters == 1
     [reason] = dead_reasons(system)
     assert "InvalidSend" in reason
@@ -126,7 +127,7 @@ def test_bad_cancel_in_a_handler_dead_letters_that_message_and_the_round_goes_on
 
 
 def test_state_that_cannot_be_stored_dead_letters_the_message_that_made_it(
-    make_system,
+    make_system, clock: ManualClock
 ) -> None:
     system: ActorSystem = make_system(tally, max_attempts=2)
     ref = tally.ref("big")
@@ -134,7 +135,7 @@ def test_state_that_cannot_be_stored_dead_letters_the_message_that_made_it(
     system.send(ref, Put(n=2**64 - 1))  # the sum no longer fits msgpack's 64 bits
     system.send(ref, Put(n=-5))
     system.send(tally.ref("other"), Put(n=3))
-    report = system.run_until_idle()
+    report = settle(system, clock)
     assert report.dead_letters == 1
     [reason] = dead_reasons(system)
     assert "cannot be stored" in reason
@@ -240,13 +241,15 @@ def test_a_state_replaced_by_another_type_is_a_handler_failure(make_system) -> N
     assert system.state(ref) == Frozen(total=3)
 
 
-def test_a_failure_does_not_run_the_handlers_before_it_again(make_system) -> None:
+def test_a_failure_does_not_run_the_handlers_before_it_again(
+    make_system, clock: ManualClock
+) -> None:
     system: ActorSystem = make_system(tally, max_attempts=2)
     ref = tally.ref("p")
     SIDE_EFFECTS.clear()
     system.send_many([(ref, Step(text="c1")), (ref, Step(text="c2")), (ref, Fail())])
     system.send(ref, Step(text="c3"))
-    system.run_until_idle()
+    settle(system, clock)
     assert SIDE_EFFECTS == ["c1", "c2", "fail", "fail", "c3"]
     state = system.state(ref)
     # The failed handler's state change and sends were rolled back, the others kept.

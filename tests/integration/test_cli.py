@@ -90,8 +90,12 @@ def test_dead_letters_list_show_redrive_purge(redis_url: str) -> None:
     # redrive resets the attempt count, so with more attempts allowed it now succeeds
     retry = ActorSystem.from_url(redis_url, actors=actors, max_attempts=3)
     cli(redis_url, "dlq", "redrive", bad)
-    retry.run_until_idle()
-    assert retry.state(logger.ref("x")).log == ["boom attempt 2"]  # type: ignore[attr-defined]
+
+    def retried() -> list[str]:
+        retry.run_until_idle()  # attempt 1 fails; attempt 2 comes after the backoff (~1 s)
+        return retry.state(logger.ref("x")).log  # type: ignore[attr-defined,no-any-return]
+
+    assert wait_until(retried, what="the retry after the backoff") == ["boom attempt 2"]
     done = cli(redis_url, "--json", "dlq", "purge", "--all", "--yes")
     assert json.loads(done.stdout) == {"purged": 1}
     assert json.loads(cli(redis_url, "--json", "dlq", "list").stdout) == []

@@ -84,7 +84,7 @@ def test_a_timer_armed_in_a_handler_does_not_fire_while_frozen(tmp_path: Path) -
 
         def fired_at() -> str:  # the file's text, once written
             if not fired.exists():
-                lam.invoke({"path": str(tmp_path / "other")})
+                lam.invoke({"path": str(tmp_path / "other"), "linger_s": 0.2})
             return fired.read_text() if fired.exists() else ""
 
         at = wait_until(fired_at, what="the overdue timer to fire once thawed", every_s=0.1)

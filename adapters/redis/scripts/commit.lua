@@ -1,7 +1,7 @@
 -- commit: write a turn's results and release its lease, only while the lease is still ours.
 -- KEYS[1] P:{A}:lease  KEYS[2] P:{A}:mb  KEYS[3] P:{A}:inflight  KEYS[4] P:{A}:state
 -- KEYS[5] P:{A}:att  KEYS[6] P:{A}:done  KEYS[7] P:leases  KEYS[8] P:ready  KEYS[9] P:dlq
--- KEYS[10] P:{A}:err (first error of a message still being retried)
+-- KEYS[10] P:{A}:err (first error of a message still being retried)  KEYS[11] P:paused
 -- ARGV[1] token  ARGV[2] actor key  ARGV[3] now ms  ARGV[4] state bytes ('' = unchanged)
 -- ARGV[5] fence  ARGV[6] dedup window ms  ARGV[7] dedup max ids  ARGV[8] prefix
 -- ARGV[9] n actions, then one per in-flight entry: 'd' done, 'r' .. error (retry), 'k' keep,
@@ -10,7 +10,8 @@
 -- then n cancels, each 2 args: id, shard; then the tombstone lifetime ms (0: none; set when
 --   deferred messages also live outside Redis, see land.lua); then the state's lifetime ms:
 --   0 kept for good, -1 deleted (the state is the model's defaults), > 0 expires (a marker
---   of state kept elsewhere, S3)
+--   of state kept elsewhere, S3); then the ms before which the actor is not taken again
+--   (0: none; a retry's backoff)
 -- Keys of an idle actor go away: the done set expires a dedup window after the last commit,
 -- the lease with the commit, att/err/mb/inflight when empty, the fence with its lease
 -- (begin.lua), the state as above. Only state that differs from the defaults stays.
@@ -72,6 +73,7 @@ i = i + 1 + n_out * 5
 local n_cancel = tonumber(ARGV[i])
 local tomb_ms = tonumber(ARGV[i + 1 + n_cancel * 2])
 local state_ms = tonumber(ARGV[i + 2 + n_cancel * 2])
+local pause = tonumber(ARGV[i + 3 + n_cancel * 2])
 if state_ms < 0 then
   redis.call('DEL', KEYS[4])
 elseif state_ms > 0 then
@@ -87,7 +89,12 @@ for j = 1, n_cancel do
 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[7], ARGV[2])
-if redis.call('LLEN', KEYS[2]) > 0 then
+if pause > now then
+  -- A retry with backoff keeps the actor's order: the actor rests (is not taken, whatever
+  -- arrives) until the retry time; poll makes it ready then.
+  redis.call('ZADD', KEYS[11], pause, ARGV[2])
+  redis.call('ZREM', KEYS[8], ARGV[2])
+elseif redis.call('LLEN', KEYS[2]) > 0 then
   mark_ready(prefix, KEYS[8], ARGV[3], ARGV[2])
 end
 return {1, version}

@@ -4,6 +4,7 @@
 --   P:wake               list  wake-up tokens for idle workers (BLPOP), at most 64
 --   P:leases             zset  A -> lease expiry ms, from the moment poll pops A (so an
 --                              actor popped by a drainer that then dies is recovered)
+--   P:paused             zset  A -> ms until which it rests: a retry's backoff keeping order
 --   P:dlq                list  msgpack dead-letter records, newest first
 --   P:dqepoch            int   bumped whenever a delay shard gets a new earliest due time
 --   P:{A}:mb             list  mailbox entries (32-char id .. msgpack envelope)
@@ -48,6 +49,9 @@ local function wake(prefix)
 end
 
 local function mark_ready(prefix, ready, now, actor)
+  if redis.call('ZSCORE', prefix .. ':paused', actor) then
+    return  -- waiting out a retry's backoff: poll makes it ready when that ends
+  end
   if redis.call('ZADD', ready, 'NX', now, actor) == 1 then
     wake(prefix)
   end

@@ -1,5 +1,5 @@
 -- poll: recover actors whose holder died, then pop ready actors.
--- KEYS[1] P:leases  KEYS[2] P:ready
+-- KEYS[1] P:leases  KEYS[2] P:ready  KEYS[3] P:paused
 -- ARGV[1] now ms  ARGV[2] max actors  ARGV[3] prefix  ARGV[4] lease ms
 -- Returns {delay epoch, actor key, ...}.
 -- An expired lease (holder crashed or frozen) puts its actor back in P:ready; the next
@@ -13,6 +13,12 @@ for _, actor in ipairs(expired) do
     redis.call('ZREM', KEYS[1], actor)
     mark_ready(ARGV[3], KEYS[2], ARGV[1], actor)
   end
+end
+-- Actors that waited out a retry's backoff are ready again.
+local rested = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, 100)
+for _, actor in ipairs(rested) do
+  redis.call('ZREM', KEYS[3], actor)
+  mark_ready(ARGV[3], KEYS[2], ARGV[1], actor)
 end
 local popped = redis.call('ZPOPMIN', KEYS[2], ARGV[2])
 local out = {tonumber(redis.call('GET', ARGV[3] .. ':dqepoch') or '0')}
