@@ -188,6 +188,7 @@ class Runtime:
         self.options = options
         self._defaults: dict[str, bytes] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._async: dict[Handler, bool] = {}  # handler -> async def, asked once
         self._rng = random.Random()  # jitter of retry delays
 
     def _now_ms(self) -> int:
@@ -390,7 +391,7 @@ class Runtime:
             limit_s = turn.actor.policy(env.type).time_limit_s
             # An async handler's limit is asyncio's (wait_for): a signal raised inside the
             # event loop would leave its task behind.
-            alarm_s = None if inspect.iscoroutinefunction(fn) else limit_s
+            alarm_s = None if self._is_async(fn) else limit_s
             started = time.monotonic()
             try:
                 with timeout_guard(turn.budget.handler_time_s(), alarm_s):
@@ -415,7 +416,7 @@ class Runtime:
     def _call(self, fn: Handler, ctx: Context[Any], msg: BaseModel, limit_s: float | None) -> None:
         """Run a handler; an ``async def`` one on this runtime's event loop, within its
         time limit."""
-        if inspect.iscoroutinefunction(fn):
+        if self._is_async(fn):
             coro = fn(ctx, msg)
             try:
                 self._event_loop().run_until_complete(asyncio.wait_for(coro, limit_s))
@@ -427,13 +428,19 @@ class Runtime:
                 ) from None
             return
         result = fn(ctx, msg)
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):
             if inspect.iscoroutine(result):
                 result.close()  # never awaited on purpose: no warning, a clear failure instead
             raise TypeError(
                 f"handler {getattr(fn, '__qualname__', fn)!r} returned an awaitable without "
                 "being an async def; write `async def` so that the runtime awaits it"
             )
+
+    def _is_async(self, fn: Handler) -> bool:
+        found = self._async.get(fn)
+        if found is None:
+            found = self._async[fn] = inspect.iscoroutinefunction(fn)
+        return found
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         """One event loop per runtime, for async handlers, made on first use."""
