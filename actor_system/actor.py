@@ -9,7 +9,7 @@ import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -139,6 +139,10 @@ class ActorType(Generic[S]):
 
     ``version`` / ``migrations``: the version of the state model, and for each older version
     ``n`` a function from the stored mapping of version ``n`` to that of version ``n + 1``.
+    ``invalid_state``: what a stored state that does not validate does to its messages:
+    ``"dead_letter"`` them with the reason, or ``"wait"`` (retried every 30 s) for a deploy
+    that can read it; the state itself is never overwritten. A state stored by a newer
+    version always waits.
     ``done_window_s`` / ``done_max``: how long and how many processed message ids each actor
     of this type remembers, so that a copy (or a send with the same idempotency key) is
     dropped; defaults are the system's ``Options``.
@@ -152,6 +156,7 @@ class ActorType(Generic[S]):
         version: int = 1,
         migrations: Mapping[int, Migration] | None = None,
         retry: RetryPolicy | None = None,
+        invalid_state: Literal["dead_letter", "wait"] = "dead_letter",
         done_window_s: float | None = None,
         done_max: int | None = None,
     ) -> None:
@@ -175,6 +180,11 @@ class ActorType(Generic[S]):
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigError(f"retry= of actor type {name!r} must be a RetryPolicy")
         self.retry = retry or RetryPolicy()
+        if invalid_state not in ("dead_letter", "wait"):
+            raise ConfigError(
+                f"invalid_state={invalid_state!r} of actor type {name!r}: 'dead_letter' or 'wait'"
+            )
+        self.invalid_state = invalid_state
         self._retry_of: dict[str, RetryPolicy] = {}  # per message type, when a handler says
         self.name = name
         self.state_type = state

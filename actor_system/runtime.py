@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("actor_system")
 
 _GROUP_COMMIT_S = 0.02
-_TOO_NEW_WAIT_S = 30  # a state stored by a newer deploy: its messages wait this long
+_STATE_WAIT_S = 30  # a state this deploy cannot read, when it waits: retried this often
 
 
 @dataclass(slots=True)
@@ -310,6 +310,14 @@ class Runtime:
     def _abandon(self, claim: Claim, token: str) -> Commit:
         return Commit(claim.actor, token, claim.fence, None, [KEEP] * len(claim.entries))
 
+    def _unloadable(self, claim: Claim, token: str, error: ActorSystemError) -> _Done:
+        """Nothing can run for this actor (unknown type, unreadable state): dead-letter its
+        messages with the reason; the stored state is left as it is."""
+        reason = f"{type(error).__name__}: {error}"
+        actions = [self._dead(claim, entry, n + 1, reason, None) for entry, n in claim.entries]
+        report = DrainReport(turns=1, dead_letters=len(actions))
+        return Commit(claim.actor, token, claim.fence, None, actions), report, None
+
     def _broken(self, claim: Claim, token: str, error: Exception) -> _Done:
         """A turn that failed outside every handler: nothing of it is written; each claimed
         message is retried with the error, or dead-lettered at max_attempts."""
@@ -331,20 +339,19 @@ class Runtime:
             ref = ActorRef.from_key(claim.actor)
             actor = self.registry.get(ref.type)
             loaded = stored_state.decode(actor, claim.state)
-        except stored_state.StateTooNew as e:
-            # A newer deploy wrote it (a rolling deploy): leave it and the messages alone, and
-            # look again later, when this process may have been replaced.
-            log.warning("%s; its messages wait %d s", e, _TOO_NEW_WAIT_S)
-            pause_ms = math.ceil((self.clock.now() + _TOO_NEW_WAIT_S) * 1000)
+        except stored_state.StateInvalid as e:
+            too_new = isinstance(e, stored_state.StateTooNew)
+            if not too_new and actor.invalid_state == "dead_letter":
+                return self._unloadable(claim, token, e)
+            # A newer deploy wrote it (a rolling deploy), or the actor type asks to wait for a
+            # deploy that can read it: leave the state and the messages alone, look again later.
+            log.warning("%s; its messages wait %d s", e, _STATE_WAIT_S)
+            pause_ms = math.ceil((self.clock.now() + _STATE_WAIT_S) * 1000)
             keep = [KEEP] * len(claim.entries)
             commit = Commit(claim.actor, token, claim.fence, None, keep, pause_ms=pause_ms)
             return commit, DrainReport(turns=1), None
         except ActorSystemError as e:
-            # Nothing can run for this actor: dead-letter its messages with the reason.
-            reason = f"{type(e).__name__}: {e}"
-            actions = [self._dead(claim, entry, n + 1, reason, None) for entry, n in claim.entries]
-            report = DrainReport(turns=1, dead_letters=len(actions))
-            return Commit(claim.actor, token, claim.fence, None, actions), report, None
+            return self._unloadable(claim, token, e)
         started = time.monotonic()
         turn = _Turn(claim, ref, actor, self.clock.now(), token, leased_at, budget)
         turn.unknown = loaded.unknown
@@ -419,7 +426,8 @@ class Runtime:
         if self._is_async(fn):
             coro = fn(ctx, msg)
             try:
-                self._event_loop().run_until_complete(asyncio.wait_for(coro, limit_s))
+                limited = coro if limit_s is None else asyncio.wait_for(coro, limit_s)
+                self._event_loop().run_until_complete(limited)
             except TimeoutError:
                 if limit_s is None:
                     raise  # the handler's own timeout, not ours

@@ -540,3 +540,59 @@ def test_a_state_stored_by_a_newer_deploy_makes_the_older_one_wait(
     old.backend.client.zadd(paused, {ref.key: 0})  # the wait ends (the new deploy is up)
     new.run_until_idle()
     assert new.state(ref) == WalletV2(cents=600)
+
+
+class Text(BaseModel):
+    amount: str = ""
+
+
+class Number(BaseModel):
+    amount: int = 0
+
+
+class SetText(BaseModel):
+    text: str
+
+
+texts: ActorType[Text] = ActorType("ledger-text", state=Text)
+numbers: ActorType[Number] = ActorType("ledger-text", state=Number)
+waiting_numbers: ActorType[Number] = ActorType("ledger-text", state=Number, invalid_state="wait")
+
+
+@texts.handler
+def set_text(ctx: Context[Text], msg: SetText) -> None:
+    ctx.state.amount = msg.text
+
+
+@numbers.handler
+def set_number(ctx: Context[Number], msg: SetText) -> None:
+    ctx.state.amount = int(msg.text)
+
+
+@waiting_numbers.handler
+def set_number_later(ctx: Context[Number], msg: SetText) -> None:
+    ctx.state.amount = int(msg.text)
+
+
+@pytest.mark.parametrize("policy", ["dead_letter", "wait"])
+def test_a_state_that_fails_validation_stays_stored_on_every_store(
+    make_system: Callable[..., ActorSystem], policy: str
+) -> None:
+    old = make_system(texts)
+    ref = texts.ref("t")
+    old.send(ref, SetText(text="many"))
+    old.run_until_idle()
+    # A deploy changes the field's type without a migration, over the same stores.
+    new_type = numbers if policy == "dead_letter" else waiting_numbers
+    new = ActorSystem(old.backend, actors=[new_type], clock=old.clock)
+    new.send(ref, SetText(text="5"))
+    report = new.run_until_idle()
+    assert new.raw_state(ref) == {"amount": "many", "_v": 1}  # never overwritten
+    if policy == "dead_letter":
+        assert report.dead_letters == 1
+        [dead] = new.dead_letters()
+        assert "does not validate against Number" in dead.reason
+    else:
+        assert (report.dead_letters, report.messages) == (0, 0)
+        assert new.dead_letters() == []
+        assert new.stats()["mailbox_messages"] == 1  # waits for a deploy that can read it
