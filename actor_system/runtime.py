@@ -57,6 +57,7 @@ from actor_system.ports import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
     from datetime import datetime, timedelta
 
     from actor_system.budget import Budget
@@ -426,8 +427,7 @@ class Runtime:
         if self._is_async(fn):
             coro = fn(ctx, msg)
             try:
-                limited = coro if limit_s is None else asyncio.wait_for(coro, limit_s)
-                self._event_loop().run_until_complete(limited)
+                self._run_async(coro if limit_s is None else asyncio.wait_for(coro, limit_s))
             except TimeoutError:
                 if limit_s is None:
                     raise  # the handler's own timeout, not ours
@@ -443,6 +443,19 @@ class Runtime:
                 f"handler {getattr(fn, '__qualname__', fn)!r} returned an awaitable without "
                 "being an async def; write `async def` so that the runtime awaits it"
             )
+
+    def _run_async(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run one async handler to its end. Interrupted by the budget's guard, its task is
+        cancelled before the exception goes on: it never resumes in a later turn."""
+        loop = self._event_loop()
+        task = loop.create_task(work)
+        try:
+            loop.run_until_complete(task)
+        except BaseException:
+            if not task.done():
+                task.cancel()
+                loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+            raise
 
     def _is_async(self, fn: Handler) -> bool:
         found = self._async.get(fn)

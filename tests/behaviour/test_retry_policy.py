@@ -225,3 +225,43 @@ def test_a_sync_handler_returning_a_coroutine_fails_clearly(
     settle(system, clock)
     [dead] = system.dead_letters()
     assert "returned an awaitable without being an async def" in dead.reason
+
+
+EVENTS: list[str] = []
+
+
+def test_an_async_handler_interrupted_by_the_budget_never_resumes_later(
+    url: str, clock: ManualClock
+) -> None:
+    from actor_system import Budget
+
+    actor = ActorType("async-budget", state=Log)
+
+    @actor.handler
+    async def slow(ctx: Context[Log], msg: Slow) -> None:
+        EVENTS.append(f"start {ctx.attempt}")
+        try:
+            await asyncio.sleep(msg.seconds)
+            EVENTS.append("slept")  # must never happen after the interruption
+            ctx.state.log.append("slow done")
+        except asyncio.CancelledError:
+            EVENTS.append("cancelled")
+            raise
+
+    @actor.handler
+    async def call(ctx: Context[Log], msg: Call) -> None:
+        await asyncio.sleep(0)
+        ctx.state.log.append(msg.text)
+
+    EVENTS.clear()
+    system = ActorSystem.from_url(url, actors=[actor], max_attempts=1)  # real clock: a budget
+    ref = actor.ref("i")
+    system.send(ref, Slow(seconds=3))
+    system.worker(budget=Budget.seconds(0.5)).run()  # the guard interrupts the handler
+    assert EVENTS == ["start 1", "cancelled"]
+    system.send(actor.ref("j"), Call(text="later"))
+    system.run_until_idle()  # the loop runs again: the interrupted task does not come back
+    assert system.state(actor.ref("j")).log == ["later"]
+    assert "slept" not in EVENTS
+    assert system.state(ref).log == []
+    system.close()
