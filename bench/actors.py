@@ -26,6 +26,7 @@ class Due(BaseModel):
 
 
 counter = ActorType("bench-counter", state=Count)
+async_counter = ActorType("bench-async-counter", state=Count)  # the same work, async def
 timer = ActorType("bench-timer", state=Lateness)
 
 
@@ -34,9 +35,14 @@ def inc(ctx: Context[Count], msg: Inc) -> None:
     ctx.state.count += 1
 
 
+@async_counter.handler
+async def inc_async(ctx: Context[Count], msg: Inc) -> None:
+    ctx.state.count += 1
+
+
 @timer.handler
 def due(ctx: Context[Lateness], msg: Due) -> None:
     ctx.state.samples.append(time.time() - msg.due)
 
 
-actors = [counter, timer]
+actors = [counter, async_counter, timer]

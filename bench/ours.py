@@ -55,11 +55,13 @@ def enqueue(port: int, n: int) -> dict[str, float]:
     return {"enqueue_msgs_per_s": single, "enqueue_batched_msgs_per_s": batched}
 
 
-def throughput(port: int, messages: int, n_actors: int, **options: Any) -> dict[str, float]:
+def throughput(
+    port: int, messages: int, n_actors: int, actor: Any = counter, **options: Any
+) -> dict[str, float]:
     """Preload a backlog, then drain it in this process: full turns with lease, state, commit."""
     redis.Redis(port=port).flushall()
     system = make_system(port, **options)
-    refs = [counter.ref(str(i)) for i in range(n_actors)]
+    refs = [actor.ref(str(i)) for i in range(n_actors)]
     batch = [(refs[i % n_actors], Inc()) for i in range(messages)]
     for i in range(0, messages, 1000):
         system.send_many(batch[i : i + 1000])

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import ours, venvs  # noqa: E402
+from bench.actors import async_counter  # noqa: E402
 
 QUEUES = ["arq", "dramatiq", "rq", "celery"]
 
@@ -99,6 +100,7 @@ def measure(port: int, quick: bool, with_queues: bool) -> dict[str, dict[str, An
         "backlog_100": backlog,
         "backlog_1": ours.throughput(port, n, 1),
         "trickle": ours.throughput(port, n, n),  # every actor holds one message
+        "backlog_100_async": ours.throughput(port, n, 100, actor=async_counter),
         "lateness": ours.lateness(port, late_n, spread),
         "delay_scale": ours.delay_scale(port, 20_000 if quick else 1_000_000),
         "import": ours.import_times(),
@@ -308,7 +310,8 @@ def main() -> None:
         f"\nactor-system: round trips/message {us['backlog_100']['round_trips_per_msg']:.4f} "
         f"(batch 100), {us['trickle']['round_trips_per_turn']:.2f} per turn (trickle); CPU "
         f"{us['backlog_100']['cpu_us_per_msg']:.1f} us/message (batch 100), "
-        f"{us['trickle']['cpu_us_per_msg']:.1f} (trickle)"
+        f"{us['trickle']['cpu_us_per_msg']:.1f} (trickle); async def handlers "
+        f"{us['backlog_100_async']['cpu_us_per_msg']:.1f} us/message (batch 100)"
     )
     scale = us["delay_scale"]
     print(
