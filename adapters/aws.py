@@ -258,3 +258,21 @@ def waker_from_url(url: str) -> SqsWaker | SchedulerWaker:
         f"unknown waker URL {url!r}; expected sqs://queue-name, an SQS queue URL or "
         "scheduler://group?target=...&role=...&queue=..."
     )
+
+
+def url_number(
+    url: str, query: dict[str, str], name: str, default: float, *, positive: bool = False
+) -> float:
+    """A number of seconds from a store URL's query: ``default`` when absent; ConfigError
+    naming the parameter and the URL when it is not a finite number >= 0 (> 0: positive)."""
+    raw = query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} in {url!r} is not a number") from None
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ConfigError(f"{name}={raw!r} in {url!r} must be a number {bound}")
+    return value

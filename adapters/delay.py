@@ -24,7 +24,14 @@ from urllib.parse import parse_qsl, urlsplit
 
 from actor_system.envelope import ID_LENGTH, Outgoing, is_message_id
 from actor_system.errors import ConfigError, DecodeError
-from adapters.aws import MAX_SQS_DELAY_S, AwsError, SqsQueue, aws_call, aws_client
+from adapters.aws import (
+    MAX_SQS_DELAY_S,
+    AwsError,
+    SqsQueue,
+    aws_call,
+    aws_client,
+    url_number,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -119,19 +126,6 @@ def distinct(items: Sequence[Outgoing]) -> list[Outgoing]:
     return list({(i.id, i.due_ms): i for i in items}.values())
 
 
-def _number(url: str, query: dict[str, str], name: str, default: float) -> float:
-    raw = query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} in {url!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{name}={raw!r} in {url!r} must be a number >= 0")
-    return value
-
-
 class SqsDelayQueue(SqsQueue):
     """Deferred messages as SQS messages with ``DelaySeconds`` = min(remaining, 900).
 
@@ -179,10 +173,10 @@ class SqsDelayQueue(SqsQueue):
             raise ConfigError(f"unknown parameter(s) {', '.join(sorted(unknown))} in {url!r}")
         return cls(
             queue=parts.netloc + parts.path,
-            near_s=_number(url, query, "near", 60.0),
-            max_hop_s=int(_number(url, query, "max_hop", MAX_SQS_DELAY_S)),
-            receive_every_s=_number(url, query, "receive_every", 1.0),
-            durable_s=_number(url, query, "durable", DURABLE_S),
+            near_s=url_number(url, query, "near", 60.0),
+            max_hop_s=int(url_number(url, query, "max_hop", MAX_SQS_DELAY_S)),
+            receive_every_s=url_number(url, query, "receive_every", 1.0),
+            durable_s=url_number(url, query, "durable", DURABLE_S),
         )
 
     @property
@@ -356,15 +350,15 @@ class SchedulerDelayQueue:
         if query.get("queue"):
             queue = SqsDelayQueue(
                 queue=query["queue"],
-                receive_every_s=_number(url, query, "receive_every", 1.0),
-                durable_s=_number(url, query, "durable", DURABLE_S),
+                receive_every_s=url_number(url, query, "receive_every", 1.0),
+                durable_s=url_number(url, query, "durable", DURABLE_S),
             )
         return cls(
             group=parts.netloc,
             target_arn=query["target"],
             role_arn=query["role"],
             queue=queue,
-            near_s=_number(url, query, "near", 900.0),
+            near_s=url_number(url, query, "near", 900.0),
         )
 
     @property

@@ -29,7 +29,6 @@ dated by the object's ``LastModified``; the next write turns it into version 2.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
@@ -38,7 +37,7 @@ import msgpack
 
 from actor_system.envelope import ID_LENGTH, Outgoing
 from actor_system.errors import ConfigError, DecodeError
-from adapters.aws import as_aws_error, aws_call, aws_client, error_code
+from adapters.aws import as_aws_error, aws_call, aws_client, error_code, url_number
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -170,16 +169,7 @@ def _window(url: str) -> float:
     unknown = set(query) - {"replay_window"}
     if unknown:
         raise ConfigError(f"unknown parameter(s) {', '.join(sorted(unknown))} in {url!r}")
-    raw = query.get("replay_window")
-    if raw is None:
-        return REPLAY_WINDOW_S
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"replay_window={raw!r} in {url!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"replay_window={raw!r} in {url!r} must be a number of seconds > 0")
-    return value
+    return url_number(url, query, "replay_window", REPLAY_WINDOW_S, positive=True)
 
 
 class S3StateStore:

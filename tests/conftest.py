@@ -75,6 +75,29 @@ class RedisServer:
             self.proc.wait(GENEROUS_S)
 
 
+class Snapshots(RedisServer):
+    """A redis-server that can be crashed (SIGKILL) and restarted from its last SAVE: Redis
+    losing the writes made since, as after a failover to a lagging replica."""
+
+    def restore(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+        self.start()  # same port and --dir: loads dump.rdb
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+
+@pytest.fixture
+def snapshots(tmp_path: Path) -> Iterator[Snapshots]:
+    """A redis-server of the test's own, for tests that roll it back to a snapshot."""
+    s = Snapshots(tmp_path)
+    s.start()
+    yield s
+    s.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
@@ -183,3 +206,13 @@ def aws_env(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
+
+
+@pytest.fixture
+def aws(aws_env: dict[str, str], request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A bucket, a queue and a schedule group of the test's own on the moto server."""
+    from tests.aws import AwsResources
+
+    resources = AwsResources.create(request.node.name)
+    yield resources
+    resources.cleanup()

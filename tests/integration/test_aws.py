@@ -38,13 +38,6 @@ from tests.waiting import wait_until
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def aws(aws_env: dict[str, str], request: pytest.FixtureRequest) -> Any:
-    resources = AwsResources.create(request.node.name)
-    yield resources
-    resources.cleanup()
-
-
 class Relay(BaseModel):
     n: int
     to: str

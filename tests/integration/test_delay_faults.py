@@ -14,47 +14,22 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
-import redis
 
 from actor_system import ActorSystem, ManualClock
 from adapters.delay import SchedulerDelayQueue
 from tests.actors import Add, Later, Note, actors, counter, logger
 from tests.aws import ROLE, AwsResources
-from tests.conftest import RedisServer
+from tests.conftest import Snapshots
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-    from pathlib import Path
+    pass
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def aws(aws_env: dict[str, str], request: pytest.FixtureRequest) -> Iterator[AwsResources]:
-    resources = AwsResources.create(request.node.name)
-    yield resources
-    resources.cleanup()
-
-
-class Snapshots(RedisServer):
-    """A redis-server that can be crashed (SIGKILL) and restarted from its last SAVE."""
-
-    def restore(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-        self.start()  # same port and --dir: loads dump.rdb
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Snapshots]:
-    s = Snapshots(tmp_path)
-    s.start()
-    yield s
-    s.stop()
+def server(snapshots: Snapshots) -> Snapshots:
+    return snapshots
 
 
 def sqs_system(url: str, aws: AwsResources, clock: ManualClock, query: str) -> ActorSystem:
