@@ -297,7 +297,7 @@ class Runtime:
         )
         entry, failed = claim.entries[index]
         attempt = failed + 1  # the envelope's own count is not needed to bound retries here
-        if attempt >= self.options.max_attempts:
+        if attempt >= self._max_attempts(turn.actor, entry):
             reason = f"interrupted {attempt} times: the handler needs more than the time budget"
             again = self._dead(claim, entry, attempt, reason, None)
             turn.report.dead_letters += 1
@@ -307,6 +307,14 @@ class Runtime:
         turn.actions += [again] + [KEEP] * (len(claim.entries) - index - 1)
         turn.report.interrupted = 1
         return self._commit(turn, outbox)
+
+    def _max_attempts(self, actor: ActorType[Any], entry: bytes) -> int:
+        """The max_attempts of an entry's message type (the system's if it cannot tell)."""
+        try:
+            policy = actor.policy(decode(entry).type)
+        except DecodeError:
+            return self.options.max_attempts
+        return policy.max_attempts or self.options.max_attempts
 
     def _abandon(self, claim: Claim, token: str) -> Commit:
         return Commit(claim.actor, token, claim.fence, None, [KEEP] * len(claim.entries))
@@ -397,13 +405,13 @@ class Runtime:
             self._keep_lease(turn)
             ctx: Context[Any] = Context(state, turn.ref, env.id, env.attempt + failed, now, outbox)
             limit_s = turn.actor.policy(env.type).time_limit_s
-            # An async handler's limit is asyncio's (wait_for): a signal raised inside the
-            # event loop would leave its task behind.
-            alarm_s = None if self._is_async(fn) else limit_s
             started = time.monotonic()
             try:
-                with timeout_guard(turn.budget.handler_time_s(), alarm_s):
-                    self._call(fn, ctx, msg, limit_s)
+                if self._is_async(fn):
+                    self._call_async(fn, ctx, msg, turn.budget.handler_time_s(), limit_s)
+                else:
+                    with timeout_guard(turn.budget.handler_time_s(), limit_s):
+                        self._call(fn, ctx, msg)
                 state = self._state_after(turn.actor, ctx)
                 saved = stored_state.encode(turn.actor, state, turn.unknown)
             except BudgetExhausted as e:
@@ -421,20 +429,9 @@ class Runtime:
                 turn.lateness.append(turn.now_s - env.due_at_ms / 1000)
         return None
 
-    def _call(self, fn: Handler, ctx: Context[Any], msg: BaseModel, limit_s: float | None) -> None:
-        """Run a handler; an ``async def`` one on this runtime's event loop, within its
-        time limit."""
-        if self._is_async(fn):
-            coro = fn(ctx, msg)
-            try:
-                self._run_async(coro if limit_s is None else asyncio.wait_for(coro, limit_s))
-            except TimeoutError:
-                if limit_s is None:
-                    raise  # the handler's own timeout, not ours
-                raise TimeoutError(
-                    f"the handler ran longer than its time_limit_s={limit_s:g}"
-                ) from None
-            return
+    @staticmethod
+    def _call(fn: Handler, ctx: Context[Any], msg: BaseModel) -> None:
+        """Run a plain handler; one that hands back an awaitable fails clearly."""
         result = fn(ctx, msg)
         if result is not None and inspect.isawaitable(result):
             if inspect.iscoroutine(result):
@@ -443,6 +440,43 @@ class Runtime:
                 f"handler {getattr(fn, '__qualname__', fn)!r} returned an awaitable without "
                 "being an async def; write `async def` so that the runtime awaits it"
             )
+
+    def _call_async(
+        self,
+        fn: Handler,
+        ctx: Context[Any],
+        msg: BaseModel,
+        budget_s: float,
+        limit_s: float | None,
+    ) -> None:
+        """Run an ``async def`` handler on this runtime's event loop. Its deadline (the
+        budget's or its own time limit, whichever comes first) is asyncio's: a signal raised
+        inside the event loop could be swallowed by a callback or leave the task behind."""
+        wait_s = min(budget_s, math.inf if limit_s is None else limit_s)
+        if wait_s <= 0:
+            raise BudgetExhausted("no time left in the budget to run a handler")
+        expired: list[bool] = []
+
+        async def bounded() -> None:
+            if not math.isfinite(wait_s):
+                await fn(ctx, msg)
+                return
+            async with asyncio.timeout(wait_s) as deadline:
+                try:
+                    await fn(ctx, msg)
+                finally:
+                    expired.append(deadline.expired())
+
+        try:
+            self._run_async(bounded())
+        except TimeoutError:
+            if not (expired and expired[0]):
+                raise  # the handler's own timeout: a failure like any other
+            if limit_s is None or budget_s <= limit_s:
+                raise BudgetExhausted(f"handler interrupted after {wait_s:.3f}s") from None
+            raise TimeLimitExceeded(
+                f"the handler ran longer than its time_limit_s={limit_s:g}"
+            ) from None
 
     def _run_async(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run one async handler to its end. Interrupted by the budget's guard, its task is
@@ -532,7 +566,7 @@ class Runtime:
         if explicit or (delay_s > 0 and not policy.keep_order):
             # Through the delay queue: the messages behind it proceed meanwhile.
             try:
-                self._resend_later(turn, outbox, env, delay_s)
+                self._resend_later(turn, outbox, env, delay_s, failed)
             except (ActorSystemError, ValidationError) as e:
                 turn.report.dead_letters += 1
                 reason = f"Retry(delay={delay_s!r}) cannot be honoured: {_reason(e)}"
@@ -561,7 +595,11 @@ class Runtime:
         turn.report.retries += 1
         return RETRY + _error_text(error)
 
-    def _resend_later(self, turn: _Turn, outbox: Outbox, env: Envelope, delay: float) -> None:
+    def _resend_later(
+        self, turn: _Turn, outbox: Outbox, env: Envelope, delay: float, failed: int
+    ) -> None:
+        """Re-send a message through the delay queue under its id; its envelope carries every
+        attempt so far (the Redis count of this copy is dropped with it)."""
         model, _ = turn.actor.resolve(env.type)
         again = self.registry.prepare(
             turn.ref,
@@ -569,7 +607,7 @@ class Runtime:
             now_s=turn.now_s,
             delay=delay,
             message_id=env.id,
-            attempt=env.attempt + 1,
+            attempt=env.attempt + failed + 1,
         )
         outbox.items.append(again)
 

@@ -390,7 +390,9 @@ class CompositeBackend(RedisBackend):
         pipe = self.client.pipeline(transaction=False)
         for s, mid, _ in rows:
             pipe.hget(k.delay_msg(s, mid), mid)
-        values = self._call("offload", pipe.execute)
+            pipe.hget(k.old_delay_msg(s, mid), mid)  # deferred before an upgrade
+        got = self._call("offload", pipe.execute)
+        values = [a or b for a, b in zip(got[0::2], got[1::2], strict=True)]
         items = []
         for (_, mid, due), value in zip(rows, values, strict=True):
             if value:

@@ -245,10 +245,11 @@ class RedisBackend:
                 *c.actions,
                 len(c.outbox),
                 *self._deliveries(c.outbox),
-                len(c.cancels),
             ]
-            for mid in c.cancels:
-                args += [mid, self.keys.shard_of(mid)]
+            cancels = [(mid, s) for mid in c.cancels for s in self._shards_of(mid)]
+            args.append(len(cancels))
+            for mid, shard in cancels:
+                args += [mid, shard]
             args += [
                 self.tombstone_ms,
                 -1 if c.state_is_default else self.state_ttl_ms,
@@ -275,11 +276,24 @@ class RedisBackend:
 
     def _cancel(self, message_id: str) -> tuple[bool, bool]:
         """(removed from the sorted set, not known as cancelled or landed elsewhere)."""
-        s = self.keys.shard_of(message_id)
-        keys = [self.keys.delay_due(s), self.keys.delay_msg(s, message_id)]
+        k = self.keys
         args = [message_id, self.tombstone_ms, self.options.prefix]
-        removed, tomb = self._run([("cancel", keys, args)], "cancel")[0]
-        return bool(removed), bool(tomb)
+        calls = [
+            (
+                "cancel",
+                [k.delay_due(s), k.delay_msg(s, message_id), k.old_delay_msg(s, message_id)],
+                args,
+            )
+            for s in self._shards_of(message_id)
+        ]
+        results = self._run(calls, "cancel")
+        return any(bool(r[0]) for r in results), bool(results[0][1])
+
+    def _shards_of(self, message_id: str) -> list[int]:
+        """Where a deferred message may be: its shard, and the one a message deferred before
+        ids carried their target would be in (delivered and cancellable after an upgrade)."""
+        new, old = self.keys.shard_of(message_id), self.keys.old_shard_of(message_id)
+        return [new] if new == old else [new, old]
 
     def accept_deferred(self, bodies: Sequence[str | dict[str, Any]], now_ms: int) -> int:
         """Land deferred-message bodies received from SQS or handed over by a schedule
@@ -365,8 +379,10 @@ class RedisBackend:
         for s, rows in enumerate(shards):
             for mid, _ in rows:
                 pipe.hget(self.keys.delay_msg(s, mid.decode()), mid)
-        flat = iter(self._call("deferred", pipe.execute))
-        values = [[next(flat) for _ in rows] for rows in shards]
+                pipe.hget(self.keys.old_delay_msg(s, mid.decode()), mid)  # before an upgrade
+        got = self._call("deferred", pipe.execute)
+        pairs = iter(zip(got[0::2], got[1::2], strict=True))
+        values = [[a or b for a, b in (next(pairs) for _ in rows)] for rows in shards]
         out = []
         for rows, vals in zip(shards, values, strict=True):
             for (mid, due), value in zip(rows, vals, strict=False):

@@ -39,19 +39,18 @@ class RedisClock:
         self._client = client
         self._resync_s = resync_s
         self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
         self._base_s: float | None = None  # server time read ...
         self._at = 0.0  # ... at this monotonic time (when the answer arrived)
         self._tried = -float("inf")  # monotonic time of the last attempt to read
         self._last = 0.0
 
     def now(self) -> float:
-        mono = time.monotonic()
-        if mono - self._tried >= self._resync_s:
+        if self._base_s is None or time.monotonic() - self._tried >= self._resync_s:
             self._sync()
-            mono = time.monotonic()
-        assert self._base_s is not None  # _sync raised otherwise
         with self._lock:
-            self._last = max(self._last, self._base_s + (mono - self._at))
+            assert self._base_s is not None  # _sync raised otherwise
+            self._last = max(self._last, self._base_s + (time.monotonic() - self._at))
             return self._last
 
     def sleep(self, seconds: float) -> None:
@@ -59,18 +58,21 @@ class RedisClock:
             time.sleep(seconds)
 
     def _sync(self) -> None:
-        self._tried = time.monotonic()
-        try:
-            base_s, at = self._read()
-        except RedisError as e:
-            if self._base_s is None:
-                raise BackendError(f"Redis TIME failed: {type(e).__name__}: {e}") from e
-            # The monotonic extrapolation stays a lower bound; read again in a second.
-            self._tried += 1.0 - self._resync_s
-            log.warning("Redis TIME failed, the clock goes on from its last reading: %s", e)
-            return
-        with self._lock:
-            self._base_s, self._at = base_s, at
+        with self._sync_lock:  # one reading at a time; the others use what it read
+            if self._base_s is not None and time.monotonic() - self._tried < self._resync_s:
+                return
+            try:
+                base_s, at = self._read()
+            except RedisError as e:
+                if self._base_s is None:  # nothing to go on: every call tries again
+                    raise BackendError(f"Redis TIME failed: {type(e).__name__}: {e}") from e
+                # The monotonic extrapolation stays a lower bound; read again in a second.
+                self._tried = time.monotonic() + 1.0 - self._resync_s
+                log.warning("Redis TIME failed, the clock goes on from its last reading: %s", e)
+                return
+            with self._lock:
+                self._base_s, self._at = base_s, at
+            self._tried = at
 
     def _read(self) -> tuple[float, float]:
         """(server time, monotonic time its answer arrived), the tightest of up to

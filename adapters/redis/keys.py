@@ -53,9 +53,19 @@ class Keys:
         """The bucket hash holding a deferred message (same rule as mkey in lib.lua)."""
         return f"{self.prefix}:{{dq{shard}}}:m{int(message_id[20:23], 16) % DELAY_BUCKETS}"
 
+    def old_shard_of(self, message_id: str) -> int:
+        """The shard of a message deferred before ids carried their target (still delivered
+        and cancellable after an upgrade)."""
+        return int(message_id[:8], 16) % self.delay_shards
+
+    def old_delay_msg(self, shard: int, message_id: str) -> str:
+        """The bucket by the rule before ids carried their target (old_mkey in lib.lua)."""
+        return f"{self.prefix}:{{dq{shard}}}:m{int(message_id[8:11], 16) % DELAY_BUCKETS}"
+
     def begin_keys(self, actor: str) -> list[str]:
         names = ("lease", "fence", "mb", "inflight", "state", "att", "done")
-        return [self.actor(actor, n) for n in names] + [self.leases, self.actor(actor, "err")]
+        keys = [self.actor(actor, n) for n in names]
+        return [*keys, self.leases, self.actor(actor, "err"), self.paused]
 
     def commit_keys(self, actor: str) -> list[str]:
         names = ("lease", "mb", "inflight", "state", "att", "done")

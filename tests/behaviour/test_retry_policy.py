@@ -265,3 +265,29 @@ def test_an_async_handler_interrupted_by_the_budget_never_resumes_later(
     assert "slept" not in EVENTS
     assert system.state(ref).log == []
     system.close()
+
+
+def test_an_actor_popped_before_its_retry_pause_is_not_taken_early(
+    url: str, clock: ManualClock
+) -> None:
+    from actor_system.ports import RETRY, Commit
+
+    actor = make_actor("race")
+    system = ActorSystem.from_url(url, actors=[actor], clock=clock)
+    backend = system.backend
+    ref = actor.ref("x")
+    now = int(clock.now() * 1000)
+    system.send(ref, Call(text="m1"))
+    popped_x, _ = backend.poll(now, 10, 30_000)  # worker X takes the actor
+    [claim] = backend.begin(popped_x, "X", 30_000, 10, now)
+    assert claim is not None
+    system.send(ref, Call(text="m2"))  # arrives during X's turn: the actor is ready again
+    popped_y, _ = backend.poll(now, 10, 30_000)  # worker Y pops it
+    assert popped_y == [ref.key]
+    retry = Commit(claim.actor, "X", claim.fence, None, [RETRY + b"boom"], pause_ms=now + 10_000)
+    assert backend.commit([retry], now) == [0]  # X's message failed: the actor rests 10 s
+    assert backend.begin(popped_y, "Y", 30_000, 10, now + 1) == [None]  # Y must not take it
+    clock.advance(11)
+    OUTAGE["until"] = 0.0
+    system.run_until_idle()  # rested: Y's reservation expired, the pause ended
+    assert system.state(ref).log == ["m1", "m2"]

@@ -116,3 +116,31 @@ def test_the_default_clock_of_a_redis_system_is_the_servers(redis_url: str) -> N
     assert isinstance(system.clock, RedisClock)
     local = ActorSystem.from_url("fakeredis://", actors=actors)
     assert not isinstance(local.clock, RedisClock)  # fakeredis: this process's clock
+
+
+def test_redis_clock_survives_a_failed_first_reading_and_concurrent_first_calls(
+    redis_url: str,
+) -> None:
+    import threading
+
+    from actor_system import BackendError
+
+    down = RedisClock(redis.Redis(port=1, socket_connect_timeout=0.2))
+    for _ in range(2):  # each call tries again, each fails clearly
+        with pytest.raises(BackendError, match="Redis TIME failed"):
+            down.now()
+    clock = RedisClock(redis.Redis.from_url(redis_url))
+    got: list[object] = []
+
+    def read() -> None:
+        try:
+            got.append(clock.now())
+        except Exception as e:  # an AssertionError here was the defect
+            got.append(e)
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(isinstance(x, float) for x in got), got

@@ -1,7 +1,7 @@
 -- begin: take an actor's lease, recover a dead holder's claim, claim a batch, load the state.
 -- KEYS[1] P:{A}:lease  KEYS[2] P:{A}:fence  KEYS[3] P:{A}:mb  KEYS[4] P:{A}:inflight
 -- KEYS[5] P:{A}:state  KEYS[6] P:{A}:att  KEYS[7] P:{A}:done  KEYS[8] P:leases
--- KEYS[9] P:{A}:err
+-- KEYS[9] P:{A}:err  KEYS[10] P:paused
 -- ARGV[1] token  ARGV[2] lease ms  ARGV[3] now ms  ARGV[4] batch  ARGV[5] actor key
 -- Returns 0 when the lease is held by someone else, else
 -- {fence, state or '', version, recovered, duplicates, entry1, attempts1, first error1 or '',
@@ -9,6 +9,11 @@
 local now = tonumber(ARGV[3])
 local expiry = tonumber(redis.call('HGET', KEYS[1], 'e') or '0')
 if expiry > now then
+  return 0
+end
+-- Popped before the commit that made it rest (a retry's backoff): not before that time.
+local rest = redis.call('ZSCORE', KEYS[10], ARGV[5])
+if rest and tonumber(rest) > now then
   return 0
 end
 -- Leases run on the caller's clock (the same one that times deferred messages, so a manual

@@ -82,7 +82,7 @@ end
 for j = 1, n_cancel do
   local k = i + 1 + (j - 1) * 2
   redis.call('ZREM', dkey(prefix, ARGV[k + 1], 'due'), ARGV[k])
-  redis.call('HDEL', mkey(prefix, ARGV[k + 1], ARGV[k]), ARGV[k])
+  take_body(prefix, ARGV[k + 1], ARGV[k])
   if tomb_ms > 0 then
     tombstone(prefix, ARGV[k], tomb_ms)
   end

@@ -41,6 +41,24 @@ local function mkey(prefix, shard, id)
   return dkey(prefix, shard, 'm' .. (tonumber(string.sub(id, 21, 23), 16) % 1024))
 end
 
+-- The bucket of a message deferred before ids carried their target (by id chars 9-11); such
+-- messages may still wait after an upgrade, so reads fall back to it and deletes cover both.
+local function old_mkey(prefix, shard, id)
+  return dkey(prefix, shard, 'm' .. (tonumber(string.sub(id, 9, 11), 16) % 1024))
+end
+
+-- Take a deferred message's body out of its bucket (either rule); nil if it has none.
+local function take_body(prefix, shard, id)
+  for _, m in ipairs({mkey(prefix, shard, id), old_mkey(prefix, shard, id)}) do
+    local v = redis.call('HGET', m, id)
+    if v then
+      redis.call('HDEL', m, id)
+      return v
+    end
+  end
+  return nil
+end
+
 -- Wake idle workers blocked on P:wake. Tokens are only hints (P:ready is the truth), so the
 -- list is kept short and a worker that dies after taking one loses nothing.
 local function wake(prefix)

@@ -6,10 +6,8 @@
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 local n = 0
 for _, id in ipairs(due) do
-  local m = mkey(ARGV[3], ARGV[4], id)
-  local v = redis.call('HGET', m, id)
+  local v = take_body(ARGV[3], ARGV[4], id)
   redis.call('ZREM', KEYS[1], id)
-  redis.call('HDEL', m, id)
   if v then
     local nl = string.find(v, '\n', 1, true)
     n = n + deliver(ARGV[3], KEYS[2], ARGV[1], string.sub(v, 1, nl - 1), id, '', 0,

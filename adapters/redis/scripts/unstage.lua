@@ -13,7 +13,7 @@ for i = 2, #ARGV, 3 do
   local z = dkey(ARGV[1], ARGV[i + 1], 'due')
   if tonumber(redis.call('ZSCORE', z, id)) == tonumber(due) then
     redis.call('ZREM', z, id)
-    redis.call('HDEL', mkey(ARGV[1], ARGV[i + 1], id), id)
+    take_body(ARGV[1], ARGV[i + 1], id)
     local tomb = ARGV[1] .. ':tomb:' .. id
     if redis.call('GET', tomb) == 'l:' .. due then
       redis.call('DEL', tomb)
