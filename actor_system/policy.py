@@ -64,7 +64,11 @@ class RetryPolicy:
 
     def delay_s(self, failures: int, rng: random.Random) -> float:
         """How long after its ``failures``-th failure a message is delivered again."""
-        base = min(self.backoff_s * self.backoff_factor ** max(failures - 1, 0), self.max_backoff_s)
+        try:
+            grown = self.backoff_s * self.backoff_factor ** max(failures - 1, 0)
+        except OverflowError:  # thousands of attempts: long past the cap
+            grown = self.max_backoff_s
+        base = min(grown, self.max_backoff_s)
         return base * rng.uniform(1 - self.jitter, 1 + self.jitter)
 
 
