@@ -351,7 +351,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--url",
         default=os.environ.get("ACTOR_SYSTEM_REDIS_URL", ""),
-        required="ACTOR_SYSTEM_REDIS_URL" not in os.environ,
+        help="the Redis to use (flushed!), unless --own-redis",
     )
     p.add_argument("--messages", type=int, default=100_000)
     p.add_argument("--actors", type=int, default=1_000)
@@ -377,6 +377,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = parser().parse_args()
+    if not args.url and not args.own_redis:
+        parser().error("pass --url (or set ACTOR_SYSTEM_REDIS_URL), or --own-redis")
     if args.own_redis:
         import tempfile
 
