@@ -134,7 +134,9 @@ def _handle(
     if kind == "http":
         return ingress(system, event)
     depth = _depth(event, kind)
-    budget = Budget.from_context(context, margin_s=options.margin_s, clock=system.clock)
+    # The invocation's own time, on the local clock: the budget must hold even when Redis
+    # (whose TIME is the system's clock) cannot be reached.
+    budget = Budget.from_context(context, margin_s=options.margin_s)
     worker = Worker(system.runtime, budget=budget, exit_when_idle=True)
     failures = {
         "batchItemFailures": [

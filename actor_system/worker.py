@@ -67,15 +67,20 @@ class Worker:
                 backoff_s = 0.1
             except BackendError as e:
                 log.warning("backend unavailable, retrying in %.1fs: %s", backoff_s, e)
-                self._stop.wait(backoff_s)
-                backoff_s = min(backoff_s * 2, _MAX_BACKOFF_S)
+                backoff_s = self._back_off(backoff_s)
             except Exception:
                 # Turns turn their own failures into retries and dead letters; this is for a
                 # defect anywhere else: the process stays up, its leases expire and another
                 # round (or another worker) takes the work again.
                 log.exception("drain round failed, retrying in %.1fs", backoff_s)
-                self._stop.wait(backoff_s)
-                backoff_s = min(backoff_s * 2, _MAX_BACKOFF_S)
+                backoff_s = self._back_off(backoff_s)
+
+    def _back_off(self, backoff_s: float) -> float:
+        """Wait before the next try, never past the budget (a Lambda invocation must answer
+        before its deadline); the next wait is longer."""
+        budget = self.budget
+        self._stop.wait(max(min(backoff_s, budget.remaining_s() - budget.margin_s), 0))
+        return min(backoff_s * 2, _MAX_BACKOFF_S)
 
     def _wait_idle(self) -> None:
         rt = self.runtime

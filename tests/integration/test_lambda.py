@@ -442,3 +442,24 @@ def test_sqs_delay_queue_as_the_functions_trigger_hops_then_delivers_on_time(
     assert delivered >= asked  # never early
     assert invocations >= 3  # the hops came back through the trigger
     assert lam.cold_starts == 1
+
+
+def test_with_redis_unreachable_a_drain_answers_before_its_deadline(
+    aws_env: dict[str, str],
+) -> None:
+    from tests.conftest import free_port
+
+    down = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    records = [
+        {"messageId": f"m{i}", "eventSource": "aws:sqs", "body": '{"actor_system": "wake"}'}
+        for i in range(3)
+    ]
+    with harness(down, aws_env, 3) as lam:
+        warm_started = time.monotonic()
+        answer = lam.invoke({"Records": records})
+        assert answer == {"batchItemFailures": [{"itemIdentifier": f"m{i}"} for i in range(3)]}
+        swept = lam.invoke({"actor_system": "sweep"})  # retries Redis within its budget only
+        assert "errorType" not in swept, swept  # answered, not "Task timed out"
+        assert swept["messages"] == 0
+        assert lam.cold_starts == 1  # never killed (a kill discards the environment)
+    assert time.monotonic() - warm_started < 3 * 3
