@@ -45,6 +45,7 @@ _PUSH_CHUNK = 500  # messages per push script call, to bound one script's run ti
 _PROMOTE_PER_POLL = 512
 _FAKE_POLL_S = 0.005
 _NOTHING_DUE = 2**62
+_CONNECT_TIMEOUT_S = 2.0
 # How long a landed message's id is remembered, so that an SQS copy landing after it is
 # dropped even before the actor has processed it (then its done set drops later copies).
 _LANDED_MS = 3_600_000
@@ -57,7 +58,15 @@ def client_from_url(url: str) -> tuple[redis.Redis, bool]:
     scheme = urlsplit(url).scheme
     if scheme in ("redis", "rediss", "unix"):
         try:
-            client = redis.Redis.from_url(url, health_check_interval=30, socket_keepalive=True)
+            # A Redis that cannot be reached (a security group, a wrong host) fails a connect
+            # in seconds, not after the OS's minutes of SYN retries: a Lambda invocation can
+            # still answer before its deadline. ?socket_connect_timeout= in the URL wins.
+            client = redis.Redis.from_url(
+                url,
+                health_check_interval=30,
+                socket_keepalive=True,
+                socket_connect_timeout=_CONNECT_TIMEOUT_S,
+            )
         except ValueError as e:
             raise ConfigError(f"invalid Redis URL: {e}") from None
         return client, True

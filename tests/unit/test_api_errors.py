@@ -175,3 +175,12 @@ def test_from_env_picks_the_aws_stores_without_calling_aws() -> None:
         ActorSystem.from_url("fakeredis://", actors=[counter], delay="sqs://q?max_hop=901")
     with pytest.raises(ConfigError, match=r"is not s3://bucket\[/prefix\]"):
         ActorSystem.from_url("fakeredis://", actors=[counter], state="s3://")
+
+
+def test_redis_connects_time_out_in_seconds_unless_the_url_says_otherwise() -> None:
+    from adapters.redis.backend import client_from_url
+
+    client, _ = client_from_url("redis://10.255.255.1:6379/0")
+    assert client.connection_pool.connection_kwargs["socket_connect_timeout"] == 2.0
+    client, _ = client_from_url("redis://10.255.255.1:6379/0?socket_connect_timeout=7")
+    assert client.connection_pool.connection_kwargs["socket_connect_timeout"] == 7.0
