@@ -276,6 +276,17 @@ def check(
     return complete
 
 
+# What a run must leave behind once everything is delivered.
+NOTHING_LEFT = {
+    "mailbox_messages": 0,
+    "in_flight_messages": 0,
+    "leases": 0,
+    "lease_keys": 0,
+    "pending_deferred": 0,
+    "dead_letters": 0,
+}
+
+
 def leftovers(client: redis.Redis, system: ActorSystem) -> dict[str, int]:
     stats = system.stats()
     return {
