@@ -104,6 +104,13 @@ def is_message_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and _HEX_ID_STR.fullmatch(value) is not None
 
 
+def check_message_id(value: object) -> str:
+    """``value`` if it is a message id; InvalidSend naming it otherwise."""
+    if not is_message_id(value):
+        raise InvalidSend(f"{value!r} is not a message id (32 lowercase hex digits)")
+    return value
+
+
 def encode(env: Envelope) -> bytes:
     """Encode an envelope as a mailbox entry: the id, then the msgpack body (without the id,
     which the entry already carries: a pending message stores it once less)."""

@@ -28,6 +28,7 @@ from actor_system.envelope import (
     ID_LENGTH,
     Envelope,
     Outgoing,
+    check_message_id,
     check_size,
     decode,
     is_message_id,
@@ -118,9 +119,7 @@ class Outbox:
         return item.id
 
     def cancel(self, message_id: str) -> None:
-        if not is_message_id(message_id):
-            raise InvalidSend(f"{message_id!r} is not a message id (32 lowercase hex digits)")
-        self.cancels.append(message_id)
+        self.cancels.append(check_message_id(message_id))
 
     def truncate(self, items: int, cancels: int) -> None:
         """Drop what was added after a savepoint (a failed handler's sends)."""
@@ -151,8 +150,9 @@ class _Turn:
 
 
 class _Interrupted(Exception):
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, env: Envelope) -> None:
         self.index = index
+        self.env = env
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +285,7 @@ class Runtime:
             pause_ms=turn.pause_ms,
         )
 
-    def _interrupted(self, turn: _Turn, index: int, outbox: Outbox) -> Commit:
+    def _interrupted(self, turn: _Turn, stop: _Interrupted, outbox: Outbox) -> Commit:
         """The guard stopped a handler: commit the messages before it (its savepoint); it
         goes back with its attempt raised, the rest unchanged."""
         claim = turn.claim
@@ -295,9 +295,10 @@ class Runtime:
             claim.actor,
             extra={"actor": claim.actor},
         )
+        index = stop.index
         entry, failed = claim.entries[index]
         attempt = failed + 1  # the envelope's own count is not needed to bound retries here
-        if attempt >= self._max_attempts(turn.actor, entry):
+        if attempt >= self._max_attempts(turn.actor, stop.env.type):
             reason = f"interrupted {attempt} times: the handler needs more than the time budget"
             again = self._dead(claim, entry, attempt, reason, None)
             turn.report.dead_letters += 1
@@ -308,13 +309,9 @@ class Runtime:
         turn.report.interrupted = 1
         return self._commit(turn, outbox)
 
-    def _max_attempts(self, actor: ActorType[Any], entry: bytes) -> int:
-        """The max_attempts of an entry's message type (the system's if it cannot tell)."""
-        try:
-            policy = actor.policy(decode(entry).type)
-        except DecodeError:
-            return self.options.max_attempts
-        return policy.max_attempts or self.options.max_attempts
+    def _max_attempts(self, actor: ActorType[Any], message_type: str) -> int:
+        """The max_attempts of a message type: its retry policy's, else the system's."""
+        return actor.policy(message_type).max_attempts or self.options.max_attempts
 
     def _abandon(self, claim: Claim, token: str) -> Commit:
         return Commit(claim.actor, token, claim.fence, None, [KEEP] * len(claim.entries))
@@ -369,7 +366,7 @@ class Runtime:
         try:
             failure = self._run_handlers(turn, loaded.state, outbox)
         except _Interrupted as stop:
-            return self._interrupted(turn, stop.index, outbox), turn.report, None
+            return self._interrupted(turn, stop, outbox), turn.report, None
         if failure is not None:
             self._after_failure(turn, failure, outbox)
         metrics = TurnMetrics(
@@ -415,7 +412,7 @@ class Runtime:
                 state = self._state_after(turn.actor, ctx)
                 saved = stored_state.encode(turn.actor, state, turn.unknown)
             except BudgetExhausted as e:
-                raise _Interrupted(index) from e
+                raise _Interrupted(index, env) from e
             except TimeLimitExceeded as e:
                 return _Failure(index, env, TimeoutError(str(e)))
             except Exception as e:
@@ -551,7 +548,7 @@ class Runtime:
         env, error = failure.env, failure.error
         attempt = env.attempt + failed
         policy = turn.actor.policy(env.type)
-        max_attempts = policy.max_attempts or self.options.max_attempts
+        max_attempts = self._max_attempts(turn.actor, env.type)
         if isinstance(error, policy.never_retry):
             turn.report.dead_letters += 1
             reason = f"not retried ({type(error).__name__} is in never_retry): {_reason(error)}"

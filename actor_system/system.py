@@ -14,8 +14,8 @@ from pydantic import BaseModel
 from actor_system import stored_state
 from actor_system.actor import ActorRef, ActorType, Registry
 from actor_system.budget import Budget
-from actor_system.envelope import ID_LENGTH, is_message_id
-from actor_system.errors import ConfigError, InvalidSend
+from actor_system.envelope import ID_LENGTH, check_message_id
+from actor_system.errors import ConfigError
 from actor_system.metrics import EmfMetrics
 from actor_system.options import Options
 from actor_system.runtime import DrainReport, Runtime
@@ -200,9 +200,7 @@ class ActorSystem:
 
     def cancel(self, message_id: str) -> bool:
         """Cancel a deferred message not yet due; False if unknown or already delivered."""
-        if not is_message_id(message_id):
-            raise InvalidSend(f"{message_id!r} is not a message id (32 lowercase hex digits)")
-        return self.backend.cancel(message_id)
+        return self.backend.cancel(check_message_id(message_id))
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -387,12 +387,7 @@ class CompositeBackend(RedisBackend):
         rows = [(s, mid.decode(), int(due)) for s, found in enumerate(shards) for mid, due in found]
         if not rows:
             return 0
-        pipe = self.client.pipeline(transaction=False)
-        for s, mid, _ in rows:
-            pipe.hget(k.delay_msg(s, mid), mid)
-            pipe.hget(k.old_delay_msg(s, mid), mid)  # deferred before an upgrade
-        got = self._call("offload", pipe.execute)
-        values = [a or b for a, b in zip(got[0::2], got[1::2], strict=True)]
+        values = self._bodies([(s, mid) for s, mid, _ in rows])
         items = []
         for (_, mid, due), value in zip(rows, values, strict=True):
             if value:
@@ -441,12 +436,9 @@ class CompositeBackend(RedisBackend):
         found = [(r, deferred_in(r.body)) for r in received]
         # Bodies that are not deferred messages: dead letters with the reason, wakes skipped.
         self.accept_deferred([r.body for r, item in found if item is None], now_ms)
-        items = [item for _, item in found if item is not None]
-        # In due order, then id (send) order, as accept_deferred lands them: SQS returns
-        # messages in no particular order.
-        items.sort(key=lambda i: (i.due_ms or 0, i.id))
-        hopped = self._hop(items, now_ms)
-        landed, _, _ = self.land([i for i in items if i.id not in hopped], now_ms)
+        landed, hopped = self._land_received(
+            [item for _, item in found if item is not None], now_ms
+        )
         release_ms = now_ms + int(delay.durable_s * 1000)
         self._held += [
             Held(r.receipt, release_ms, item)

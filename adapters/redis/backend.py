@@ -322,14 +322,20 @@ class RedisBackend:
                 continue
             if item is not None:
                 items.append(item)
+        delivered, _ = self._land_received(items, now_ms)
+        if dead:
+            self._call("dead letter", self.client.lpush, self.keys.dlq, *dead)
+        return delivered
+
+    def _land_received(self, items: list[Outgoing], now_ms: int) -> tuple[int, set[str]]:
+        """Land deferred messages received from another delay queue, or send far ones out for
+        another hop; returns (how many reached their mailboxes, the ids sent out again)."""
         # SQS returns messages in no particular order: land them in due order (then id
         # order, which is send order for one sender), as the sorted set would deliver them.
         items.sort(key=lambda i: (i.due_ms or 0, i.id))
         hopped = self._hop(items, now_ms)
         delivered, _, _ = self.land([i for i in items if i.id not in hopped], now_ms)
-        if dead:
-            self._call("dead letter", self.client.lpush, self.keys.dlq, *dead)
-        return delivered
+        return delivered, hopped
 
     def _hop(self, items: Sequence[Outgoing], now_ms: int) -> set[str]:
         """Ids sent out again to another delay queue (none: Redis holds every message)."""
@@ -364,10 +370,10 @@ class RedisBackend:
         for s in range(self.keys.delay_shards):
             pipe.zrange(self.keys.delay_due(s), 0, 0, withscores=True)
         pipe.zrange(self.keys.paused, 0, 0, withscores=True)
-        *firsts, ready = self._call("next due", pipe.execute)
+        *firsts, resting = self._call("next due", pipe.execute)
         self._shard_due = [int(f[0][1]) if f else _NOTHING_DUE for f in firsts]
         dues = [d for d in self._shard_due if d is not None and d != _NOTHING_DUE]
-        dues += [int(ready[0][1])] if ready else []
+        dues += [int(resting[0][1])] if resting else []
         return min(dues) if dues else None
 
     def pending(self) -> int:
@@ -384,14 +390,10 @@ class RedisBackend:
         for s in range(self.keys.delay_shards):
             pipe.zrange(self.keys.delay_due(s), 0, scan - 1, withscores=True)
         shards = self._call("deferred", pipe.execute)
-        pipe = self.client.pipeline(transaction=False)
-        for s, rows in enumerate(shards):
-            for mid, _ in rows:
-                pipe.hget(self.keys.delay_msg(s, mid.decode()), mid)
-                pipe.hget(self.keys.old_delay_msg(s, mid.decode()), mid)  # before an upgrade
-        got = self._call("deferred", pipe.execute)
-        pairs = iter(zip(got[0::2], got[1::2], strict=True))
-        values = [[a or b for a, b in (next(pairs) for _ in rows)] for rows in shards]
+        flat = iter(
+            self._bodies([(s, mid.decode()) for s, rows in enumerate(shards) for mid, _ in rows])
+        )
+        values = [[next(flat) for _ in rows] for rows in shards]
         out = []
         for rows, vals in zip(shards, values, strict=True):
             for (mid, due), value in zip(rows, vals, strict=False):
@@ -399,6 +401,17 @@ class RedisBackend:
                 if actor is None or target == actor:
                     out.append((mid.decode(), target, int(due)))
         return sorted(out, key=lambda r: r[2])[:limit]
+
+    def _bodies(self, rows: Sequence[tuple[int, str]]) -> list[bytes | None]:
+        """The stored bodies (``target \n entry without its id``) of deferred messages given
+        as (shard, id), in one round trip; a message deferred before ids carried their
+        target is in the bucket of the older rule."""
+        pipe = self.client.pipeline(transaction=False)
+        for s, mid in rows:
+            pipe.hget(self.keys.delay_msg(s, mid), mid)
+            pipe.hget(self.keys.old_delay_msg(s, mid), mid)
+        got = self._call("deferred bodies", pipe.execute)
+        return [new or old for new, old in zip(got[0::2], got[1::2], strict=True)]
 
     def stats(self) -> dict[str, Any]:
         """Counts for operators: ready actors, leases, mailbox depths (by SCAN), deferred."""
