@@ -49,8 +49,10 @@ class Commit:
     outbox: list[Outgoing] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
     state_is_default: bool = False  # the state equals the model's defaults: nothing to keep
-    done_window_ms: int = 0  # how long processed ids are kept for dedup (0: the default)
-    done_max: int = 0  # how many at most (0: the default)
+    # How long and how many processed ids the actor's type keeps for dedup; 0: the commit
+    # records no ids and leaves the set as it is (a release, a recovery).
+    done_window_ms: int = 0
+    done_max: int = 0
     pause_ms: int = 0  # > 0: the actor is not taken again before this time (retry backoff)
 
 

@@ -15,7 +15,7 @@ import random
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -270,19 +270,40 @@ class Runtime:
         """The turn's commit: the state and outbox of its savepoint, one action per entry."""
         data, n_items, n_cancels = turn.saved
         outbox.truncate(n_items, n_cancels)
-        claim = turn.claim
+        return replace(
+            self._bare(turn.claim, turn.token, turn.actions, turn.pause_ms, turn.actor),
+            state=data,
+            outbox=outbox.items,
+            cancels=outbox.cancels,
+            state_is_default=data is not None and data == self._default_state(turn.actor),
+        )
+
+    def _bare(
+        self,
+        claim: Claim,
+        token: str,
+        actions: list[bytes],
+        pause_ms: int = 0,
+        actor: ActorType[Any] | None = None,
+    ) -> Commit:
+        """A commit of actions only (state unchanged), with the dedup window of the actor's
+        type (looked up unless given): every commit that records processed ids trims them to
+        that window."""
+        window_s, keep = self.options.done_window_s, self.options.done_max
+        try:
+            actor = actor or self.registry.get(ActorRef.from_key(claim.actor).type)
+            window_s, keep = actor.done_window_s or window_s, actor.done_max or keep
+        except ActorSystemError:  # an unknown type: the system's window
+            pass
         return Commit(
             claim.actor,
-            turn.token,
+            token,
             claim.fence,
-            data,
-            turn.actions,
-            outbox.items,
-            outbox.cancels,
-            state_is_default=data is not None and data == self._default_state(turn.actor),
-            done_window_ms=int((turn.actor.done_window_s or self.options.done_window_s) * 1000),
-            done_max=turn.actor.done_max or self.options.done_max,
-            pause_ms=turn.pause_ms,
+            None,
+            actions,
+            done_window_ms=int(window_s * 1000),
+            done_max=keep,
+            pause_ms=pause_ms,
         )
 
     def _interrupted(self, turn: _Turn, stop: _Interrupted, outbox: Outbox) -> Commit:
@@ -314,7 +335,7 @@ class Runtime:
         return actor.policy(message_type).max_attempts or self.options.max_attempts
 
     def _abandon(self, claim: Claim, token: str) -> Commit:
-        return Commit(claim.actor, token, claim.fence, None, [KEEP] * len(claim.entries))
+        return self._bare(claim, token, [KEEP] * len(claim.entries))
 
     def _unloadable(self, claim: Claim, token: str, error: ActorSystemError) -> _Done:
         """Nothing can run for this actor (unknown type, unreadable state): dead-letter its
@@ -322,7 +343,7 @@ class Runtime:
         reason = f"{type(error).__name__}: {error}"
         actions = [self._dead(claim, entry, n + 1, reason, None) for entry, n in claim.entries]
         report = DrainReport(turns=1, dead_letters=len(actions))
-        return Commit(claim.actor, token, claim.fence, None, actions), report, None
+        return self._bare(claim, token, actions), report, None
 
     def _broken(self, claim: Claim, token: str, error: Exception) -> _Done:
         """A turn that failed outside every handler: nothing of it is written; each claimed
@@ -338,7 +359,7 @@ class Runtime:
             else:
                 actions.append(RETRY + _error_text(error))
                 report.retries += 1
-        return Commit(claim.actor, token, claim.fence, None, actions), report, None
+        return self._bare(claim, token, actions), report, None
 
     def _turn(self, claim: Claim, token: str, leased_at: float, budget: Budget) -> _Done:
         try:
@@ -353,8 +374,7 @@ class Runtime:
             # deploy that can read it: leave the state and the messages alone, look again later.
             log.warning("%s; its messages wait %d s", e, _STATE_WAIT_S)
             pause_ms = math.ceil((self.clock.now() + _STATE_WAIT_S) * 1000)
-            keep = [KEEP] * len(claim.entries)
-            commit = Commit(claim.actor, token, claim.fence, None, keep, pause_ms=pause_ms)
+            commit = self._bare(claim, token, [KEEP] * len(claim.entries), pause_ms)
             return commit, DrainReport(turns=1), None
         except ActorSystemError as e:
             return self._unloadable(claim, token, e)

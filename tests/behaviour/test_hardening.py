@@ -376,3 +376,31 @@ def test_messages_deferred_before_the_id_change_are_delivered_and_cancellable(
     system.run_until_idle()
     assert system.state(ref).log == ["kept"]
     assert system.backend.pending() == 0
+
+
+def test_every_commit_keeps_the_actor_types_dedup_window(url: str, clock: ManualClock) -> None:
+    import msgpack
+
+    week = ActorType("week", state=Tally, done_window_s=7 * 86400, invalid_state="wait")
+
+    @week.handler
+    def add(ctx: Context[Tally], msg: Put) -> None:
+        ctx.state.total += msg.n
+
+    system = ActorSystem.from_url(url, actors=[week], clock=clock)
+    ref = week.ref("w")
+    system.send(ref, Put(n=1), idempotency_key="pay-1")
+    system.run_until_idle()
+    client, keys = system.backend.client, system.backend.keys
+    good = client.hget(keys.actor(ref.key, "state"), "d")
+    bad = msgpack.packb({"total": "many", "log": [], "_v": 1})
+    client.hset(keys.actor(ref.key, "state"), "d", bad)
+    clock.advance(2 * 86400)  # past the system's 24 h default, well inside the type's week
+    system.send(ref, Put(n=5))
+    system.run_until_idle()  # a turn that only waits (the state is unreadable): KEEP
+    client.hset(keys.actor(ref.key, "state"), "d", good)  # a deploy that can read it
+    client.zadd(keys.paused, {ref.key: 0})
+    system.run_until_idle()
+    system.send(ref, Put(n=1), idempotency_key="pay-1")  # a late copy of the payment
+    system.run_until_idle()
+    assert system.state(ref).total == 6

@@ -3,7 +3,8 @@
 -- KEYS[5] P:{A}:att  KEYS[6] P:{A}:done  KEYS[7] P:leases  KEYS[8] P:ready  KEYS[9] P:dlq
 -- KEYS[10] P:{A}:err (first error of a message still being retried)  KEYS[11] P:paused
 -- ARGV[1] token  ARGV[2] actor key  ARGV[3] now ms  ARGV[4] state bytes ('' = unchanged)
--- ARGV[5] fence  ARGV[6] dedup window ms  ARGV[7] dedup max ids  ARGV[8] prefix
+-- ARGV[5] fence  ARGV[6] dedup window ms  ARGV[7] dedup max ids (0: the set is left as it
+--   is)  ARGV[8] prefix
 -- ARGV[9] n actions, then one per in-flight entry: 'd' done, 'r' .. error (retry), 'k' keep,
 --   'w' withdrawn (re-sent deferred by the outbox), 'x' .. record (dead letter)
 -- then n outbox items, each 5 args: target, id, due ms or '', shard, entry
@@ -60,9 +61,15 @@ if ARGV[4] ~= '' then
   version = redis.call('HINCRBY', KEYS[4], 'v', 1)
   redis.call('HSET', KEYS[4], 'd', ARGV[4], 'f', ARGV[5])
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - tonumber(ARGV[6]))
-redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -tonumber(ARGV[7]) - 1)
-redis.call('PEXPIRE', KEYS[6], ARGV[6])
+-- Only a commit that knows the actor type's dedup window trims the set: one that records
+-- no ids (a release, a recovery) must not cut a longer window down to a default.
+if tonumber(ARGV[6]) > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - tonumber(ARGV[6]))
+  redis.call('PEXPIRE', KEYS[6], ARGV[6])
+end
+if tonumber(ARGV[7]) > 0 then
+  redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -tonumber(ARGV[7]) - 1)
+end
 local i = 10 + n
 local n_out = tonumber(ARGV[i])
 for j = 1, n_out do
