@@ -21,6 +21,7 @@ from actor_system.errors import (
 )
 from actor_system.options import Options
 from actor_system.policy import RetryPolicy
+from actor_system.replies import HandlerFailed, NoReply, Replied
 from actor_system.runtime import DrainReport
 from actor_system.system import ActorSystem, DeadLetter
 
@@ -39,11 +40,14 @@ __all__ = [
     "DeadLetter",
     "DecodeError",
     "DrainReport",
+    "HandlerFailed",
     "InvalidSend",
     "LeaseLost",
     "ManualClock",
     "MessageTooLarge",
+    "NoReply",
     "Options",
+    "Replied",
     "Retry",
     "RetryPolicy",
     "SystemClock",

@@ -63,6 +63,7 @@ class _Sender(Protocol):
         delay: float | timedelta | None,
         at: datetime | None,
         idempotency_key: str | None,
+        reply_to: ActorRef | None = None,
     ) -> str: ...
 
     def cancel(self, message_id: str) -> None: ...
@@ -98,9 +99,14 @@ class Context(Generic[S]):
         delay: float | timedelta | None = None,
         at: datetime | None = None,
         idempotency_key: str | None = None,
+        reply_to: ActorRef | None = None,
     ) -> str:
-        """Send ``msg`` to ``ref`` now, after ``delay`` or at ``at``; returns the message id."""
-        return self._sender.send(ref, msg, delay, at, idempotency_key)
+        """Send ``msg`` to ``ref`` now, after ``delay`` or at ``at``; returns the message id.
+
+        ``reply_to=ctx.self`` asks: what the receiving handler returns (or why the message
+        failed) comes back to that actor as a ``Replied`` message carrying this id, sent
+        with the receiver's commit. A turn never waits for another actor."""
+        return self._sender.send(ref, msg, delay, at, idempotency_key, reply_to)
 
     def cancel(self, message_id: str) -> None:
         """Cancel a deferred message when this turn commits (no effect if already delivered)."""
@@ -193,6 +199,7 @@ class ActorType(Generic[S]):
         self.done_window_s = done_window_s
         self.done_max = None if done_max is None else int(done_max)
         self._handlers: dict[str, tuple[type[BaseModel], Handler]] = {}
+        self._reply_of: dict[str, type[BaseModel]] = {}  # from a handler's return annotation
 
     @typing.overload
     def handler(self, fn: F, *, retry: RetryPolicy | None = None) -> F: ...
@@ -232,6 +239,9 @@ class ActorType(Generic[S]):
                 f"({previous.__qualname__}); {fn.__qualname__} cannot also handle it"
             )
         self._handlers[key] = (model, fn)
+        returns = _reply_annotation(fn, caller)
+        if returns is not None:
+            self._reply_of[key] = returns
         if retry is not None:
             self._retry_of[key] = retry
         return fn
@@ -250,6 +260,11 @@ class ActorType(Generic[S]):
                 f"actor type {self.name!r} has no handler for message type {type_name!r} "
                 f"(known: {known})"
             ) from None
+
+    def reply_model(self, type_name: str) -> type[BaseModel] | None:
+        """The model a handler's reply is read back into (its return annotation, when that
+        is a pydantic model); None: the reply is returned as JSON values."""
+        return self._reply_of.get(type_name)
 
     @property
     def message_types(self) -> list[str]:
@@ -275,6 +290,16 @@ def _check_not_awaitable(actor: str, fn: Callable[..., Any]) -> None:
             f"awaitable ({returns!r}) but is not an async def: write `async def` so that the "
             "runtime awaits it"
         )
+
+
+def _reply_annotation(fn: Callable[..., Any], localns: dict[str, Any]) -> type[BaseModel] | None:
+    try:
+        returns = typing.get_type_hints(fn, localns=localns).get("return")
+    except Exception:  # unresolvable annotations are reported by _message_annotation
+        return None
+    if isinstance(returns, type) and issubclass(returns, BaseModel):
+        return returns
+    return None
 
 
 def _message_annotation(
@@ -332,8 +357,12 @@ class Registry:
         idempotency_key: str | None = None,
         message_id: str | None = None,
         attempt: int = 1,
+        reply: str | None = None,
     ) -> Outgoing:
-        """Validate and encode one send; raises before anything reaches a backend."""
+        """Validate and encode one send; raises before anything reaches a backend.
+
+        ``reply``: who wants the handler's reply (Envelope.reply); an actor key must name an
+        actor type that handles ``Replied``."""
         if not isinstance(ref, ActorRef):
             raise InvalidSend(f"target must be an ActorRef (use actor.ref(id)), got {ref!r}")
         if not isinstance(msg, BaseModel):
@@ -344,6 +373,10 @@ class Registry:
                 f"{type(msg).__qualname__} is not the {model.__qualname__} that actor type "
                 f"{ref.type!r} handles under the name {model.__name__!r}"
             )
+        if reply:
+            from actor_system.replies import Replied
+
+            self.get(ActorRef.from_key(reply).type).resolve(Replied.__name__)
         due = due_ms(now_s, delay, at, self.options.max_delay_s)
         target = ref.key
         mid = message_id or new_id(target, idempotency_key)
@@ -355,6 +388,7 @@ class Registry:
             attempt=attempt,
             sent_at_ms=int(now_s * 1000),
             due_at_ms=due,
+            reply=reply,
         )
         entry = encode(env)
         check_size(entry, self.options.max_message_bytes, f"message {env.type} to {target}")

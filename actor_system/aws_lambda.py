@@ -11,10 +11,14 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import re
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import parse_qsl
 
+from actor_system import replies
 from actor_system.actor import ActorRef
 from actor_system.budget import Budget
 from actor_system.errors import (
@@ -25,11 +29,14 @@ from actor_system.errors import (
     UnknownActorType,
     UnknownMessageType,
 )
-from actor_system.logs import reset_request_context, set_request_context
+from actor_system.logs import configure, reset_request_context, set_request_context
 from actor_system.payloads import InvalidPayload, parse_payload
+from actor_system.system import arm_wake
 from actor_system.worker import Worker
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from actor_system.ports import Continuation, Waker
     from actor_system.system import ActorSystem
 
@@ -38,33 +45,58 @@ log = logging.getLogger("actor_system")
 _PATH = re.compile(r"^/actors/(?P<type>[^/]+)/(?P<id>[^/]+)/messages/?$")
 
 
+# Before an invocation has measured what its end costs, this much is kept free.
+FIRST_MARGIN_S = 0.5
+_END_COSTS = 20  # invocations whose end cost the margin is sized from
+
+
 @dataclass
 class LambdaOptions:
-    """How the handler hands over work. ``margin_s`` is kept free at the end of every
-    invocation; ``max_chain`` bounds continuations (AWS stops recursive loops after 16 hops
-    unless the function allows them; this limit is what makes allowing them safe)."""
+    """How the handler hands over work. ``margin_s`` is the least time kept free at the end
+    of every invocation; the margin used is sized from what ending an invocation costs
+    here (the last commit and the hand-over, measured), see ``margin``. ``max_chain`` bounds
+    continuations (AWS stops recursive loops after 16 hops unless the function allows them;
+    this limit is what makes allowing them safe)."""
 
     waker: Waker | None = None
     continuation: Continuation | None = None
-    margin_s: float = 2.0
+    margin_s: float = 0.25
     max_chain: int = 100
     warned: set[str] = field(default_factory=set)
+    # Seconds the end of the last invocations took: the slowest commit plus the hand-over.
+    end_costs: list[float] = field(default_factory=list)
+
+    def margin(self) -> float:
+        """Twice the costliest end of the last invocations (FIRST_MARGIN_S before any was
+        measured), never below ``margin_s``."""
+        measured = max(self.end_costs) if self.end_costs else FIRST_MARGIN_S / 2
+        return max(self.margin_s, 2 * measured)
+
+    def measured(self, seconds: float) -> None:
+        self.end_costs.append(seconds)
+        del self.end_costs[:-_END_COSTS]
 
     @classmethod
-    def from_env(cls, env: dict[str, str], margin_s: float, max_chain: int) -> LambdaOptions:
+    def from_env(
+        cls, env: dict[str, str], margin_s: float, max_chain: int, waker: Waker | None = None
+    ) -> LambdaOptions:
         """``ACTOR_SYSTEM_WAKER_URL`` (sqs://queue) and ``ACTOR_SYSTEM_CONTINUE_URL``
         (lambda://function or sqs://queue; default: the wake queue, else a self-invoke)."""
         from adapters.aws import LambdaContinuation, waker_from_url
 
         waker_url = env.get("ACTOR_SYSTEM_WAKER_URL")
-        waker = waker_from_url(waker_url) if waker_url else None
+        if waker is None and waker_url:
+            waker = waker_from_url(waker_url)
         continue_url = env.get("ACTOR_SYSTEM_CONTINUE_URL", "")
-        continuation: Continuation | None = waker
+        # A waker that can also continue (the SQS wake queue) is the default continuation.
+        continuation: Continuation | None = None
+        if waker is not None and hasattr(waker, "continue_now"):
+            continuation = cast("Continuation", waker)
         if continue_url.startswith("lambda://"):
             continuation = LambdaContinuation(function=continue_url.removeprefix("lambda://"))
         elif continue_url:
             continuation = waker_from_url(continue_url)
-        elif waker is None and env.get("AWS_LAMBDA_FUNCTION_NAME"):
+        elif continuation is None and env.get("AWS_LAMBDA_FUNCTION_NAME"):
             continuation = LambdaContinuation(function=env["AWS_LAMBDA_FUNCTION_NAME"])
         # Create the clients now, in the init phase: at hand-over time the invocation has
         # only its margin left, less than a boto3 import takes.
@@ -107,9 +139,11 @@ def make_handler(system: ActorSystem, options: LambdaOptions) -> Any:
     cold = [True]
 
     def handler(event: Any, context: Any) -> dict[str, Any]:
-        token = set_request_context(
-            function_request_id=getattr(context, "aws_request_id", None), cold_start=cold[0]
-        )
+        if cold[0]:
+            # At the first invocation rather than at import: a logger the user sets up
+            # after building the handler (powertools) is found and left alone.
+            configure_lambda_logging()
+        token = set_request_context(**_request_fields(context, cold[0]))
         cold[0] = False
         try:
             return _handle(system, options, event, context)
@@ -117,6 +151,53 @@ def make_handler(system: ActorSystem, options: LambdaOptions) -> Any:
             reset_request_context(token)
 
     return handler
+
+
+def configure_lambda_logging(environ: Mapping[str, str] | None = None) -> bool:
+    """Give the package's logger a handler on Lambda, where nothing else does: AWS's runtime
+    client logs the root logger at WARNING in plain text, so INFO records were dropped and
+    ``ACTOR_SYSTEM_LOG_FORMAT`` had no effect. JSON lines by default (powertools' field
+    names, with the request id), ``ACTOR_SYSTEM_LOG_FORMAT=text`` for plain text; the level
+    from ``ACTOR_SYSTEM_LOG_LEVEL``, else ``AWS_LAMBDA_LOG_LEVEL``, else INFO. A logger the
+    user has given handlers (``logging.config``, powertools'
+    ``copy_config_to_registered_loggers``) is left as it is. Returns True if configured."""
+    env = os.environ if environ is None else environ
+    logger = logging.getLogger("actor_system")
+    if any(not isinstance(h, logging.NullHandler) for h in logger.handlers):
+        return False
+    fmt = env.get("ACTOR_SYSTEM_LOG_FORMAT", "json").lower()
+    level_name = env.get("ACTOR_SYSTEM_LOG_LEVEL") or env.get("AWS_LAMBDA_LOG_LEVEL") or "INFO"
+    level = logging.getLevelName(level_name.upper())
+    if fmt not in ("json", "text") or not isinstance(level, int):
+        logger.warning(
+            "ACTOR_SYSTEM_LOG_FORMAT=%r / log level %r not understood; using json at INFO",
+            fmt,
+            level_name,
+        )
+        fmt, level = "json", logging.INFO
+    configure(fmt, level)
+    logger.propagate = False  # the runtime's root handler would print every record again
+    return True
+
+
+def _request_fields(context: Any, cold_start: bool) -> dict[str, Any]:
+    """The invocation's fields on every log record, named as powertools names them."""
+    fields: dict[str, Any] = {
+        "function_request_id": getattr(context, "aws_request_id", None),
+        "cold_start": cold_start,
+    }
+    for name, attr in (
+        ("function_name", "function_name"),
+        ("function_arn", "invoked_function_arn"),
+        ("function_memory_size", "memory_limit_in_mb"),
+    ):
+        value = getattr(context, attr, None)
+        if value is not None:
+            fields[name] = value
+    trace = os.environ.get("_X_AMZN_TRACE_ID")
+    if trace:
+        fields["xray_trace_id"] = trace.split(";")[0].removeprefix("Root=")
+    return fields
 
 
 def _handle(
@@ -131,13 +212,24 @@ def _handle(
             keys,
         )
         return {"ok": False, "error": "unrecognized event shape"}
+    margin_s = options.margin()
     if kind == "http":
-        return ingress(system, event)
+        return ingress(system, event, context, margin_s)
     depth = _depth(event, kind)
     # The invocation's own time, on the local clock: the budget must hold even when Redis
     # (whose TIME is the system's clock) cannot be reached.
-    budget = Budget.from_context(context, margin_s=options.margin_s)
+    budget = Budget.from_context(context, margin_s=margin_s)
+    if budget.remaining_s() < 2 * margin_s:
+        _warn_once(
+            options,
+            "timeout",
+            f"the function's timeout leaves {budget.remaining_s():.2f}s per invocation, "
+            f"{margin_s:.2f}s of which is kept for the commit and hand-over at its end: too "
+            f"short to drain; raise the timeout to at least {max(3, 4 * margin_s):.0f}s",
+        )
     worker = Worker(system.runtime, budget=budget, exit_when_idle=True)
+    could_drain = budget.can_start_turn()
+    system.runtime.slowest_commit_s = 0.0
     failures = {
         "batchItemFailures": [
             {"itemIdentifier": r.get("messageId", "")} for r in event.get("Records", [])
@@ -151,14 +243,27 @@ def _handle(
         if kind == "sqs":  # let SQS deliver the wake again later
             return failures
         raise
+    drained_at = time.monotonic()
     try:
-        _hand_over(system, options, worker, depth)
+        _hand_over(system, options, worker, depth, budget, could_drain)
     except ActorSystemError as e:
         # The drained work is committed; only the next start is in doubt. SQS redelivers
         # the wake; otherwise the periodic sweep picks the work up.
         log.error("hand-over failed, the next drain waits for a redelivery or the sweep: %s", e)
         if kind == "sqs":
             return failures
+    # What ending this invocation cost: the slowest commit of its drain and the hand-over.
+    end_s = system.runtime.slowest_commit_s + time.monotonic() - drained_at
+    options.measured(end_s)
+    log.info(
+        "%s drain: %d message(s) in %d turn(s), %d dead letter(s), %s; end took %.0f ms",
+        kind,
+        report.messages,
+        report.turns,
+        report.dead_letters,
+        "nothing left" if worker.idle_at_exit else "work left, handed over",
+        end_s * 1000,
+    )
     result: dict[str, Any] = {
         "turns": report.turns,
         "messages": report.messages,
@@ -198,13 +303,28 @@ def _depth(event: dict[str, Any], kind: str) -> int:
             if isinstance(body, dict) and body.get("actor_system") == "continue":
                 depths.append(int(body.get("depth", 0)))
         except (ValueError, TypeError):
-            log.warning("wake-queue message %s is not ours; ignored", record.get("messageId"))
+            pass  # not ours: _land dead-letters it with the reason, the one place that does
     return max(depths)
 
 
-def _hand_over(system: ActorSystem, options: LambdaOptions, worker: Worker, depth: int) -> None:
+def _hand_over(
+    system: ActorSystem,
+    options: LambdaOptions,
+    worker: Worker,
+    depth: int,
+    budget: Budget,
+    could_drain: bool,
+) -> None:
     backend = system.backend
     now_ms = int(system.clock.now() * 1000)
+    if not could_drain:
+        # No time to drain at all: a continuation would do the same, up to max_chain.
+        log.error(
+            "no time to drain in this invocation (margin %.2fs); the work waits for the next "
+            "wake or sweep: raise the function's timeout",
+            budget.margin_s,
+        )
+        return
     if not worker.idle_at_exit:
         # The budget ended with work possibly left: continue in a fresh invocation.
         if depth + 1 > options.max_chain:
@@ -225,23 +345,16 @@ def _hand_over(system: ActorSystem, options: LambdaOptions, worker: Worker, dept
             "of a budget waits for the next wake or sweep",
         )
         return
-    next_due = backend.next_due_ms()
-    if next_due is None:
+    if options.waker is None or getattr(options.waker, "max_delay_s", 900) <= 0:
+        if backend.next_due_ms() is not None:
+            _warn_once(
+                options,
+                "waker",
+                "no waker that can wait: deferred messages wait for the periodic sweep "
+                "(set ACTOR_SYSTEM_WAKER_URL=sqs://wake-queue)",
+            )
         return
-    if options.waker is None:
-        _warn_once(
-            options,
-            "waker",
-            "no waker configured: deferred messages wait for the "
-            "periodic sweep (set ACTOR_SYSTEM_WAKER_URL=sqs://wake-queue)",
-        )
-        return
-    # A wake fires at the due time or at the waker's horizon (SQS: 15 minutes), whichever
-    # comes first; the drain it starts arms the next hop.
-    horizon_ms = int(getattr(options.waker, "max_delay_s", 900) * 1000)
-    fire_ms = min(next_due, now_ms + horizon_ms)
-    if backend.claim_wake(fire_ms, now_ms):
-        options.waker.wake_at(next_due, now_ms)
+    arm_wake(backend, options.waker, now_ms)
 
 
 def _warn_once(options: LambdaOptions, key: str, message: str) -> None:
@@ -262,10 +375,19 @@ def _response(status: int, body: dict[str, Any]) -> dict[str, Any]:
 _BODY_KEYS = ("delay", "idempotency_key", "payload", "type")
 
 
-def ingress(system: ActorSystem, event: dict[str, Any]) -> dict[str, Any]:
+def ingress(
+    system: ActorSystem, event: dict[str, Any], context: Any = None, margin_s: float = 0.25
+) -> dict[str, Any]:
     """``POST /actors/{type}/{id}/messages`` with ``{"type": ..., "payload": {...}}`` and
     optionally ``"delay"`` (seconds) and ``"idempotency_key"``. Authorization is left to API
     Gateway (IAM or a JWT authorizer).
+
+    The actor's turn runs in this invocation when it can (within its remaining time less
+    ``margin_s``); what is left goes to a drain. 202 ``{"id"}``. With
+    ``?wait=commit`` (and ``&timeout=<s>``, default 10) the answer waits for the commit: 200
+    ``{"id", "reply"}`` with the handler's return value, 500 ``{"id", "error"}`` if the
+    message was dead-lettered, 202 ``{"id"}`` if the time ran out first (or the message is
+    deferred: nothing to wait for).
 
     People type these requests, so unknown keys, in the body or in the payload, are answered
     with 400 naming them (see actor_system.payloads) instead of being dropped."""
@@ -275,6 +397,20 @@ def ingress(system: ActorSystem, event: dict[str, Any]) -> dict[str, Any]:
         return _response(404, {"error": "not found; POST /actors/{type}/{id}/messages"})
     if http.get("method") != "POST":
         return _response(405, {"error": "method not allowed; use POST"})
+    query = _query(event)
+    unknown = sorted(set(query) - {"wait", "timeout"})
+    if unknown or query.get("wait", "commit") != "commit":
+        return _response(400, {"error": "query parameters: wait=commit and timeout=<seconds>"})
+    try:
+        timeout_s = float(query.get("timeout", _WAIT_S))
+        if not 0 < timeout_s <= _MAX_WAIT_S:
+            raise ValueError
+    except ValueError:
+        return _response(400, {"error": f"timeout must be seconds in (0, {_MAX_WAIT_S:g}]"})
+    if context is not None:
+        timeout_s = min(timeout_s, context.get_remaining_time_in_millis() / 1000 - margin_s)
+    if timeout_s <= 0:
+        return _response(503, {"error": "no time left in this invocation"})
     raw = event.get("body") or ""
     limit = system.options.max_message_bytes
     if len(raw) > 2 * limit:  # bound the work before decoding anything
@@ -292,20 +428,48 @@ def ingress(system: ActorSystem, event: dict[str, Any]) -> dict[str, Any]:
         names = ", ".join(repr(k) for k in extra)
         known = ", ".join(_BODY_KEYS)
         return _response(400, {"error": f"unknown body {noun} {names}; known: {known}"})
-    return _deliver(system, match["type"], match["id"], body)
+    wait = "wait" in query
+    return _deliver(system, match["type"], match["id"], body, timeout_s, wait)
+
+
+_WAIT_S = 10.0  # ?wait=commit without &timeout=
+_MAX_WAIT_S = 900.0
+
+
+def _query(event: dict[str, Any]) -> dict[str, str]:
+    params = event.get("queryStringParameters")
+    if isinstance(params, dict):
+        return {str(k): str(v) for k, v in params.items()}
+    return dict(parse_qsl(event.get("rawQueryString") or ""))
 
 
 def _deliver(
-    system: ActorSystem, actor: str, actor_id: str, body: dict[str, Any]
+    system: ActorSystem,
+    actor: str,
+    actor_id: str,
+    body: dict[str, Any],
+    timeout_s: float,
+    wait: bool,
 ) -> dict[str, Any]:
-    """Validate the payload strictly and send it; answers as ``ingress`` documents."""
+    """Validate the payload strictly, send it and process it here; answers as ``ingress``
+    documents."""
     try:
         ref = ActorRef(actor, actor_id)
         model, _ = system.registry.get(ref.type).resolve(body["type"])
         msg = parse_payload(model, body.get("payload", {}), strict=True)
-        mid = system.send(
-            ref, msg, delay=body.get("delay"), idempotency_key=body.get("idempotency_key")
-        )
+        key = body.get("idempotency_key")
+        if wait and body.get("delay") is None:
+            item = system.registry.prepare(
+                ref, msg, now_s=system.clock.now(), idempotency_key=key, reply=""
+            )
+            try:
+                ok, value = replies.decode(item.id, system.await_reply(item, timeout_s))
+            except replies.NoReply:
+                return _response(202, {"id": item.id})
+            if not ok:
+                return _response(500, {"id": item.id, "error": value})
+            return _response(200, {"id": item.id, "reply": value})
+        mid = system.send(ref, msg, delay=body.get("delay"), idempotency_key=key, process=timeout_s)
     except (UnknownActorType, UnknownMessageType) as e:
         return _response(404, {"error": str(e)})
     except InvalidPayload as e:

@@ -1,8 +1,9 @@
 """The envelope that carries a message, and its msgpack codec.
 
 On the wire a mailbox entry is the 32-character hex message id followed by the msgpack body
-[format version, target, type, payload, attempt, sent-at ms, due-at ms], so that Lua scripts
-read the id (for de-duplication) without decoding msgpack.
+[format version, target, type, payload, attempt, sent-at ms, due-at ms] and, for a message
+whose sender wants its reply, an eighth field (see Envelope.reply), so that Lua scripts read
+the id (for de-duplication) without decoding msgpack.
 
 A message id is 128 bits in hex: 48 bits of send time in ms and a 16-bit sequence (so that
 ids from one sender sort in send order: the delay queue breaks ties of equal due times by
@@ -31,7 +32,7 @@ from actor_system.errors import DecodeError, InvalidSend, MessageTooLarge
 
 FORMAT_VERSION = 1
 ID_LENGTH = 32
-_FIELDS = 7
+_FIELDS = 7  # an eighth, the reply field, is written only when it is set
 _HEX_ID = re.compile(rb"[0-9a-f]{32}")
 _HEX_ID_STR = re.compile(r"[0-9a-f]{32}")
 
@@ -47,6 +48,10 @@ class Envelope:
     attempt: int
     sent_at_ms: int
     due_at_ms: int | None
+    # Who wants the handler's reply: None nobody (a reply is still stored if the handler
+    # returns one), "" a caller waiting on Redis (system.ask: a reply is always stored),
+    # "type/id" an actor, which gets it as a Replied message.
+    reply: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,18 +119,18 @@ def check_message_id(value: object) -> str:
 def encode(env: Envelope) -> bytes:
     """Encode an envelope as a mailbox entry: the id, then the msgpack body (without the id,
     which the entry already carries: a pending message stores it once less)."""
-    body: bytes = msgpack.packb(
-        [
-            FORMAT_VERSION,
-            env.target,
-            env.type,
-            env.payload,
-            env.attempt,
-            env.sent_at_ms,
-            env.due_at_ms,
-        ],
-        use_bin_type=True,
-    )
+    fields: list[Any] = [
+        FORMAT_VERSION,
+        env.target,
+        env.type,
+        env.payload,
+        env.attempt,
+        env.sent_at_ms,
+        env.due_at_ms,
+    ]
+    if env.reply is not None:
+        fields.append(env.reply)
+    body: bytes = msgpack.packb(fields, use_bin_type=True)
     return env.id.encode("ascii") + body
 
 
@@ -140,9 +145,10 @@ def decode(raw: bytes) -> Envelope:
         fields = msgpack.unpackb(raw[ID_LENGTH:], raw=False, strict_map_key=True)
     except Exception as e:  # msgpack raises several unrelated exception types
         raise DecodeError(f"undecodable msgpack: {type(e).__name__}: {e}", raw) from e
-    if not isinstance(fields, list) or len(fields) != _FIELDS:
-        raise DecodeError(f"envelope is not an array of {_FIELDS} fields", raw)
-    version, target, mtype, payload, attempt, sent_at, due_at = fields
+    if not isinstance(fields, list) or len(fields) not in (_FIELDS, _FIELDS + 1):
+        raise DecodeError(f"envelope is not an array of {_FIELDS} or {_FIELDS + 1} fields", raw)
+    version, target, mtype, payload, attempt, sent_at, due_at = fields[:_FIELDS]
+    reply = fields[_FIELDS] if len(fields) > _FIELDS else None
     if version != FORMAT_VERSION:
         raise DecodeError(f"unsupported envelope format version {version!r}", raw)
     checks = (
@@ -152,10 +158,12 @@ def decode(raw: bytes) -> Envelope:
         type(attempt) is int and attempt >= 1,
         type(sent_at) is int,
         due_at is None or type(due_at) is int,
+        reply is None or (isinstance(reply, str) and (reply == "" or "/" in reply)),
     )
     if not all(checks):
         raise DecodeError("envelope fields have wrong types", raw)
-    return Envelope(prefix.decode("ascii"), target, mtype, payload, attempt, sent_at, due_at)
+    mid = prefix.decode("ascii")
+    return Envelope(mid, target, mtype, payload, attempt, sent_at, due_at, reply)
 
 
 def due_ms(

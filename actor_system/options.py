@@ -16,6 +16,9 @@ class Options:
     lease_ms: how long a turn owns its actor before another drainer may recover it.
     done_window_s / done_max: how long and how many processed ids each actor keeps for dedup.
     poll_interval_s: the longest blocking wait of an idle worker.
+    reply_ttl_s: how long a handler's reply (and a dead-lettered message's error) is kept
+    for ``ask`` and ``reply``. process_s: how long ``send(..., process=True)`` may run the
+    actor's turns in the caller.
     """
 
     prefix: str = "as"
@@ -31,8 +34,10 @@ class Options:
     done_max: int = 10_000
     poll_interval_s: float = 1.0
     redis_hz: int = 10
-    lambda_margin_s: float = 2.0
+    lambda_margin_s: float = 0.25
     max_chain: int = 100
+    reply_ttl_s: float = 300.0
+    process_s: float = 1.0
 
     def __post_init__(self) -> None:
         positive = (
@@ -48,6 +53,8 @@ class Options:
             "done_max",
             "poll_interval_s",
             "redis_hz",
+            "reply_ttl_s",
+            "process_s",
         )
         for name in positive:
             value = getattr(self, name)

@@ -54,6 +54,9 @@ class Commit:
     done_window_ms: int = 0
     done_max: int = 0
     pause_ms: int = 0  # > 0: the actor is not taken again before this time (retry backoff)
+    # (message id, reply record) to keep for ``reply_ttl_ms``; the first reply of an id stays.
+    replies: list[tuple[str, bytes]] = field(default_factory=list)
+    reply_ttl_ms: int = 300_000
 
 
 class Clock(Protocol):
@@ -67,12 +70,25 @@ class Clock(Protocol):
 class Mailbox(Protocol):
     """Per-actor FIFO inboxes and the index of actors with pending work."""
 
-    def push(self, items: Sequence[Outgoing], now_ms: int) -> None:
-        """Deliver immediate items to mailboxes and deferred ones to the delay queue."""
+    def push(self, items: Sequence[Outgoing], now_ms: int, wake_ms: int = 0) -> bool:
+        """Deliver immediate items to mailboxes and deferred ones to the delay queue. With
+        ``wake_ms``, True when the caller must start a drain: actors are ready and none is
+        running or on its way (the claim holds for ``wake_ms``)."""
 
-    def poll(self, now_ms: int, max_actors: int, lease_ms: int) -> tuple[list[str], int]:
+    def claim_drain(self, wake_ms: int) -> bool:
+        """True when actors are ready and no drain runs or is on its way: the caller starts
+        one (the claim holds for ``wake_ms``)."""
+
+    def rest(self) -> bool:
+        """A drain with nothing to do may end: True if no actor is ready; False if work
+        arrived meanwhile."""
+
+    def poll(
+        self, now_ms: int, max_actors: int, lease_ms: int, awake_ms: int = 0
+    ) -> tuple[list[str], int]:
         """Recover expired leases, promote due deferred messages, pop up to ``max_actors``
-        ready actors and reserve them for ``lease_ms``. Returns (actor keys, promoted)."""
+        ready actors and reserve them for ``lease_ms``. Returns (actor keys, promoted).
+        ``awake_ms`` > 0: the poller counts as a running drain for that long."""
 
     def wait_ready(self, timeout_s: float) -> bool:
         """Block up to ``timeout_s`` for a hint that work arrived; True if woken early."""
@@ -95,6 +111,12 @@ class TurnStore(Protocol):
 
     def load_state(self, actor: str) -> tuple[bytes | None, int]:
         """The committed state bytes (None if never written) and version."""
+
+    def reply(self, message_id: str) -> bytes | None:
+        """The stored reply record of a processed message, if any (see replies.py)."""
+
+    def wait_reply(self, message_id: str, timeout_s: float) -> bytes | None:
+        """The reply record, waiting up to ``timeout_s`` for the commit that writes it."""
 
 
 class DelayQueue(Protocol):
@@ -148,6 +170,8 @@ class Waker(Protocol):
     def client(self) -> Any: ...
 
     def wake_at(self, due_ms: int, now_ms: int) -> None: ...
+
+    def wake_now(self) -> None: ...
 
 
 class Continuation(Protocol):

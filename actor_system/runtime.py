@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 from pydantic import BaseModel, ValidationError
 
-from actor_system import stored_state
+from actor_system import replies, stored_state
 from actor_system.actor import ActorRef, ActorType, Context, Handler, Registry, utc
 from actor_system.budget import timeout_guard
 from actor_system.envelope import (
@@ -108,12 +108,21 @@ class Outbox:
         delay: float | timedelta | None,
         at: datetime | None,
         idempotency_key: str | None,
+        reply_to: ActorRef | None = None,
     ) -> str:
         limit = self._registry.options.max_outbox
         if len(self.items) >= limit:
             raise InvalidSend(f"a turn may send at most max_outbox={limit} messages")
+        if reply_to is not None and not isinstance(reply_to, ActorRef):
+            raise InvalidSend(f"reply_to must be an ActorRef (e.g. ctx.self), got {reply_to!r}")
         item = self._registry.prepare(
-            ref, msg, now_s=self._now_s, delay=delay, at=at, idempotency_key=idempotency_key
+            ref,
+            msg,
+            now_s=self._now_s,
+            delay=delay,
+            at=at,
+            idempotency_key=idempotency_key,
+            reply=None if reply_to is None else reply_to.key,
         )
         self.items.append(item)
         return item.id
@@ -143,6 +152,8 @@ class _Turn:
     # ran, the stored state stands) and the outbox size. A failed or interrupted handler
     # rolls back to it; no handler ever runs twice in one turn.
     saved: tuple[bytes | None, int, int] = (None, 0, 0)
+    # (message id, reply record) of the handlers that succeeded, written by the commit.
+    replies: list[tuple[str, bytes]] = field(default_factory=list)
     pause_ms: int = 0  # the actor is not taken again before this time (a retry's backoff)
     report: DrainReport = field(default_factory=DrainReport)
     # Stored fields the state model does not declare: every commit writes them back.
@@ -191,24 +202,57 @@ class Runtime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._async: dict[Handler, bool] = {}  # handler -> async def, asked once
         self._rng = random.Random()  # jitter of retry delays
+        self.slowest_commit_s = 0.0  # the longest commit round trip (sizes Lambda's margin)
 
     def _now_ms(self) -> int:
         return int(self.clock.now() * 1000)
 
-    def round(self, budget: Budget) -> DrainReport:
-        """One round: poll for ready actors, run their turns, group-commit them."""
+    def round(self, budget: Budget, awake_ms: int = 0) -> DrainReport:
+        """One round: poll for ready actors, run their turns, group-commit them.
+        ``awake_ms``: the poll marks a drain as running for that long (Lambda wakes)."""
         report = DrainReport()
         opts = self.options
         actors, report.promoted = self.backend.poll(
-            self._now_ms(), opts.actors_per_round, opts.lease_ms
+            self._now_ms(), opts.actors_per_round, opts.lease_ms, awake_ms
         )
         if not actors:
             return report
         report.idle = False
+        self._turns(actors, budget, report)
+        return report
+
+    def run_actor(self, actor: str, budget: Budget) -> tuple[DrainReport, list[Commit]]:
+        """Run turns of one actor here and now (a sender processing its own message), under
+        the same lease and commit as any drain, until its mailbox is empty, its lease is
+        held elsewhere or the budget ends. Returns what was done (``idle`` False: work may
+        be left, which stays ready for a drain) and the commits that were written."""
+        report = DrainReport(idle=False)
+        committed: list[Commit] = []
+        while budget.can_start_turn():
+            turn = DrainReport()
+            claimed = self._turns([actor], budget, turn, committed)
+            report.add(turn)
+            if turn.lease_conflicts or turn.leases_lost or turn.interrupted:
+                break  # held elsewhere (that holder goes on), or out of time
+            if claimed < self.options.batch:
+                report.idle = True  # the mailbox is empty
+                break
+        return report, committed
+
+    def _turns(
+        self,
+        actors: list[str],
+        budget: Budget,
+        report: DrainReport,
+        committed: list[Commit] | None = None,
+    ) -> int:
+        """Begin, run and commit the turns of ``actors``; returns how many messages were
+        claimed. ``committed`` collects the commits that were written."""
         token = uuid.uuid4().hex
         claims = self.backend.begin(
             actors, token, self.options.lease_ms, self.options.batch, self._now_ms()
         )
+        claimed = sum(len(c.entries) for c in claims if c is not None)
         leased_at = time.monotonic()
         pending: list[_Done] = []
         flushed_at = leased_at
@@ -232,13 +276,19 @@ class Runtime:
                 pending.append(self._broken(claim, token, e))
             # Group commit: fast turns share one round trip, slow ones are not held back.
             if time.monotonic() - flushed_at > _GROUP_COMMIT_S:
-                self._flush(pending, report)
+                self._flush(pending, report, committed)
                 flushed_at = time.monotonic()
-        self._flush(pending, report)
-        return report
+        self._flush(pending, report, committed)
+        return claimed
 
-    def _flush(self, pending: list[_Done], report: DrainReport) -> None:
+    def _flush(
+        self, pending: list[_Done], report: DrainReport, committed: list[Commit] | None
+    ) -> None:
+        if not pending:
+            return
+        started = time.monotonic()
         results = self.backend.commit([c for c, _, _ in pending], self._now_ms())
+        self.slowest_commit_s = max(self.slowest_commit_s, time.monotonic() - started)
         for (commit, turn_report, metrics), version in zip(pending, results, strict=True):
             if version is None:
                 report.leases_lost += 1
@@ -246,6 +296,8 @@ class Runtime:
                     "lease of %s lost before commit; its batch will be redelivered", commit.actor
                 )
                 continue
+            if committed is not None:
+                committed.append(commit)
             report.add(turn_report)
             if metrics is not None and self.on_turn is not None:
                 self._emit(metrics)
@@ -270,11 +322,13 @@ class Runtime:
         """The turn's commit: the state and outbox of its savepoint, one action per entry."""
         data, n_items, n_cancels = turn.saved
         outbox.truncate(n_items, n_cancels)
+        bare = self._bare(turn.claim, turn.token, turn.actions, turn.pause_ms, turn.actor)
         return replace(
-            self._bare(turn.claim, turn.token, turn.actions, turn.pause_ms, turn.actor),
+            bare,
             state=data,
-            outbox=outbox.items,
+            outbox=outbox.items + bare.outbox,
             cancels=outbox.cancels,
+            replies=turn.replies + bare.replies,
             state_is_default=data is not None and data == self._default_state(turn.actor),
         )
 
@@ -288,22 +342,26 @@ class Runtime:
     ) -> Commit:
         """A commit of actions only (state unchanged), with the dedup window of the actor's
         type (looked up unless given): every commit that records processed ids trims them to
-        that window."""
+        that window. Dead-lettered messages get their failure replies."""
         window_s, keep = self.options.done_window_s, self.options.done_max
         try:
             actor = actor or self.registry.get(ActorRef.from_key(claim.actor).type)
             window_s, keep = actor.done_window_s or window_s, actor.done_max or keep
         except ActorSystemError:  # an unknown type: the system's window
             pass
+        records, out = self._dead_replies(actions)
         return Commit(
             claim.actor,
             token,
             claim.fence,
             None,
             actions,
+            outbox=out,
             done_window_ms=int(window_s * 1000),
             done_max=keep,
             pause_ms=pause_ms,
+            replies=records,
+            reply_ttl_ms=int(self.options.reply_ttl_s * 1000),
         )
 
     def _interrupted(self, turn: _Turn, stop: _Interrupted, outbox: Outbox) -> Commit:
@@ -425,12 +483,13 @@ class Runtime:
             started = time.monotonic()
             try:
                 if self._is_async(fn):
-                    self._call_async(fn, ctx, msg, turn.budget.handler_time_s(), limit_s)
+                    result = self._call_async(fn, ctx, msg, turn.budget.handler_time_s(), limit_s)
                 else:
                     with timeout_guard(turn.budget.handler_time_s(), limit_s):
-                        self._call(fn, ctx, msg)
+                        result = self._call(fn, ctx, msg)
                 state = self._state_after(turn.actor, ctx)
                 saved = stored_state.encode(turn.actor, state, turn.unknown)
+                reply = self._reply(turn, env, result, outbox)
             except BudgetExhausted as e:
                 raise _Interrupted(index, env) from e
             except TimeLimitExceeded as e:
@@ -438,6 +497,8 @@ class Runtime:
             except Exception as e:
                 return _Failure(index, env, e)
             turn.saved = (saved, len(outbox.items), len(outbox.cancels))
+            if reply is not None:
+                turn.replies.append((env.id, reply))
             turn.budget.observe_handler(time.monotonic() - started)
             turn.actions.append(DONE)
             turn.ran += 1
@@ -446,9 +507,59 @@ class Runtime:
                 turn.lateness.append(turn.now_s - env.due_at_ms / 1000)
         return None
 
+    def _reply(self, turn: _Turn, env: Envelope, result: Any, outbox: Outbox) -> bytes | None:
+        """The reply record to store for a handler's return value, if any: always when a
+        caller asked (``system.ask``), else only when it returned something. An actor that
+        asked gets a Replied message in this turn's outbox instead."""
+        if env.reply is None and result is None:
+            return None
+        record = replies.encode_value(result, self.options.max_message_bytes)
+        if not env.reply:
+            return record
+        _, value = replies.decode(env.id, record)
+        outbox.items.append(
+            self._replied(turn.now_s, env, replies.Replied(id=env.id, ok=True, value=value))
+        )
+        return None
+
+    def _replied(self, now_s: float, env: Envelope, reply: replies.Replied) -> Outgoing:
+        """The Replied message for the actor that asked; its id is derived from the asked
+        message's, so a copy is dropped like any other."""
+        assert env.reply
+        return self.registry.prepare(
+            ActorRef.from_key(env.reply), reply, now_s=now_s, idempotency_key=f"reply:{env.id}"
+        )
+
+    def _dead_replies(self, actions: list[bytes]) -> tuple[list[tuple[str, bytes]], list[Outgoing]]:
+        """Failure replies for the dead-lettered messages among ``actions``: a record under
+        the message id (what ``ask`` and ``reply`` raise HandlerFailed with), or a Replied
+        message to the actor that asked."""
+        records: list[tuple[str, bytes]] = []
+        out: list[Outgoing] = []
+        for action in actions:
+            if action[:1] != DEAD:
+                continue
+            dead = msgpack.unpackb(action[1:], raw=False)
+            if not dead["id"]:
+                continue
+            try:
+                env: Envelope | None = decode(dead["entry"])
+            except DecodeError:
+                env = None
+            if env is None or not env.reply:
+                records.append((dead["id"], replies.encode_failure(dead["reason"])))
+                continue
+            failed = replies.Replied(id=env.id, ok=False, error=dead["reason"])
+            try:
+                out.append(self._replied(self.clock.now(), env, failed))
+            except (ActorSystemError, ValidationError) as e:
+                log.error("the failure of %s cannot be replied to %s: %s", env.id, env.reply, e)
+        return records, out
+
     @staticmethod
-    def _call(fn: Handler, ctx: Context[Any], msg: BaseModel) -> None:
-        """Run a plain handler; one that hands back an awaitable fails clearly."""
+    def _call(fn: Handler, ctx: Context[Any], msg: BaseModel) -> Any:
+        """Run a plain handler, returning its reply; one that hands back an awaitable fails
+        clearly."""
         result = fn(ctx, msg)
         if result is not None and inspect.isawaitable(result):
             if inspect.iscoroutine(result):
@@ -457,6 +568,7 @@ class Runtime:
                 f"handler {getattr(fn, '__qualname__', fn)!r} returned an awaitable without "
                 "being an async def; write `async def` so that the runtime awaits it"
             )
+        return result
 
     def _call_async(
         self,
@@ -465,7 +577,7 @@ class Runtime:
         msg: BaseModel,
         budget_s: float,
         limit_s: float | None,
-    ) -> None:
+    ) -> Any:
         """Run an ``async def`` handler on this runtime's event loop. Its deadline (the
         budget's or its own time limit, whichever comes first) is asyncio's: a signal raised
         inside the event loop could be swallowed by a callback or leave the task behind."""
@@ -474,18 +586,17 @@ class Runtime:
             raise BudgetExhausted("no time left in the budget to run a handler")
         expired: list[bool] = []
 
-        async def bounded() -> None:
+        async def bounded() -> Any:
             if not math.isfinite(wait_s):
-                await fn(ctx, msg)
-                return
+                return await fn(ctx, msg)
             async with asyncio.timeout(wait_s) as deadline:
                 try:
-                    await fn(ctx, msg)
+                    return await fn(ctx, msg)
                 finally:
                     expired.append(deadline.expired())
 
         try:
-            self._run_async(bounded())
+            return self._run_async(bounded())
         except TimeoutError:
             if not (expired and expired[0]):
                 raise  # the handler's own timeout: a failure like any other
@@ -495,13 +606,13 @@ class Runtime:
                 f"the handler ran longer than its time_limit_s={limit_s:g}"
             ) from None
 
-    def _run_async(self, work: Coroutine[Any, Any, Any]) -> None:
+    def _run_async(self, work: Coroutine[Any, Any, Any]) -> Any:
         """Run one async handler to its end. Interrupted by the budget's guard, its task is
         cancelled before the exception goes on: it never resumes in a later turn."""
         loop = self._event_loop()
         task = loop.create_task(work)
         try:
-            loop.run_until_complete(task)
+            return loop.run_until_complete(task)
         except BaseException:
             if not task.done():
                 task.cancel()

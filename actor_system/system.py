@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -11,11 +13,11 @@ from urllib.parse import urlsplit
 import msgpack
 from pydantic import BaseModel
 
-from actor_system import stored_state
+from actor_system import replies, stored_state
 from actor_system.actor import ActorRef, ActorType, Registry
 from actor_system.budget import Budget
-from actor_system.envelope import ID_LENGTH, check_message_id
-from actor_system.errors import ConfigError
+from actor_system.envelope import ID_LENGTH, Outgoing, check_message_id, decode
+from actor_system.errors import ActorSystemError, ConfigError, InvalidSend
 from actor_system.metrics import EmfMetrics
 from actor_system.options import Options
 from actor_system.runtime import DrainReport, Runtime
@@ -26,9 +28,13 @@ if TYPE_CHECKING:
     from datetime import timedelta
 
     from actor_system.metrics import MetricsHook
-    from actor_system.ports import Backend, Clock, Continuation, Waker
+    from actor_system.ports import Backend, Clock, Commit, Continuation, Waker
 
 S = TypeVar("S", bound=BaseModel)
+
+log = logging.getLogger("actor_system")
+# How long a wake is trusted to start a drain (P:awake): sends meanwhile start none.
+_WAKE_MS = 30_000
 
 ENV_PREFIX = "ACTOR_SYSTEM_"
 _REDIS_SCHEMES = ("redis", "rediss", "unix", "fakeredis")
@@ -84,8 +90,12 @@ class ActorSystem:
         clock: Clock | None = None,
         options: Options | None = None,
         on_turn: MetricsHook | None = None,
+        waker: Waker | None = None,
     ) -> None:
         self.options = options or Options()
+        # Starts a drain when a send finds the system at rest (Lambda); None: drains run on
+        # their own (workers) or only on their schedule.
+        self.waker = waker
         self.registry = Registry(actors, self.options)
         self.backend = backend
         # One time authority for every process: the store's (Redis TIME), unless the caller
@@ -103,6 +113,7 @@ class ActorSystem:
         delay: str | None = None,
         clock: Clock | None = None,
         on_turn: MetricsHook | None = None,
+        waker: Waker | None = None,
         **options: Any,
     ) -> ActorSystem:
         """Connect to ``redis://``, ``rediss://`` or the embedded ``fakeredis://``.
@@ -110,8 +121,9 @@ class ActorSystem:
         ``state="s3://bucket/prefix"`` keeps actor state in S3; ``delay="sqs://queue"`` or
         ``delay="scheduler://group?target=<arn>&role=<arn>"`` keeps far-future deferred
         messages in SQS or EventBridge Scheduler (boto3 is imported only then). Redis is the
-        default for both (``None``). Other keyword arguments are ``Options`` fields
-        (``batch=``, ``lease_ms=``, ...).
+        default for both (``None``). ``waker`` starts a drain when a send finds the system at
+        rest (see ``adapters.aws.waker_from_url``). Other keyword arguments are ``Options``
+        fields (``batch=``, ``lease_ms=``, ...).
         """
         scheme = urlsplit(url).scheme if isinstance(url, str) else ""
         if scheme not in _REDIS_SCHEMES:
@@ -121,7 +133,7 @@ class ActorSystem:
             )
         opts = Options.from_mapping(options)
         backend = _backend(url, opts, state, delay)
-        return cls(backend, actors=actors, clock=clock, options=opts, on_turn=on_turn)
+        return cls(backend, actors=actors, clock=clock, options=opts, on_turn=on_turn, waker=waker)
 
     @classmethod
     def from_env(
@@ -133,7 +145,9 @@ class ActorSystem:
         on_turn: MetricsHook | None = None,
     ) -> ActorSystem:
         """Read ``ACTOR_SYSTEM_REDIS_URL`` (required), ``ACTOR_SYSTEM_STATE_URL``,
-        ``ACTOR_SYSTEM_DELAY_URL`` and one ``ACTOR_SYSTEM_<OPTION>`` per Options field.
+        ``ACTOR_SYSTEM_DELAY_URL``, ``ACTOR_SYSTEM_WAKER_URL`` (sqs://wake-queue or
+        lambda://drain-function: sends wake a drain at rest) and one
+        ``ACTOR_SYSTEM_<OPTION>`` per Options field.
 
         On Lambda (``AWS_LAMBDA_FUNCTION_NAME`` set) turn metrics default to CloudWatch EMF.
         """
@@ -155,12 +169,18 @@ class ActorSystem:
             options[name] = _parse_option(key, raw, str(types[name]))
         if on_turn is None and env.get("AWS_LAMBDA_FUNCTION_NAME"):
             on_turn = EmfMetrics()
+        waker: Waker | None = None
+        if env.get(f"{ENV_PREFIX}WAKER_URL"):
+            from adapters.aws import waker_from_url  # no boto3 until the first wake
+
+            waker = waker_from_url(env[f"{ENV_PREFIX}WAKER_URL"])
         try:
             return cls.from_url(
                 url,
                 actors=actors,
                 clock=clock,
                 on_turn=on_turn,
+                waker=waker,
                 state=env.get(f"{ENV_PREFIX}STATE_URL"),
                 delay=env.get(f"{ENV_PREFIX}DELAY_URL"),
                 **options,
@@ -178,25 +198,155 @@ class ActorSystem:
         delay: float | timedelta | None = None,
         at: datetime | None = None,
         idempotency_key: str | None = None,
+        process: bool | float = False,
     ) -> str:
         """Send ``msg`` to ``ref`` now, after ``delay`` (seconds or timedelta) or at ``at``.
 
         Returns the message id. The same ``idempotency_key`` to the same actor yields the
         same id, and the actor processes it once. Raises InvalidSend, UnknownActorType,
         UnknownMessageType or MessageTooLarge before anything is stored.
+
+        ``process=True`` (or a number of seconds; True: ``Options.process_s``) runs the
+        actor's turn here, under the same lease and commit as any drain, and leaves what it
+        cannot finish in that time to one. Without it, a send that finds the system at rest
+        starts a drain through the waker, when there is one.
         """
         item = self.registry.prepare(
             ref, msg, now_s=self.clock.now(), delay=delay, at=at, idempotency_key=idempotency_key
         )
-        self.backend.push([item], self._now_ms())
+        self._deliver([item], self._process_s(process))
         return item.id
 
-    def send_many(self, messages: Sequence[tuple[ActorRef, BaseModel]]) -> list[str]:
+    def send_many(
+        self, messages: Sequence[tuple[ActorRef, BaseModel]], *, process: bool | float = False
+    ) -> list[str]:
         """Send several immediate messages in one round trip; returns their ids in order."""
         now_s = self.clock.now()
         items = [self.registry.prepare(ref, msg, now_s=now_s) for ref, msg in messages]
-        self.backend.push(items, self._now_ms())
+        self._deliver(items, self._process_s(process))
         return [i.id for i in items]
+
+    def ask(
+        self,
+        ref: ActorRef,
+        msg: BaseModel,
+        *,
+        timeout: float = 10.0,
+        idempotency_key: str | None = None,
+    ) -> Any:
+        """Send ``msg`` and return the handler's reply (its return value; a model when the
+        handler's return annotation is one, else JSON values), committed with its turn.
+
+        The turn runs here when it can (``process=True``), else a drain's commit is awaited
+        on Redis (a blocking read, no polling). Raises HandlerFailed with the dead letter's
+        reason if the message cannot be processed, NoReply (a TimeoutError carrying the
+        message id, for ``reply``) after ``timeout`` seconds. A resend with the same
+        ``idempotency_key`` gets the first reply.
+        """
+        item = self._asked(ref, msg, timeout, idempotency_key)
+        data = self.await_reply(item, timeout)
+        model = self.registry.get(ref.type).reply_model(_type_of(item))
+        return replies.value_of(item.id, data, model)
+
+    def _asked(
+        self, ref: ActorRef, msg: BaseModel, timeout: float, idempotency_key: str | None
+    ) -> Outgoing:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            raise InvalidSend(f"timeout={timeout!r} must be a number of seconds > 0")
+        return self.registry.prepare(
+            ref, msg, now_s=self.clock.now(), idempotency_key=idempotency_key, reply=""
+        )
+
+    def await_reply(self, item: Outgoing, timeout: float) -> bytes:
+        """Deliver a message prepared with ``reply=""``, process it here within ``timeout``
+        and return its reply record, or wait for the drain that commits it; NoReply after
+        ``timeout``."""
+        deadline = time.monotonic() + timeout
+        committed = self._deliver([item], timeout)
+        for record in committed:
+            found = dict(record.replies).get(item.id)
+            if found is not None:
+                return found
+        while True:
+            left = deadline - time.monotonic()
+            data = self.backend.wait_reply(item.id, max(left, 0.0))
+            if data is not None:
+                return data
+            if left <= 0:
+                raise replies.NoReply(
+                    f"no reply to message {item.id} within {timeout:g}s: not processed yet "
+                    f"(it still will be; system.reply({item.id!r}) looks again), or "
+                    f"processed more than reply_ttl_s={self.options.reply_ttl_s:g}s ago",
+                    item.id,
+                )
+            if not getattr(self.backend, "blocking", True):
+                # The embedded store (fakeredis) lives in this process: nothing else drains
+                # it, so drain here between looks.
+                self.run_until_idle()
+                time.sleep(min(0.005, max(left, 0)))
+
+    def reply(self, message_id: str, *, timeout: float = 0.0) -> Any:
+        """The reply of a processed message (JSON values), waiting up to ``timeout`` for
+        it; HandlerFailed if it was dead-lettered, NoReply if there is none (not processed
+        yet, or longer ago than ``reply_ttl_s``)."""
+        mid = check_message_id(message_id)
+        data = self.backend.wait_reply(mid, timeout)
+        if data is None:
+            raise replies.NoReply(
+                f"no reply to message {mid}: not processed yet, its handler returned nothing "
+                f"(and nobody asked), or it was processed more than "
+                f"reply_ttl_s={self.options.reply_ttl_s:g}s ago",
+                mid,
+            )
+        return replies.value_of(mid, data, None)
+
+    def _process_s(self, process: bool | float) -> float:
+        if process is True:
+            return self.options.process_s
+        if process is False:
+            return 0.0
+        if not isinstance(process, int | float) or not process > 0:
+            raise InvalidSend(f"process={process!r} must be True, False or seconds > 0")
+        return float(process)
+
+    def _deliver(self, items: Sequence[Outgoing], process_s: float) -> list[Commit]:
+        """Push ``items``; with ``process_s``, run their actors' turns here for up to that
+        long. Then start a drain if work is left and none runs. Returns the commits written
+        here."""
+        waker = self.waker
+        # Processing here: no drain yet; it is started below only for what is left.
+        wake_ms = _WAKE_MS if waker is not None and not process_s else 0
+        wake = self.backend.push(items, self._now_ms(), wake_ms)
+        targets = list(dict.fromkeys(i.target for i in items if i.due_ms is None))
+        if not process_s or not targets:
+            if wake:
+                self._wake(lambda w: w.wake_now())
+            return []
+        budget = Budget.seconds(process_s)
+        committed: list[Commit] = []
+        left = False
+        for target in targets:
+            report, done = self.runtime.run_actor(target, budget)
+            committed += done
+            left = left or not report.idle
+        if waker is None:
+            return committed
+        if left and self.backend.claim_drain(_WAKE_MS):
+            self._wake(lambda w: w.wake_now())
+        if any(c.pause_ms for c in committed) or any(
+            o.due_ms is not None for c in committed for o in c.outbox
+        ):
+            self._wake(lambda w: arm_wake(self.backend, w, self._now_ms()))
+        return committed
+
+    def _wake(self, start: Callable[[Waker], None]) -> None:
+        """Start a drain; the message is stored either way, so a failure is logged (the
+        periodic sweep delivers it) rather than raised."""
+        assert self.waker is not None
+        try:
+            start(self.waker)
+        except ActorSystemError as e:
+            log.error("could not start a drain; the periodic sweep will: %s", e)
 
     def cancel(self, message_id: str) -> bool:
         """Cancel a deferred message not yet due; False if unknown or already delivered."""
@@ -304,7 +454,7 @@ class ActorSystem:
         o = self.options
         if waker is None and continuation is None:
             env = dict(os.environ if environ is None else environ)
-            lambda_options = LambdaOptions.from_env(env, o.lambda_margin_s, o.max_chain)
+            lambda_options = LambdaOptions.from_env(env, o.lambda_margin_s, o.max_chain, self.waker)
         else:
             lambda_options = LambdaOptions(waker, continuation, o.lambda_margin_s, o.max_chain)
         return make_handler(self, lambda_options)  # type: ignore[no-any-return]
@@ -331,6 +481,22 @@ _URL_VARS = {
         "CONTINUE_URL",
     )
 }
+
+
+def arm_wake(backend: Backend, waker: Waker, now_ms: int) -> None:
+    """Arm one wake for the earliest due time (a deferred message, a retry's backoff), at
+    the due time or the waker's horizon (SQS: 15 minutes), whichever comes first, unless an
+    earlier one is armed; the drain it starts arms the next."""
+    next_due = backend.next_due_ms()
+    horizon_ms = int(getattr(waker, "max_delay_s", 900) * 1000)
+    if next_due is None or horizon_ms <= 0:
+        return
+    if backend.claim_wake(min(next_due, now_ms + horizon_ms), now_ms):
+        waker.wake_at(next_due, now_ms)
+
+
+def _type_of(item: Outgoing) -> str:
+    return decode(item.entry).type
 
 
 def _backend(url: str, options: Options, state: str | None, delay: str | None) -> Backend:

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("actor_system")
 
 _MAX_BACKOFF_S = 5.0
+# How long one poll marks a drain as running (P:awake): senders with a waker start no drain
+# meanwhile. Polls come at least every poll_interval_s, or after each round of turns.
+AWAKE_MS = 30_000
 
 
 class Worker:
@@ -59,7 +62,7 @@ class Worker:
         backoff_s = 0.1
         while not self._stop.is_set() and self.budget.can_start_turn():
             try:
-                done = self.runtime.round(self.budget)
+                done = self.runtime.round(self.budget, awake_ms=AWAKE_MS)
                 self.report.add(done)
                 self.idle_at_exit = done.idle
                 if done.idle:
@@ -91,8 +94,11 @@ class Worker:
             next_due is None or next_due / 1000 - now > self.budget.handler_time_s()
         ):
             # Nothing due inside the budget: return, and let a waker start the next drain.
-            self.idle_at_exit = True
-            self._stop.set()
+            # Only if nothing became ready since the poll, atomically with telling senders
+            # that no drain runs any more: a message sent meanwhile is never stranded.
+            if rt.backend.rest():
+                self.idle_at_exit = True
+                self._stop.set()
             return
         wait_s = opts.poll_interval_s if next_due is None else next_due / 1000 - now
         wait_s = min(wait_s, opts.poll_interval_s, max(self.budget.remaining_s(), 0))

@@ -140,6 +140,10 @@ class SqsWaker(SqsQueue):
         delay = min(max(math.ceil((due_ms - now_ms) / 1000), 0), MAX_SQS_DELAY_S)
         self._send({"actor_system": "wake", "due_ms": due_ms}, delay)
 
+    def wake_now(self) -> None:
+        """Start a drain now (a send found the system at rest)."""
+        self._send({"actor_system": "wake"}, 0)
+
     def continue_now(self, depth: int) -> None:
         self._send({"actor_system": "continue", "depth": depth}, 0)
 
@@ -168,15 +172,31 @@ class LambdaContinuation:
         return self._client
 
     def continue_now(self, depth: int) -> None:
-        payload = json.dumps({"actor_system": "continue", "depth": depth}).encode()
+        self._invoke({"actor_system": "continue", "depth": depth})
+
+    def _invoke(self, event: dict[str, Any]) -> None:
         aws_call(
             "Invoke",
             self.function,
             self.client.invoke,
             FunctionName=self.function,
             InvocationType="Event",
-            Payload=payload,
+            Payload=json.dumps(event).encode(),
         )
+
+
+class LambdaWaker(LambdaContinuation):
+    """Wakes the drain function by invoking it asynchronously: for sends that find the
+    system at rest. It cannot wait (``max_delay_s`` 0): deferred messages are then woken
+    for by the periodic sweep; use an SQS wake queue for both."""
+
+    max_delay_s = 0
+
+    def wake_now(self) -> None:
+        self._invoke({"actor_system": "wake"})
+
+    def wake_at(self, due_ms: int, now_ms: int) -> None:
+        raise ConfigError("lambda:// wakers cannot wake later; use sqs://wake-queue")
 
 
 class SchedulerWaker:
@@ -230,14 +250,20 @@ class SchedulerWaker:
             if e.code != "ConflictException":
                 raise
 
+    def wake_now(self) -> None:
+        self.near.wake_now()
+
     def continue_now(self, depth: int) -> None:
         self.near.continue_now(depth)
 
 
-def waker_from_url(url: str) -> SqsWaker | SchedulerWaker:
-    """``sqs://queue-name``, an SQS queue URL, or
-    ``scheduler://group?target=<function arn>&role=<role arn>&queue=<wake queue>``."""
+def waker_from_url(url: str) -> SqsWaker | SchedulerWaker | LambdaWaker:
+    """``sqs://queue-name``, an SQS queue URL,
+    ``scheduler://group?target=<function arn>&role=<role arn>&queue=<wake queue>`` or
+    ``lambda://function`` (wakes on send only)."""
     parts = urlsplit(url)
+    if parts.scheme == "lambda" and parts.netloc:
+        return LambdaWaker(function=parts.netloc + parts.path)
     if parts.scheme == "sqs" and parts.netloc:
         return SqsWaker(queue=parts.netloc + parts.path)
     if parts.scheme in ("https", "http") and len(parts.path.strip("/").split("/")) == 2:
@@ -255,8 +281,8 @@ def waker_from_url(url: str) -> SqsWaker | SchedulerWaker:
             group=parts.netloc, target_arn=query["target"], role_arn=query["role"], near=near
         )
     raise ConfigError(
-        f"unknown waker URL {url!r}; expected sqs://queue-name, an SQS queue URL or "
-        "scheduler://group?target=...&role=...&queue=..."
+        f"unknown waker URL {url!r}; expected sqs://queue-name, an SQS queue URL, "
+        "scheduler://group?target=...&role=...&queue=... or lambda://function"
     )
 
 

@@ -240,7 +240,9 @@ class CompositeBackend(RedisBackend):
                 else:
                     log.error("S3 commit of %s failed, batch abandoned: %s", c.actor, put)
                 lost.add(i)
-                final.append(self._redis_commit(c, None, [KEEP] * len(c.actions), [], []))
+                final.append(
+                    self._redis_commit(c, None, [KEEP] * len(c.actions), [], [], replies=[])
+                )
                 continue
             final.append(c)
         results = super().commit(final, now_ms)
@@ -256,7 +258,8 @@ class CompositeBackend(RedisBackend):
         if turn is None:  # begin did not see this turn: write nothing, give it back
             log.error("commit of %s without its S3 read; batch abandoned", c.actor)
             keep = [KEEP] * len(c.actions)
-            return self._redis_commit(c, None, keep, [], []), _S3Turn(None, False, []), None
+            nothing = self._redis_commit(c, None, keep, [], [], replies=[])
+            return nothing, _S3Turn(None, False, []), None
         actions = iter(c.actions)
         full = [DONE if pos in turn.skipped else next(actions) for pos in range(len(turn.entries))]
         obj = turn.obj
@@ -287,12 +290,15 @@ class CompositeBackend(RedisBackend):
         actions: list[bytes],
         outbox: list[Outgoing],
         cancels: list[str],
+        replies: list[tuple[str, bytes]] | None = None,
     ) -> Commit:
         """The turn's Redis commit, its dedup settings kept. Redis holds only the S3 marker
         as the state: never deleted as default state is (``state_is_default``), it expires
-        with the state TTL instead."""
+        with the state TTL instead. ``replies=[]``: the turn is given back, none of its
+        replies may be seen."""
         return replace(
             c,
+            replies=c.replies if replies is None else replies,
             state=marker,
             actions=actions,
             outbox=outbox,
@@ -353,13 +359,12 @@ class CompositeBackend(RedisBackend):
         ):
             self._staged = True
 
-    def push(self, items: Sequence[Outgoing], now_ms: int) -> None:
+    def push(self, items: Sequence[Outgoing], now_ms: int, wake_ms: int = 0) -> bool:
         if self.delay is None:
-            super().push(items, now_ms)
-            return
+            return super().push(items, now_ms, wake_ms)
         far = [i for i in items if self._is_far(i, now_ms)]
         taken = set(self.delay.offload(far, now_ms)) if far else set()
-        super().push([i for i in items if i.id not in taken], now_ms)
+        return super().push([i for i in items if i.id not in taken], now_ms, wake_ms)
 
     def _move_out(self, now_ms: int) -> None:
         """Offload staged messages; on an AWS error they stay in the sorted set, which
@@ -403,7 +408,9 @@ class CompositeBackend(RedisBackend):
             self._staged = True  # more left than one scan reads
         return moved
 
-    def poll(self, now_ms: int, max_actors: int, lease_ms: int) -> tuple[list[str], int]:
+    def poll(
+        self, now_ms: int, max_actors: int, lease_ms: int, awake_ms: int = 0
+    ) -> tuple[list[str], int]:
         landed = 0
         delay = self.delay
         if delay is not None:
@@ -420,7 +427,7 @@ class CompositeBackend(RedisBackend):
                 except AwsError as e:  # Redis work goes on; SQS keeps the messages
                     self._received_at = now_ms + _BACK_OFF_MS
                     log.error("receiving deferred messages failed, next try in 30 s: %s", e)
-        actors, promoted = super().poll(now_ms, max_actors, lease_ms)
+        actors, promoted = super().poll(now_ms, max_actors, lease_ms, awake_ms)
         return actors, promoted + landed
 
     def _collect(self, now_ms: int) -> int:

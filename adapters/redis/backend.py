@@ -38,6 +38,7 @@ _SCRIPTS = (
     "redrive",
     "land",
     "unstage",
+    "awake",
 )
 _PUSH_CHUNK = 500  # messages per push script call, to bound one script's run time
 # Due messages moved per poll, split over the shards that have some due: Redis runs a
@@ -46,6 +47,10 @@ _PROMOTE_PER_POLL = 512
 _FAKE_POLL_S = 0.005
 _NOTHING_DUE = 2**62
 _CONNECT_TIMEOUT_S = 2.0
+# A Redis that accepted the connection but stopped answering (a hung or paused server) fails
+# a call after this long instead of holding the drain until Lambda kills it.
+_SOCKET_TIMEOUT_S = 10.0
+_BLOCK_S = 5.0  # the longest blocking read: well inside the socket timeout
 # How long a landed message's id is remembered, so that an SQS copy landing after it is
 # dropped even before the actor has processed it (then its done set drops later copies).
 _LANDED_MS = 3_600_000
@@ -59,13 +64,15 @@ def client_from_url(url: str) -> tuple[redis.Redis, bool]:
     if scheme in ("redis", "rediss", "unix"):
         try:
             # A Redis that cannot be reached (a security group, a wrong host) fails a connect
-            # in seconds, not after the OS's minutes of SYN retries: a Lambda invocation can
-            # still answer before its deadline. ?socket_connect_timeout= in the URL wins.
+            # in seconds, not after the OS's minutes of SYN retries, and one that stops
+            # answering fails a call in 10 s: a Lambda invocation can still answer before
+            # its deadline. ?socket_connect_timeout= / ?socket_timeout= in the URL win.
             client = redis.Redis.from_url(
                 url,
                 health_check_interval=30,
                 socket_keepalive=True,
                 socket_connect_timeout=_CONNECT_TIMEOUT_S,
+                socket_timeout=_SOCKET_TIMEOUT_S,
             )
         except ValueError as e:
             raise ConfigError(f"invalid Redis URL: {e}") from None
@@ -151,18 +158,37 @@ class RedisBackend:
 
     # -- Mailbox --------------------------------------------------------------------------
 
-    def push(self, items: Sequence[Outgoing], now_ms: int) -> None:
+    def push(self, items: Sequence[Outgoing], now_ms: int, wake_ms: int = 0) -> bool:
         calls = [
             (
                 "push",
-                [self.keys.ready],
-                [self.options.prefix, now_ms, *self._deliveries(items[i : i + _PUSH_CHUNK])],
+                [self.keys.ready, self.keys.awake],
+                [
+                    self.options.prefix,
+                    now_ms,
+                    wake_ms,
+                    *self._deliveries(items[i : i + _PUSH_CHUNK]),
+                ],
             )
             for i in range(0, len(items), _PUSH_CHUNK)
         ]
-        self._run(calls, "push")
+        return any(wake for _, wake in self._run(calls, "push"))
 
-    def poll(self, now_ms: int, max_actors: int, lease_ms: int) -> tuple[list[str], int]:
+    def claim_drain(self, wake_ms: int) -> bool:
+        """True if actors are ready and no drain is running or on its way: the caller
+        starts one (P:awake is taken for ``wake_ms``)."""
+        keys = [self.keys.ready, self.keys.awake]
+        return bool(self._run([("awake", keys, ["wake", wake_ms])], "wake")[0])
+
+    def rest(self) -> bool:
+        """A drain that found nothing to do may end: True if no actor is ready (the next
+        send then wakes a drain), False if work arrived meanwhile (look again)."""
+        keys = [self.keys.ready, self.keys.awake]
+        return bool(self._run([("awake", keys, ["rest", 0])], "rest")[0])
+
+    def poll(
+        self, now_ms: int, max_actors: int, lease_ms: int, awake_ms: int = 0
+    ) -> tuple[list[str], int]:
         k = self.keys
         # Only shards whose earliest due time has come (or is unknown) are promoted; the
         # epoch returned by poll.lua says when another producer made that knowledge stale.
@@ -180,7 +206,7 @@ class RedisBackend:
             (
                 "poll",
                 [k.leases, k.ready, k.paused],
-                [now_ms, max_actors, self.options.prefix, lease_ms],
+                [now_ms, max_actors, self.options.prefix, lease_ms, awake_ms],
             )
         )
         *promoted, (epoch, *actors) = self._run(calls, "poll")
@@ -200,7 +226,8 @@ class RedisBackend:
             # fakeredis runs in this process: nobody else can push while we wait.
             time.sleep(min(timeout_s, _FAKE_POLL_S))
             return False
-        got = self._call("wait", self.client.blpop, [self.keys.wake], max(timeout_s, 0.001))
+        wait_s = min(max(timeout_s, 0.001), _BLOCK_S)
+        got = self._call("wait", self.client.blpop, [self.keys.wake], wait_s)
         return got is not None
 
     # -- TurnStore ------------------------------------------------------------------------
@@ -263,9 +290,35 @@ class RedisBackend:
                 self.tombstone_ms,
                 -1 if c.state_is_default else self.state_ttl_ms,
                 c.pause_ms,
+                c.reply_ttl_ms,
+                len(c.replies),
             ]
+            for mid, record in c.replies:
+                args += [mid, record]
             calls.append(("commit", self.keys.commit_keys(c.actor), args))
         return [int(r[1]) if r[0] == 1 else None for r in self._run(calls, "commit")]
+
+    def reply(self, message_id: str) -> bytes | None:
+        """The stored reply record of a message, if any."""
+        found = self._call("reply", self.client.lindex, self.keys.reply(message_id), 0)
+        return None if found is None else bytes(found)
+
+    def wait_reply(self, message_id: str, timeout_s: float) -> bytes | None:
+        """The reply record of a message, waiting up to ``timeout_s`` for its commit: a
+        blocking move of the one-element list onto itself, which returns the record the
+        moment it is written and leaves it for later readers (no polling)."""
+        if not self.blocking or timeout_s <= 0:
+            return self.reply(message_id)
+        key = self.keys.reply(message_id)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            wait_s = min(max(left, 0.001), _BLOCK_S)
+            found = self._call("reply", self.client.blmove, key, key, wait_s)
+            if found is not None:
+                return bytes(found)
+            if left <= _BLOCK_S:
+                return None
 
     def renew(self, actor: str, token: str, lease_ms: int, now_ms: int) -> bool:
         keys = [self.keys.actor(actor, "lease"), self.keys.leases]

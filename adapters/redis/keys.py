@@ -27,6 +27,13 @@ class Keys:
         return f"{self.prefix}:leases"
 
     @property
+    def awake(self) -> str:
+        return f"{self.prefix}:awake"
+
+    def reply(self, message_id: str) -> str:
+        return f"{self.prefix}:reply:{message_id}"
+
+    @property
     def paused(self) -> str:
         return f"{self.prefix}:paused"
 
@@ -65,7 +72,7 @@ class Keys:
     def begin_keys(self, actor: str) -> list[str]:
         names = ("lease", "fence", "mb", "inflight", "state", "att", "done")
         keys = [self.actor(actor, n) for n in names]
-        return [*keys, self.leases, self.actor(actor, "err"), self.paused]
+        return [*keys, self.leases, self.actor(actor, "err"), self.paused, self.ready]
 
     def commit_keys(self, actor: str) -> list[str]:
         names = ("lease", "mb", "inflight", "state", "att", "done")

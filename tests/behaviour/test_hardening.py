@@ -187,11 +187,11 @@ def test_a_worker_survives_a_failing_round(make_system, monkeypatch: pytest.Monk
     real_round = system.runtime.round
     calls = {"n": 0}
 
-    def flaky_round(budget: Any) -> Any:
+    def flaky_round(budget: Any, awake_ms: int = 0) -> Any:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("defect in the drain loop")
-        return real_round(budget)
+        return real_round(budget, awake_ms)
 
     monkeypatch.setattr(system.runtime, "round", flaky_round)
     system.send(tally.ref("w"), Put(n=4))

@@ -1,7 +1,7 @@
 -- begin: take an actor's lease, recover a dead holder's claim, claim a batch, load the state.
 -- KEYS[1] P:{A}:lease  KEYS[2] P:{A}:fence  KEYS[3] P:{A}:mb  KEYS[4] P:{A}:inflight
 -- KEYS[5] P:{A}:state  KEYS[6] P:{A}:att  KEYS[7] P:{A}:done  KEYS[8] P:leases
--- KEYS[9] P:{A}:err  KEYS[10] P:paused
+-- KEYS[9] P:{A}:err  KEYS[10] P:paused  KEYS[11] P:ready
 -- ARGV[1] token  ARGV[2] lease ms  ARGV[3] now ms  ARGV[4] batch  ARGV[5] actor key
 -- Returns 0 when the lease is held by someone else, else
 -- {fence, state or '', version, recovered, duplicates, entry1, attempts1, first error1 or '',
@@ -25,6 +25,9 @@ local fence = redis.call('INCR', KEYS[2])
 -- so an idle actor's fence may go (it restarts at 1).
 redis.call('PEXPIRE', KEYS[2], 2 * tonumber(ARGV[2]))
 redis.call('ZADD', KEYS[8], now + tonumber(ARGV[2]), ARGV[5])
+-- Taken directly (a sender processing its own message) rather than popped by poll: no
+-- drain should pop it meanwhile; the commit makes it ready again if work is left.
+redis.call('ZREM', KEYS[11], ARGV[5])
 -- A dead holder's claim goes back to the head of the mailbox, in order, attempts + 1.
 local recovered = 0
 while true do

@@ -12,7 +12,8 @@
 --   deferred messages also live outside Redis, see land.lua); then the state's lifetime ms:
 --   0 kept for good, -1 deleted (the state is the model's defaults), > 0 expires (a marker
 --   of state kept elsewhere, S3); then the ms before which the actor is not taken again
---   (0: none; a retry's backoff)
+--   (0: none; a retry's backoff); then the replies' lifetime ms and n replies, each 2 args:
+--   message id, reply record (kept under P:reply:<id>; the first reply of an id stays)
 -- Keys of an idle actor go away: the done set expires a dedup window after the last commit,
 -- the lease with the commit, att/err/mb/inflight when empty, the fence with its lease
 -- (begin.lua), the state as above. Only state that differs from the defaults stays.
@@ -81,6 +82,17 @@ local n_cancel = tonumber(ARGV[i])
 local tomb_ms = tonumber(ARGV[i + 1 + n_cancel * 2])
 local state_ms = tonumber(ARGV[i + 2 + n_cancel * 2])
 local pause = tonumber(ARGV[i + 3 + n_cancel * 2])
+local r = i + 4 + n_cancel * 2
+local reply_ms = ARGV[r]
+for j = 1, tonumber(ARGV[r + 1]) do
+  -- A list of one, so that an asker can block on it (BLMOVE to itself) and a later reader
+  -- still finds it.
+  local key = prefix .. ':reply:' .. ARGV[r + 2 * j]
+  if redis.call('EXISTS', key) == 0 then
+    redis.call('RPUSH', key, ARGV[r + 2 * j + 1])
+    redis.call('PEXPIRE', key, reply_ms)
+  end
+end
 if state_ms < 0 then
   redis.call('DEL', KEYS[4])
 elseif state_ms > 0 then

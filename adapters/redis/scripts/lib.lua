@@ -15,6 +15,8 @@
 --   P:{A}:att            hash  id -> failed attempts so far
 --   P:{A}:err            hash  id -> the first error of a message being retried
 --   P:{A}:done           zset  processed id -> commit ms (dedup window)
+--   P:reply:<id>         list  one reply record of a processed message (JSON), for ask
+--   P:awake              str   a drain is running, or a wake is on its way (push.lua)
 --   P:tomb:<id>          str   'c': a cancelled deferred message that may still be held
 --                              outside Redis (SQS, Scheduler), dropped when it lands;
 --                              'l:<due ms>': landed already, a second copy is dropped

@@ -1,9 +1,13 @@
 -- poll: recover actors whose holder died, then pop ready actors.
 -- KEYS[1] P:leases  KEYS[2] P:ready  KEYS[3] P:paused
 -- ARGV[1] now ms  ARGV[2] max actors  ARGV[3] prefix  ARGV[4] lease ms
+-- ARGV[5] ms for which this poller counts as a running drain (P:awake; 0: it does not)
 -- Returns {delay epoch, actor key, ...}.
 -- An expired lease (holder crashed or frozen) puts its actor back in P:ready; the next
 -- holder's begin moves the dead holder's in-flight entries back to the mailbox.
+if tonumber(ARGV[5]) > 0 then
+  redis.call('SET', ARGV[3] .. ':awake', 1, 'PX', ARGV[5])
+end
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
 for _, actor in ipairs(expired) do
   local expiry = tonumber(redis.call('HGET', akey(ARGV[3], actor, 'lease'), 'e') or '0')
