@@ -477,6 +477,7 @@ _URL_VARS = {
         "DELAY_URL",
         "APP",
         "LOG_FORMAT",
+        "LOG_LEVEL",
         "WAKER_URL",
         "CONTINUE_URL",
     )

@@ -94,8 +94,13 @@ def test_iam_policies_name_no_wildcard_action_or_resource(template: dict[str, An
     assert '"Fn::GetAtt": ["WakeQueue", "Arn"]' in drain
     assert "/actors/*" in drain  # only the state prefix of the bucket
     ingress = json.dumps(roles["IngressRole"])
-    assert "sqs:" not in ingress  # the ingress sends to Redis only: no queue, no bucket
-    assert "s3:" not in ingress
+    # The ingress runs turns and wakes the drain: it sends to the wake queue, never
+    # receives from it or deletes, and invokes no function.
+    assert '"sqs:SendMessage"' in ingress
+    assert "sqs:ReceiveMessage" not in ingress
+    assert "sqs:DeleteMessage" not in ingress
+    assert "lambda:" not in ingress
+    assert "/actors/*" in ingress
 
 
 def test_drain_function_triggers_and_resources(template: dict[str, Any]) -> None:
