@@ -18,7 +18,8 @@ class Options:
     poll_interval_s: the longest blocking wait of an idle worker.
     reply_ttl_s: how long a handler's reply (and a dead-lettered message's error) is kept
     for ``ask`` and ``reply``. process_s: how long ``send(..., process=True)`` may run the
-    actor's turns in the caller.
+    actor's turns in the caller. linger_s: how long a Lambda drain that had work waits for
+    more before it ends (a burst of sends then costs one wake, not one per gap).
     """
 
     prefix: str = "as"
@@ -38,6 +39,7 @@ class Options:
     max_chain: int = 100
     reply_ttl_s: float = 300.0
     process_s: float = 1.0
+    linger_s: float = 0.5
 
     def __post_init__(self) -> None:
         positive = (
@@ -60,6 +62,10 @@ class Options:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(f"option {name}={value!r} must be a positive number")
+        for name in ("lambda_margin_s", "linger_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise ConfigError(f"option {name}={value!r} must be a number >= 0")
         if not self.prefix or any(c in self.prefix for c in "{}: \n"):
             raise ConfigError(f"option prefix={self.prefix!r} must be non-empty without {{}}: ")
 

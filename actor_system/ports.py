@@ -70,10 +70,11 @@ class Clock(Protocol):
 class Mailbox(Protocol):
     """Per-actor FIFO inboxes and the index of actors with pending work."""
 
-    def push(self, items: Sequence[Outgoing], now_ms: int, wake_ms: int = 0) -> bool:
-        """Deliver immediate items to mailboxes and deferred ones to the delay queue. With
-        ``wake_ms``, True when the caller must start a drain: actors are ready and none is
-        running or on its way (the claim holds for ``wake_ms``)."""
+    def push(self, items: Sequence[Outgoing], now_ms: int, wake_ms: int = 0) -> tuple[int, bool]:
+        """Deliver immediate items to mailboxes and deferred ones to the delay queue.
+        Returns (how many were accepted: ids their actor already processed are dropped,
+        whether the caller must start a drain: with ``wake_ms``, actors are ready and none
+        runs or is on its way, a claim that then holds for ``wake_ms``)."""
 
     def claim_drain(self, wake_ms: int) -> bool:
         """True when actors are ready and no drain runs or is on its way: the caller starts

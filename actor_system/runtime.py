@@ -232,9 +232,13 @@ class Runtime:
             turn = DrainReport()
             claimed = self._turns([actor], budget, turn, committed)
             report.add(turn)
-            if turn.lease_conflicts or turn.leases_lost or turn.interrupted:
+            if turn.lease_conflicts or turn.leases_lost or turn.interrupted or not committed:
                 break  # held elsewhere (that holder goes on), or out of time
-            if claimed < self.options.batch:
+            last = committed[-1]
+            if last.pause_ms:
+                break  # resting out a retry's backoff: a timed wake takes it from here
+            went_back = any(a[:1] in (RETRY, KEEP) for a in last.actions)
+            if claimed < self.options.batch and not went_back:
                 report.idle = True  # the mailbox is empty
                 break
         return report, committed
@@ -513,6 +517,17 @@ class Runtime:
         asked gets a Replied message in this turn's outbox instead."""
         if env.reply is None and result is None:
             return None
+        model = turn.actor.reply_model(env.type)
+        if model is not None and result is not None and not isinstance(result, model):
+            # The handler declares its reply: one that does not fit fails here, with the
+            # message, rather than in the asker when it reads it back.
+            try:
+                result = model.model_validate(result)
+            except ValidationError as e:
+                raise TypeError(
+                    f"the reply does not fit the {model.__name__} the handler returns: "
+                    f"{e.errors(include_url=False)}"
+                ) from None
         record = replies.encode_value(result, self.options.max_message_bytes)
         if not env.reply:
             return record

@@ -262,11 +262,22 @@ class ActorSystem:
         and return its reply record, or wait for the drain that commits it; NoReply after
         ``timeout``."""
         deadline = time.monotonic() + timeout
-        committed = self._deliver([item], timeout)
+        accepted, committed = self._deliver([item], timeout)
         for record in committed:
             found = dict(record.replies).get(item.id)
             if found is not None:
                 return found
+        if not accepted:  # a resend of a message its actor processed: its reply or nothing
+            data = self.backend.reply(item.id)
+            if data is not None:
+                return data
+            raise replies.NoReply(
+                f"message {item.id} was processed before (a resend with the same "
+                "idempotency_key) and has no reply: it was sent without asking and its "
+                f"handler returned nothing, or its reply expired (reply_ttl_s="
+                f"{self.options.reply_ttl_s:g}s)",
+                item.id,
+            )
         while True:
             left = deadline - time.monotonic()
             data = self.backend.wait_reply(item.id, max(left, 0.0))
@@ -309,19 +320,19 @@ class ActorSystem:
             raise InvalidSend(f"process={process!r} must be True, False or seconds > 0")
         return float(process)
 
-    def _deliver(self, items: Sequence[Outgoing], process_s: float) -> list[Commit]:
+    def _deliver(self, items: Sequence[Outgoing], process_s: float) -> tuple[int, list[Commit]]:
         """Push ``items``; with ``process_s``, run their actors' turns here for up to that
-        long. Then start a drain if work is left and none runs. Returns the commits written
-        here."""
+        long. Then start a drain if work is left and none runs. Returns how many items were
+        accepted and the commits written here."""
         waker = self.waker
         # Processing here: no drain yet; it is started below only for what is left.
         wake_ms = _WAKE_MS if waker is not None and not process_s else 0
-        wake = self.backend.push(items, self._now_ms(), wake_ms)
+        accepted, wake = self.backend.push(items, self._now_ms(), wake_ms)
         targets = list(dict.fromkeys(i.target for i in items if i.due_ms is None))
-        if not process_s or not targets:
+        if not process_s or not targets or not accepted:
             if wake:
                 self._wake(lambda w: w.wake_now())
-            return []
+            return accepted, []
         budget = Budget.seconds(process_s)
         committed: list[Commit] = []
         left = False
@@ -330,14 +341,14 @@ class ActorSystem:
             committed += done
             left = left or not report.idle
         if waker is None:
-            return committed
+            return accepted, committed
         if left and self.backend.claim_drain(_WAKE_MS):
             self._wake(lambda w: w.wake_now())
         if any(c.pause_ms for c in committed) or any(
             o.due_ms is not None for c in committed for o in c.outbox
         ):
             self._wake(lambda w: arm_wake(self.backend, w, self._now_ms()))
-        return committed
+        return accepted, committed
 
     def _wake(self, start: Callable[[Waker], None]) -> None:
         """Start a drain; the message is stored either way, so a failure is logged (the

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from actor_system.budget import Budget
@@ -39,6 +41,7 @@ class Worker:
         self.budget = budget or Budget.unlimited(runtime.clock)
         self.report = DrainReport()
         self._stop = threading.Event()
+        self._busy_at = -math.inf  # monotonic time of the last round that found work
 
     def stop(self) -> None:
         """Ask the loop to stop after the current round (safe from any thread)."""
@@ -67,6 +70,8 @@ class Worker:
                 self.idle_at_exit = done.idle
                 if done.idle:
                     self._wait_idle()
+                else:
+                    self._busy_at = time.monotonic()
                 backoff_s = 0.1
             except BackendError as e:
                 log.warning("backend unavailable, retrying in %.1fs: %s", backoff_s, e)
@@ -93,7 +98,15 @@ class Worker:
         if self.exit_when_idle and (
             next_due is None or next_due / 1000 - now > self.budget.handler_time_s()
         ):
-            # Nothing due inside the budget: return, and let a waker start the next drain.
+            # Nothing due inside the budget. A drain that just had work lingers a little for
+            # more (a burst of sends then wakes one drain, not one per gap between sends),
+            # woken at once by a send; then it returns and lets a waker start the next one.
+            lingered_s = time.monotonic() - self._busy_at
+            if lingered_s < opts.linger_s:
+                wait_s = min(opts.linger_s - lingered_s, self.budget.handler_time_s())
+                if wait_s > 0:
+                    rt.backend.wait_ready(wait_s)
+                    return
             # Only if nothing became ready since the poll, atomically with telling senders
             # that no drain runs any more: a message sent meanwhile is never stranded.
             if rt.backend.rest():

@@ -60,6 +60,7 @@ class _S3Turn:
     skipped: set[int] = field(default_factory=set)  # positions already processed per S3
     resend: list[Outgoing] = field(default_factory=list)  # sent by unacknowledged commits
     recancel: list[str] = field(default_factory=list)  # cancelled by them
+    rereply: list[tuple[str, bytes]] = field(default_factory=list)  # their replies
 
     @property
     def etag(self) -> str | None:
@@ -74,6 +75,7 @@ class _S3Turn:
                     sent.add(o.id)
                     self.resend.append(o)
             self.recancel += [x for x in c.cancels if x not in self.recancel]
+            self.rereply += c.replies  # Redis keeps the first reply of an id
 
 
 def _acked(marker: bytes | None) -> int:
@@ -267,9 +269,10 @@ class CompositeBackend(RedisBackend):
             return self._redis_commit(c, None, full, [], []), turn, None
         outbox = turn.resend + c.outbox
         cancels = turn.recancel + c.cancels
+        replies = turn.rereply + c.replies
         if c.state is None:
             marker = _MARKER + str(obj.version).encode() if turn.ahead else None
-            return self._redis_commit(c, marker, full, outbox, cancels), turn, None
+            return self._redis_commit(c, marker, full, outbox, cancels, replies), turn, None
         processed = [
             _id(e)
             for pos, ((e, _), a) in enumerate(zip(turn.entries, full, strict=True))
@@ -277,11 +280,11 @@ class CompositeBackend(RedisBackend):
         ]
         # The new commit keeps everything its Redis commit sends, the sends it delivers again
         # included: if that Redis commit is lost too, the next holder finds them here.
-        mine = Retained(obj.version + 1, now_ms, processed, outbox, cancels)
+        mine = Retained(obj.version + 1, now_ms, processed, outbox, cancels, replies)
         assert self.state_store is not None
         new = obj.successor(c.state, mine, self.state_store.window_ms)
         marker = _MARKER + str(new.version).encode()
-        return self._redis_commit(c, marker, full, outbox, cancels), turn, new
+        return self._redis_commit(c, marker, full, outbox, cancels, replies), turn, new
 
     @staticmethod
     def _redis_commit(
@@ -338,7 +341,7 @@ class CompositeBackend(RedisBackend):
         resent = 0
         for c in claims:
             turn = self._turns[(c.actor, token)]
-            resent += bool(turn.resend or turn.recancel)
+            resent += bool(turn.resend or turn.recancel or turn.rereply)
             if c.recovered:
                 # A dead holder's messages went back to the mailbox unclaimed: leave the
                 # marker behind, so that the turn that claims them still sees the object
@@ -359,12 +362,13 @@ class CompositeBackend(RedisBackend):
         ):
             self._staged = True
 
-    def push(self, items: Sequence[Outgoing], now_ms: int, wake_ms: int = 0) -> bool:
+    def push(self, items: Sequence[Outgoing], now_ms: int, wake_ms: int = 0) -> tuple[int, bool]:
         if self.delay is None:
             return super().push(items, now_ms, wake_ms)
         far = [i for i in items if self._is_far(i, now_ms)]
         taken = set(self.delay.offload(far, now_ms)) if far else set()
-        return super().push([i for i in items if i.id not in taken], now_ms, wake_ms)
+        rest, wake = super().push([i for i in items if i.id not in taken], now_ms, wake_ms)
+        return rest + len(taken), wake
 
     def _move_out(self, now_ms: int) -> None:
         """Offload staged messages; on an AWS error they stay in the sorted set, which

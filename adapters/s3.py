@@ -55,13 +55,15 @@ class WriteConflict(Exception):
 
 @dataclass(slots=True)
 class Retained:
-    """One commit as the object keeps it: its outbox for one window, its ids for two."""
+    """One commit as the object keeps it: its outbox and replies for one window, its ids for
+    two."""
 
     version: int
     at_ms: int  # when it was committed, by the runtime's clock (Redis TIME on redis://)
     done: list[str]  # ids of the messages it processed
     outbox: list[Outgoing] = field(default_factory=list)  # everything its Redis commit sent
     cancels: list[str] = field(default_factory=list)
+    replies: list[tuple[str, bytes]] = field(default_factory=list)  # (message id, record)
 
     def pack(self) -> list[Any]:
         outbox = [[o.target, o.id, o.due_ms, o.entry] for o in self.outbox]
@@ -116,6 +118,13 @@ class StateObject:
                     "state": self.state,
                     "done": [_pack_id(i) for i in self.done],
                     "commits": [c.pack() for c in self.commits],
+                    # Beside the commit rows, not in them: a deploy that predates replies
+                    # reads the rows as before and ignores this key.
+                    "replies": {
+                        str(c.version): [[i, r] for i, r in c.replies]
+                        for c in self.commits
+                        if c.replies
+                    },
                 },
                 use_bin_type=True,
             )
@@ -134,6 +143,9 @@ class StateObject:
             else:
                 rows = m["commits"]
             commits = _split(rows, done)
+            kept = m.get("replies") or {}
+            for c in commits:
+                c.replies = [(str(i), bytes(r)) for i, r in kept.get(str(c.version), [])]
             return cls(m["state"], int(m["version"]), commits, etag)
         except Exception as e:
             raise DecodeError(f"S3 object {where} is not a valid state object: {e}", raw) from e

@@ -158,7 +158,7 @@ class RedisBackend:
 
     # -- Mailbox --------------------------------------------------------------------------
 
-    def push(self, items: Sequence[Outgoing], now_ms: int, wake_ms: int = 0) -> bool:
+    def push(self, items: Sequence[Outgoing], now_ms: int, wake_ms: int = 0) -> tuple[int, bool]:
         calls = [
             (
                 "push",
@@ -172,7 +172,8 @@ class RedisBackend:
             )
             for i in range(0, len(items), _PUSH_CHUNK)
         ]
-        return any(wake for _, wake in self._run(calls, "push"))
+        results = self._run(calls, "push")
+        return sum(int(n) for n, _ in results), any(wake for _, wake in results)
 
     def claim_drain(self, wake_ms: int) -> bool:
         """True if actors are ready and no drain is running or on its way: the caller
