@@ -46,7 +46,7 @@ _PATH = re.compile(r"^/actors/(?P<type>[^/]+)/(?P<id>[^/]+)/messages/?$")
 
 
 # Before an invocation has measured what its end costs, this much is kept free.
-FIRST_MARGIN_S = 0.5
+FIRST_MARGIN_S = 0.4
 _END_COSTS = 20  # invocations whose end cost the margin is sized from
 
 
@@ -261,7 +261,9 @@ def _handle(
         report.messages,
         report.turns,
         report.dead_letters,
-        "nothing left" if worker.idle_at_exit else "work left, handed over",
+        "nothing left"
+        if worker.idle_at_exit
+        else ("work left, handed over" if could_drain else "no time to drain"),
         end_s * 1000,
     )
     result: dict[str, Any] = {

@@ -335,14 +335,14 @@ class ActorSystem:
             return accepted, []
         budget = Budget.seconds(process_s)
         committed: list[Commit] = []
-        left = False
         for target in targets:
-            report, done = self.runtime.run_actor(target, budget)
-            committed += done
-            left = left or not report.idle
+            committed += self.runtime.run_actor(target, budget)[1]
         if waker is None:
             return accepted, committed
-        if left and self.backend.claim_drain(_WAKE_MS):
+        # Whatever is ready now needs a drain if none runs: work this caller left, and sends
+        # that arrived while it held the lease (a drain woken for them found the lease held
+        # and may have ended since). One atomic check, a round trip.
+        if self.backend.claim_drain(_WAKE_MS):
             self._wake(lambda w: w.wake_now())
         if any(c.pause_ms for c in committed) or any(
             o.due_ms is not None for c in committed for o in c.outbox

@@ -61,6 +61,7 @@ class SqsPoller:
         self.received = 0  # message receipts, redeliveries included
         self.bodies: list[dict[str, Any]] = []  # every received body, in order
         self.results: list[Any] = []  # every poller invocation's result, in order
+        self.durations: list[float] = []  # seconds each poller invocation took
         self.errors: list[BaseException] = []
         self._busy = False
         self._stop = threading.Event()
@@ -117,7 +118,9 @@ class SqsPoller:
                 self.bodies += bodies
                 if self.on_batch is not None:
                     self.on_batch(bodies)
+                started = time.monotonic()
                 result = self.lam.invoke(sqs_event(messages))
+                self.durations.append(time.monotonic() - started)
                 self.invocations += 1
                 self.results.append(result)
             finally:

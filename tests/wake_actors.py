@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from actor_system import ActorType, Context
-from tests.actors import actors as shared
+from tests.actors import counter, logger, probe
 
 
 class TallyState(BaseModel):
@@ -59,4 +60,4 @@ def hold(ctx: Context[TallyState], msg: Hold) -> str:
     return "held"
 
 
-actors = [*shared, tally]
+actors: list[ActorType[Any]] = [counter, logger, probe, tally]  # tests.actors' and tally
