@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -47,7 +48,7 @@ _PATH = re.compile(r"^/actors/(?P<type>[^/]+)/(?P<id>[^/]+)/messages/?$")
 
 # Before an invocation has measured what its end costs, this much is kept free.
 FIRST_MARGIN_S = 0.4
-_END_COSTS = 20  # invocations whose end cost the margin is sized from
+_END_COSTS = 5  # invocations whose end cost the margin is sized from
 
 
 @dataclass
@@ -66,11 +67,12 @@ class LambdaOptions:
     # Seconds the end of the last invocations took: the slowest commit plus the hand-over.
     end_costs: list[float] = field(default_factory=list)
 
-    def margin(self) -> float:
+    def margin(self, remaining_s: float = math.inf) -> float:
         """Twice the costliest end of the last invocations (FIRST_MARGIN_S before any was
-        measured), never below ``margin_s``."""
+        measured), never below ``margin_s`` nor above a quarter of the ``remaining_s`` of
+        the invocation: one slow end (a Redis stall) must not stop the next ones draining."""
         measured = max(self.end_costs) if self.end_costs else FIRST_MARGIN_S / 2
-        return max(self.margin_s, 2 * measured)
+        return max(self.margin_s, min(2 * measured, remaining_s / 4))
 
     def measured(self, seconds: float) -> None:
         self.end_costs.append(seconds)
@@ -167,17 +169,32 @@ def configure_lambda_logging(environ: Mapping[str, str] | None = None) -> bool:
         return False
     fmt = env.get("ACTOR_SYSTEM_LOG_FORMAT", "json").lower()
     level_name = env.get("ACTOR_SYSTEM_LOG_LEVEL") or env.get("AWS_LAMBDA_LOG_LEVEL") or "INFO"
-    level = logging.getLevelName(level_name.upper())
-    if fmt not in ("json", "text") or not isinstance(level, int):
-        logger.warning(
-            "ACTOR_SYSTEM_LOG_FORMAT=%r / log level %r not understood; using json at INFO",
-            fmt,
-            level_name,
-        )
-        fmt, level = "json", logging.INFO
+    level = _LEVELS.get(level_name.strip().upper())
+    problems = []
+    if fmt not in ("json", "text"):
+        problems.append(f"ACTOR_SYSTEM_LOG_FORMAT={fmt!r} is not json or text; using json")
+        fmt = "json"
+    if level is None:
+        problems.append(f"log level {level_name!r} is not one of {', '.join(_LEVELS)}; using INFO")
+        level = logging.INFO
     configure(fmt, level)
     logger.propagate = False  # the runtime's root handler would print every record again
+    for problem in problems:
+        logger.warning(problem)
     return True
+
+
+# Lambda's log levels (TRACE is its finest: Python's DEBUG).
+_LEVELS = {
+    "TRACE": logging.DEBUG,
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARN": logging.WARNING,
+    "WARNING": logging.WARNING,
+    "ERROR": logging.ERROR,
+    "FATAL": logging.CRITICAL,
+    "CRITICAL": logging.CRITICAL,
+}
 
 
 def _request_fields(context: Any, cold_start: bool) -> dict[str, Any]:
@@ -212,7 +229,8 @@ def _handle(
             keys,
         )
         return {"ok": False, "error": "unrecognized event shape"}
-    margin_s = options.margin()
+    remaining_s = context.get_remaining_time_in_millis() / 1000 if context else math.inf
+    margin_s = options.margin(remaining_s)
     if kind == "http":
         return ingress(system, event, context, margin_s)
     depth = _depth(event, kind)

@@ -145,8 +145,10 @@ def decode(raw: bytes) -> Envelope:
         fields = msgpack.unpackb(raw[ID_LENGTH:], raw=False, strict_map_key=True)
     except Exception as e:  # msgpack raises several unrelated exception types
         raise DecodeError(f"undecodable msgpack: {type(e).__name__}: {e}", raw) from e
-    if not isinstance(fields, list) or len(fields) not in (_FIELDS, _FIELDS + 1):
-        raise DecodeError(f"envelope is not an array of {_FIELDS} or {_FIELDS + 1} fields", raw)
+    # Fields after the eighth are ignored: a later format may add some, and a deploy that
+    # predates them must still run the message (the first seven keep their meaning).
+    if not isinstance(fields, list) or len(fields) < _FIELDS:
+        raise DecodeError(f"envelope is not an array of at least {_FIELDS} fields", raw)
     version, target, mtype, payload, attempt, sent_at, due_at = fields[:_FIELDS]
     reply = fields[_FIELDS] if len(fields) > _FIELDS else None
     if version != FORMAT_VERSION:

@@ -46,6 +46,7 @@ class Commit:
     fence: int
     state: bytes | None  # None: unchanged
     actions: list[bytes]
+    ids: list[str] = field(default_factory=list)  # the claimed messages' ids, action order
     outbox: list[Outgoing] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
     state_is_default: bool = False  # the state equals the model's defaults: nothing to keep
@@ -79,6 +80,12 @@ class Mailbox(Protocol):
     def claim_drain(self, wake_ms: int) -> bool:
         """True when actors are ready and no drain runs or is on its way: the caller starts
         one (the claim holds for ``wake_ms``)."""
+
+    def drop_wake(self) -> None:
+        """Forget a drain claimed for a wake that could not be sent."""
+
+    def lease_expiry_ms(self) -> int | None:
+        """When the earliest lease held expires, if any."""
 
     def rest(self) -> bool:
         """A drain with nothing to do may end: True if no actor is ready; False if work

@@ -53,6 +53,12 @@ class HandlerFailed(ActorSystemError):
         self.reason = reason
 
 
+class ReplyInvalid(ActorSystemError, TypeError):
+    """A handler's reply to an asker cannot be stored (not JSON-compatible, too large, not
+    the declared model): the message is dead-lettered at once, as trying again returns the
+    same. A reply nobody asked for is dropped with a warning instead."""
+
+
 def encode_value(value: Any, max_bytes: int) -> bytes:
     """The record of a handler's return value; TypeError if it is not JSON-compatible,
     MessageTooLarge past ``max_bytes``. Raised inside the turn, either fails the message."""

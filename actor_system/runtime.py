@@ -155,6 +155,7 @@ class _Turn:
     # (message id, reply record) of the handlers that succeeded, written by the commit.
     replies: list[tuple[str, bytes]] = field(default_factory=list)
     pause_ms: int = 0  # the actor is not taken again before this time (a retry's backoff)
+    in_caller: bool = False  # run by a sender (run_actor) on its short budget, not a drain
     report: DrainReport = field(default_factory=DrainReport)
     # Stored fields the state model does not declare: every commit writes them back.
     unknown: dict[str, Any] = field(default_factory=dict)
@@ -174,6 +175,9 @@ class _Failure:
     env: Envelope
     error: BaseException
 
+
+# What leaves a message settled for its sender: processed, dead-lettered, or re-sent later.
+_SETTLED = (DONE, DEAD, WITHDRAW)
 
 # Input that can never be processed: straight to the dead letters, no retry.
 _BAD_INPUT = (DecodeError, MessageTooLarge, UnknownMessageType, ValidationError)
@@ -221,22 +225,29 @@ class Runtime:
         self._turns(actors, budget, report)
         return report
 
-    def run_actor(self, actor: str, budget: Budget) -> tuple[DrainReport, list[Commit]]:
-        """Run turns of one actor here and now (a sender processing its own message), under
-        the same lease and commit as any drain, until its mailbox is empty, its lease is
-        held elsewhere or the budget ends. Returns what was done (``idle`` False: work may
-        be left, which stays ready for a drain) and the commits that were written."""
+    def run_actor(
+        self, actor: str, budget: Budget, ids: set[str]
+    ) -> tuple[DrainReport, list[Commit]]:
+        """Run turns of one actor here and now (a sender processing its own messages
+        ``ids``), under the same lease and commit as any drain, until those are settled
+        (processed, dead-lettered or re-sent for later), the mailbox is empty, the lease is
+        held elsewhere or the budget ends. Returns what was done (``idle`` False: work may be
+        left, which stays ready for a drain) and the commits that were written."""
         report = DrainReport(idle=False)
         committed: list[Commit] = []
+        waiting = set(ids)
         while budget.can_start_turn():
             turn = DrainReport()
-            claimed = self._turns([actor], budget, turn, committed)
+            claimed = self._turns([actor], budget, turn, committed, in_caller=True)
             report.add(turn)
             if turn.lease_conflicts or turn.leases_lost or turn.interrupted or not committed:
                 break  # held elsewhere (that holder goes on), or out of time
             last = committed[-1]
-            if last.pause_ms:
-                break  # resting out a retry's backoff: a timed wake takes it from here
+            waiting.difference_update(
+                i for i, a in zip(last.ids, last.actions, strict=False) if a[:1] in _SETTLED
+            )
+            if last.pause_ms or not waiting:
+                break  # resting out a retry's backoff (a timed wake takes it), or done
             went_back = any(a[:1] in (RETRY, KEEP) for a in last.actions)
             if claimed < self.options.batch and not went_back:
                 report.idle = True  # the mailbox is empty
@@ -249,6 +260,7 @@ class Runtime:
         budget: Budget,
         report: DrainReport,
         committed: list[Commit] | None = None,
+        in_caller: bool = False,
     ) -> int:
         """Begin, run and commit the turns of ``actors``; returns how many messages were
         claimed. ``committed`` collects the commits that were written."""
@@ -270,7 +282,7 @@ class Runtime:
                 pending.append((self._abandon(claim, token), DrainReport(), None))
                 continue
             try:
-                pending.append(self._turn(claim, token, leased_at, budget))
+                pending.append(self._turn(claim, token, leased_at, budget, in_caller))
             except LeaseLost as e:
                 report.leases_lost += 1
                 log.warning("%s; its batch will be redelivered", e)
@@ -360,6 +372,7 @@ class Runtime:
             claim.fence,
             None,
             actions,
+            ids=[e[:ID_LENGTH].decode("ascii", "replace") for e, _ in claim.entries],
             outbox=out,
             done_window_ms=int(window_s * 1000),
             done_max=keep,
@@ -381,7 +394,11 @@ class Runtime:
         index = stop.index
         entry, failed = claim.entries[index]
         attempt = failed + 1  # the envelope's own count is not needed to bound retries here
-        if attempt >= self._max_attempts(turn.actor, stop.env.type):
+        if turn.in_caller:
+            # A sender's short budget ran out (process=, ask, the ingress): not the handler's
+            # fault; a drain runs it with its own budget, no attempt counted.
+            again = KEEP
+        elif attempt >= self._max_attempts(turn.actor, stop.env.type):
             reason = f"interrupted {attempt} times: the handler needs more than the time budget"
             again = self._dead(claim, entry, attempt, reason, None)
             turn.report.dead_letters += 1
@@ -423,7 +440,9 @@ class Runtime:
                 report.retries += 1
         return self._bare(claim, token, actions), report, None
 
-    def _turn(self, claim: Claim, token: str, leased_at: float, budget: Budget) -> _Done:
+    def _turn(
+        self, claim: Claim, token: str, leased_at: float, budget: Budget, in_caller: bool = False
+    ) -> _Done:
         try:
             ref = ActorRef.from_key(claim.actor)
             actor = self.registry.get(ref.type)
@@ -443,6 +462,7 @@ class Runtime:
         started = time.monotonic()
         turn = _Turn(claim, ref, actor, self.clock.now(), token, leased_at, budget)
         turn.unknown = loaded.unknown
+        turn.in_caller = in_caller
         turn.report.turns = 1
         outbox = Outbox(self.registry, turn.now_s)
         try:
@@ -517,18 +537,31 @@ class Runtime:
         asked gets a Replied message in this turn's outbox instead."""
         if env.reply is None and result is None:
             return None
-        model = turn.actor.reply_model(env.type)
-        if model is not None and result is not None and not isinstance(result, model):
-            # The handler declares its reply: one that does not fit fails here, with the
-            # message, rather than in the asker when it reads it back.
-            try:
-                result = model.model_validate(result)
-            except ValidationError as e:
-                raise TypeError(
-                    f"the reply does not fit the {model.__name__} the handler returns: "
-                    f"{e.errors(include_url=False)}"
-                ) from None
-        record = replies.encode_value(result, self.options.max_message_bytes)
+        try:
+            model = turn.actor.reply_model(env.type)
+            if model is not None and result is not None and not isinstance(result, model):
+                # The handler declares its reply: one that does not fit fails here, with the
+                # message, rather than in the asker when it reads it back.
+                try:
+                    result = model.model_validate(result)
+                except ValidationError as e:
+                    raise TypeError(
+                        f"the reply does not fit the {model.__name__} the handler returns: "
+                        f"{e.errors(include_url=False)}"
+                    ) from None
+            record = replies.encode_value(result, self.options.max_message_bytes)
+        except (TypeError, MessageTooLarge) as e:
+            if env.reply is None:
+                # Nobody asked: the message succeeded; only its reply cannot be kept.
+                log.warning(
+                    "reply of %s on %s not kept: %s",
+                    env.type,
+                    turn.claim.actor,
+                    e,
+                    extra={"actor": turn.claim.actor, "message_id": env.id},
+                )
+                return None
+            raise replies.ReplyInvalid(str(e)) from None
         if not env.reply:
             return record
         _, value = replies.decode(env.id, record)
@@ -695,6 +728,11 @@ class Runtime:
         attempt = env.attempt + failed
         policy = turn.actor.policy(env.type)
         max_attempts = self._max_attempts(turn.actor, env.type)
+        if isinstance(error, replies.ReplyInvalid):
+            # The same return value again: retrying cannot help its asker.
+            turn.report.dead_letters += 1
+            reason = f"not retried (its reply cannot be stored): {_reason(error)}"
+            return self._dead(turn.claim, entry, attempt, reason, error)
         if isinstance(error, policy.never_retry):
             turn.report.dead_letters += 1
             reason = f"not retried ({type(error).__name__} is in never_retry): {_reason(error)}"
@@ -751,6 +789,7 @@ class Runtime:
             delay=delay,
             message_id=env.id,
             attempt=env.attempt + failed + 1,
+            reply=env.reply,  # whoever asked still gets the reply of the copy
         )
         outbox.items.append(again)
 

@@ -328,6 +328,8 @@ class ActorSystem:
         # Processing here: no drain yet; it is started below only for what is left.
         wake_ms = _WAKE_MS if waker is not None and not process_s else 0
         accepted, wake = self.backend.push(items, self._now_ms(), wake_ms)
+        if waker is not None and any(i.due_ms is not None for i in items):
+            self._wake(lambda w: arm_wake(self.backend, w, self._now_ms()))
         targets = list(dict.fromkeys(i.target for i in items if i.due_ms is None))
         if not process_s or not targets or not accepted:
             if wake:
@@ -335,20 +337,33 @@ class ActorSystem:
             return accepted, []
         budget = Budget.seconds(process_s)
         committed: list[Commit] = []
-        for target in targets:
-            committed += self.runtime.run_actor(target, budget)[1]
-        if waker is None:
-            return accepted, committed
-        # Whatever is ready now needs a drain if none runs: work this caller left, and sends
-        # that arrived while it held the lease (a drain woken for them found the lease held
-        # and may have ended since). One atomic check, a round trip.
-        if self.backend.claim_drain(_WAKE_MS):
-            self._wake(lambda w: w.wake_now())
-        if any(c.pause_ms for c in committed) or any(
-            o.due_ms is not None for c in committed for o in c.outbox
+        ids = {i.id for i in items}
+        try:
+            for target in targets:
+                committed += self.runtime.run_actor(target, budget, ids)[1]
+        finally:
+            # Whatever is ready now needs a drain if none runs (also when processing here
+            # failed): work this caller left, and sends that arrived while it held the lease
+            # (a drain woken for them found the lease held and may have ended since). One
+            # atomic check, a round trip.
+            if waker is not None and self._quietly(lambda: self.backend.claim_drain(_WAKE_MS)):
+                self._wake(lambda w: w.wake_now())
+        if waker is not None and (
+            any(c.pause_ms for c in committed)
+            or any(o.due_ms is not None for c in committed for o in c.outbox)
         ):
             self._wake(lambda w: arm_wake(self.backend, w, self._now_ms()))
         return accepted, committed
+
+    @staticmethod
+    def _quietly(check: Callable[[], bool]) -> bool:
+        """A wake check whose failure is logged, not raised: it must not hide what the
+        caller is raising, and the sweep covers a missed wake."""
+        try:
+            return check()
+        except ActorSystemError as e:
+            log.error("could not check whether a drain runs; the periodic sweep will: %s", e)
+            return False
 
     def _wake(self, start: Callable[[Waker], None]) -> None:
         """Start a drain; the message is stored either way, so a failure is logged (the
@@ -358,6 +373,11 @@ class ActorSystem:
             start(self.waker)
         except ActorSystemError as e:
             log.error("could not start a drain; the periodic sweep will: %s", e)
+            # The claim taken for that wake would keep the next senders from trying again.
+            try:
+                self.backend.drop_wake()
+            except ActorSystemError as again:
+                log.error("could not drop the wake claim: %s", again)
 
     def cancel(self, message_id: str) -> bool:
         """Cancel a deferred message not yet due; False if unknown or already delivered."""
@@ -399,7 +419,10 @@ class ActorSystem:
         message: purge those)."""
         if not dead.actor or len(dead.id) != ID_LENGTH:
             return False
-        return self.backend.redrive(dead.record, dead.actor, dead.id, dead.entry, self._now_ms())
+        moved = self.backend.redrive(dead.record, dead.actor, dead.id, dead.entry, self._now_ms())
+        if moved and self.waker is not None and self.backend.claim_drain(_WAKE_MS):
+            self._wake(lambda w: w.wake_now())
+        return moved
 
     def purge(self, dead: DeadLetter) -> bool:
         """Delete one dead letter."""
@@ -463,6 +486,8 @@ class ActorSystem:
         from actor_system.aws_lambda import LambdaOptions, make_handler
 
         o = self.options
+        if waker is not None and self.waker is None:
+            self.waker = waker  # sends through this system (the ingress) wake with it too
         if waker is None and continuation is None:
             env = dict(os.environ if environ is None else environ)
             lambda_options = LambdaOptions.from_env(env, o.lambda_margin_s, o.max_chain, self.waker)
@@ -496,13 +521,17 @@ _URL_VARS = {
 
 
 def arm_wake(backend: Backend, waker: Waker, now_ms: int) -> None:
-    """Arm one wake for the earliest due time (a deferred message, a retry's backoff), at
+    """Arm one wake for the earliest due time (a deferred message, a retry's backoff, a
+    lease's expiry), at
     the due time or the waker's horizon (SQS: 15 minutes), whichever comes first, unless an
     earlier one is armed; the drain it starts arms the next."""
-    next_due = backend.next_due_ms()
+    dues = [d for d in (backend.next_due_ms(), backend.lease_expiry_ms()) if d is not None]
     horizon_ms = int(getattr(waker, "max_delay_s", 900) * 1000)
-    if next_due is None or horizon_ms <= 0:
+    if not dues or horizon_ms <= 0:
         return
+    # A lease's expiry counts: a holder that died mid-turn (a caller killed while it ran
+    # the turn itself) leaves its actor to whoever polls after it, and nothing else would.
+    next_due = min(dues)
     if backend.claim_wake(min(next_due, now_ms + horizon_ms), now_ms):
         waker.wake_at(next_due, now_ms)
 

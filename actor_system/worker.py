@@ -42,6 +42,8 @@ class Worker:
         self.report = DrainReport()
         self._stop = threading.Event()
         self._busy_at = -math.inf  # monotonic time of the last round that found work
+        self._rested = False  # ended idle, having told senders that no drain runs
+        self._failing = False  # the last round failed on the backend
 
     def stop(self) -> None:
         """Ask the loop to stop after the current round (safe from any thread)."""
@@ -56,6 +58,8 @@ class Worker:
         restore = self._install_signals()
         try:
             self._loop()
+            if self.exit_when_idle and not (self._rested or self._failing):
+                self._end()
         finally:
             for sig, handler in restore.items():
                 signal.signal(sig, handler)
@@ -65,7 +69,7 @@ class Worker:
         backoff_s = 0.1
         while not self._stop.is_set() and self.budget.can_start_turn():
             try:
-                done = self.runtime.round(self.budget, awake_ms=AWAKE_MS)
+                done = self.runtime.round(self.budget, awake_ms=self._awake_ms())
                 self.report.add(done)
                 self.idle_at_exit = done.idle
                 if done.idle:
@@ -73,7 +77,9 @@ class Worker:
                 else:
                     self._busy_at = time.monotonic()
                 backoff_s = 0.1
+                self._failing = False
             except BackendError as e:
+                self._failing = True
                 log.warning("backend unavailable, retrying in %.1fs: %s", backoff_s, e)
                 backoff_s = self._back_off(backoff_s)
             except Exception:
@@ -82,6 +88,21 @@ class Worker:
                 # round (or another worker) takes the work again.
                 log.exception("drain round failed, retrying in %.1fs", backoff_s)
                 backoff_s = self._back_off(backoff_s)
+
+    def _end(self) -> None:
+        """The budget ended (or the loop was stopped) without the idle exit: whether work is
+        left is what Redis says now, not what the last round saw, and if none is, senders
+        learn that no drain runs (else they would not wake one while the mark lives)."""
+        try:
+            self.idle_at_exit = self.runtime.backend.rest()
+        except BackendError as e:
+            log.warning("could not tell senders that this drain ends: %s", e)
+
+    def _awake_ms(self) -> int:
+        """How long this poll marks a drain as running: never past this drain's budget."""
+        if not self.budget.limited:
+            return AWAKE_MS
+        return max(1, min(AWAKE_MS, int(self.budget.remaining_s() * 1000)))
 
     def _back_off(self, backoff_s: float) -> float:
         """Wait before the next try, never past the budget (a Lambda invocation must answer
@@ -110,7 +131,7 @@ class Worker:
             # Only if nothing became ready since the poll, atomically with telling senders
             # that no drain runs any more: a message sent meanwhile is never stranded.
             if rt.backend.rest():
-                self.idle_at_exit = True
+                self.idle_at_exit = self._rested = True
                 self._stop.set()
             return
         wait_s = opts.poll_interval_s if next_due is None else next_due / 1000 - now

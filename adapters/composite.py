@@ -265,8 +265,8 @@ class CompositeBackend(RedisBackend):
         actions = iter(c.actions)
         full = [DONE if pos in turn.skipped else next(actions) for pos in range(len(turn.entries))]
         obj = turn.obj
-        if obj is None:  # corrupt object: dead letters only
-            return self._redis_commit(c, None, full, [], []), turn, None
+        if obj is None:  # corrupt object: dead letters only (and their Replied messages)
+            return self._redis_commit(c, None, full, c.outbox, []), turn, None
         outbox = turn.resend + c.outbox
         cancels = turn.recancel + c.cancels
         replies = turn.rereply + c.replies

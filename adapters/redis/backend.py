@@ -181,6 +181,16 @@ class RedisBackend:
         keys = [self.keys.ready, self.keys.awake]
         return bool(self._run([("awake", keys, ["wake", wake_ms])], "wake")[0])
 
+    def drop_wake(self) -> None:
+        """Forget a drain claimed for a wake that could not be sent."""
+        keys = [self.keys.ready, self.keys.awake]
+        self._run([("awake", keys, ["drop", 0])], "wake")
+
+    def lease_expiry_ms(self) -> int | None:
+        """When the earliest lease held expires (a dead holder's actor is recovered then)."""
+        first = self._call("leases", self.client.zrange, self.keys.leases, 0, 0, False, True)
+        return int(first[0][1]) if first else None
+
     def rest(self) -> bool:
         """A drain that found nothing to do may end: True if no actor is ready (the next
         send then wakes a drain), False if work arrived meanwhile (look again)."""

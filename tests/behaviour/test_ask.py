@@ -463,8 +463,8 @@ def test_on_redis_an_ask_waits_for_the_commit_of_a_drain_elsewhere(
     tried = threading.Event()
     run_actor = asking.runtime.run_actor
 
-    def run_here(actor: str, budget: Any) -> tuple[DrainReport, list[Commit]]:
-        result = run_actor(actor, budget)
+    def run_here(actor: str, budget: Any, ids: set[str]) -> tuple[DrainReport, list[Commit]]:
+        result = run_actor(actor, budget, ids)
         tried.set()
         return result
 
@@ -554,9 +554,11 @@ def test_a_plain_sends_reply_is_stored_when_its_handler_returns_something(
         ("nan", "float is not: Out of range float values are not JSON compliant"),
     ],
 )
-def test_a_return_value_that_is_not_json_fails_the_message_and_its_changes(
+def test_an_asked_reply_that_is_not_json_dead_letters_the_message_at_once(
     make_system: MakeSystem, clock: ManualClock, kind: str, text: str
 ) -> None:
+    """Asked, the same return value would fail every retry: the message is dead-lettered at
+    once with the reason, and only its own changes are rolled back."""
     system = make_system(shop)
     ref = shop.ref(f"weird-{kind}")
     with pytest.raises(HandlerFailed) as info:
@@ -564,48 +566,34 @@ def test_a_return_value_that_is_not_json_fails_the_message_and_its_changes(
     [dead] = system.dead_letters()
     assert info.value.reason == dead.reason
     assert dead.reason == (
-        "failed 1 times, last: TypeError: a handler's return value is its reply and must be "
-        f"a pydantic model or JSON-compatible; {text}"
+        "not retried (its reply cannot be stored): ReplyInvalid: a handler's return value is "
+        f"its reply and must be a pydantic model or JSON-compatible; {text}"
     )
+    assert dead.attempts == 1
     assert system.raw_state(ref) is None
-    # Sent between two good messages of one turn: only its own changes are rolled back.
+
+
+@pytest.mark.parametrize("kind", ["object", "nan"])
+def test_a_reply_nobody_asked_for_that_cannot_be_stored_is_dropped_not_failed(
+    make_system: MakeSystem, clock: ManualClock, kind: str
+) -> None:
+    """A plain send whose handler returns something unstorable: the message succeeded (its
+    state commits, nothing is retried); only the reply is not kept."""
+    system = make_system(shop)
+    ref = shop.ref(f"unasked-{kind}")
     ids = system.send_many([(ref, Bump()), (ref, Weird(kind=kind)), (ref, Bump())])
     report = settle(system, clock)
-    assert (report.messages, report.dead_letters) == (2, 1)
+    assert (report.messages, report.dead_letters, report.retries) == (3, 0, 0)
     state = state_of(system, ref, Tally)
-    assert state.count == 2
-    assert state.log == [ids[0], ids[2]]
-    assert [d.id for d in system.dead_letters()] == [ids[1], dead.id]
-    assert [system.reply(ids[0]), system.reply(ids[2])] == [1, 2]
+    assert state.count == 102  # its own change commits with the others
+    assert state.log == [ids[0], "weird", ids[2]]
+    assert system.dead_letters() == []
+    assert [system.reply(ids[0]), system.reply(ids[2])] == [1, 102]
+    with pytest.raises(NoReply):
+        system.reply(ids[1])
 
 
-def test_a_return_value_that_is_not_json_is_retried_like_any_failure(
-    make_system: MakeSystem, clock: ManualClock
-) -> None:
-    actor = ActorType("weird-retried", state=Tally, retry=RetryPolicy(max_attempts=3))
-
-    @actor.handler
-    def weird_again(ctx: Context[Tally], msg: Weird) -> Any:
-        ctx.state.count += 1
-        return {"when": object()}
-
-    system = make_system(actor)
-    ref = actor.ref("w")
-    mid = system.send(ref, Weird(kind="object"))
-    report = settle(system, clock)
-    assert (report.retries, report.dead_letters, report.messages) == (2, 1, 0)
-    [dead] = system.dead_letters()
-    assert (dead.id, dead.attempts) == (mid, 3)
-    assert dead.reason.startswith(
-        "failed 3 times, last: TypeError: a handler's return value is its reply and must be "
-        "a pydantic model or JSON-compatible; dict is not:"
-    )
-    assert system.raw_state(ref) is None
-    with pytest.raises(HandlerFailed):  # a plain send's failure is recorded too
-        system.reply(mid)
-
-
-def test_a_reply_over_max_message_bytes_fails_the_message(
+def test_a_reply_over_max_message_bytes_fails_an_asked_message(
     make_system: MakeSystem, clock: ManualClock
 ) -> None:
     actor = ActorType("big-reply", state=Tally)
@@ -615,14 +603,20 @@ def test_a_reply_over_max_message_bytes_fails_the_message(
         ctx.state.count += 1
         return "x" * 2_000
 
-    system = make_system(actor, max_message_bytes=1_024, max_attempts=1)
+    system = make_system(actor, max_message_bytes=1_024)
     ref = actor.ref("big")
     with pytest.raises(HandlerFailed) as info:
         system.ask(ref, Give(kind="big"))
     assert info.value.reason == (
-        "failed 1 times, last: MessageTooLarge: reply encodes to 2025 bytes, over 1024"
+        "not retried (its reply cannot be stored): ReplyInvalid: reply encodes to 2025 bytes, "
+        "over 1024"
     )
     assert system.raw_state(ref) is None
+    mid = system.send(ref, Give(kind="big"))  # not asked: processed, the reply dropped
+    assert system.run_until_idle().messages == 1
+    assert state_of(system, ref, Tally).count == 1
+    with pytest.raises(NoReply):
+        system.reply(mid)
 
 
 # -- redrive ------------------------------------------------------------------------------------
@@ -853,7 +847,10 @@ def test_a_reply_that_does_not_fit_its_declared_model_fails_the_message(
     ref = misfit.ref("m")
     with pytest.raises(HandlerFailed) as info:
         system.ask(ref, Misfit(), timeout=2.0)
-    assert "TypeError: the reply does not fit the Price the handler returns" in info.value.reason
+    assert info.value.reason.startswith(
+        "not retried (its reply cannot be stored): ReplyInvalid: the reply does not fit the "
+        "Price the handler returns"
+    )
     assert "'currency'" in info.value.reason
     assert state_of(system, ref, Tally).count == 0
     assert system.dead_letters()[0].reason == info.value.reason

@@ -94,7 +94,7 @@ def test_bad_input_is_dead_lettered_and_nothing_else_is_lost(make_system) -> Non
     assert "UnknownMessageType" in reasons["a" * 32]
     assert "payload fails validation for Note" in reasons["b" * 32]
     assert "MessageTooLarge" in reasons["c" * 32]
-    assert "array of 7 or 8 fields" in reasons["d" * 32]
+    assert "array of at least 7 fields" in reasons["d" * 32]
     assert "UnknownActorType" in reasons["e" * 32]
     entries = {d.id: d.entry for d in system.dead_letters()}
     assert entries["a" * 32].startswith(b"a" * 32)  # the raw bytes are kept

@@ -41,7 +41,7 @@ def test_idempotency_key_gives_a_stable_id_per_target() -> None:
     [
         (b"short", "too short"),
         (b"a" * 32 + b"\xc1", "undecodable msgpack"),
-        (b"a" * 32 + msgpack.packb({"x": 1}), "array of 7 or 8 fields"),
+        (b"a" * 32 + msgpack.packb({"x": 1}), "array of at least 7 fields"),
         (b"a" * 32 + msgpack.packb([2, "t/1", "A", {}, 1, 0, None]), "version 2"),
         (b"z" * 32 + msgpack.packb([FORMAT_VERSION, "t/1", "A", {}, 1, 0, None]), "hex message id"),
         (b"a" * 32 + msgpack.packb([FORMAT_VERSION, "t/1", "A", [], 1, 0, None]), "wrong types"),

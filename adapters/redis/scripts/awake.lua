@@ -6,6 +6,11 @@
 -- ARGV[1] 'rest': a drain that found nothing to do is about to end: if no actor is ready,
 --   drop P:awake and return 1 (it may end: the next send wakes a drain); else 0 (it must
 --   look again: work arrived while it decided).
+-- ARGV[1] 'drop': the wake could not be sent: drop P:awake so that the next send tries.
+if ARGV[1] == 'drop' then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
 if ARGV[1] == 'rest' then
   if redis.call('ZCARD', KEYS[1]) > 0 then
     return 0

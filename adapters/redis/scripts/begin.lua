@@ -13,8 +13,13 @@ if expiry > now then
 end
 -- Popped before the commit that made it rest (a retry's backoff): not before that time.
 local rest = redis.call('ZSCORE', KEYS[10], ARGV[5])
-if rest and tonumber(rest) > now then
-  return 0
+if rest then
+  if tonumber(rest) > now then
+    return 0
+  end
+  -- Its rest is over (taken before a poll noticed): the commit must be able to make it
+  -- ready again.
+  redis.call('ZREM', KEYS[10], ARGV[5])
 end
 -- Leases run on the caller's clock (the same one that times deferred messages, so a manual
 -- clock drives both); the key's own expiry only cleans up after an abandoned actor.
