@@ -52,9 +52,12 @@ class AwsError(BackendError):
         self.code = code
 
 
-def aws_client(service: str, *, max_pool_connections: int = 10) -> Any:
+def aws_client(service: str, *, max_pool_connections: int = 10, quick: bool = False) -> Any:
     """A boto3 client with botocore's retry policy; boto3 is imported here, not at start-up.
 
+    ``quick``: for the calls that start a drain (wakes, continuations), made in the last
+    moments of an invocation: a connect gives up after 1 s and a call after 3 s, tried
+    twice, so that an unreachable endpoint costs seconds, not botocore's default minutes.
     The endpoint comes from boto3's own ``AWS_ENDPOINT_URL`` (tests point it at a moto server).
     """
     try:
@@ -67,9 +70,11 @@ def aws_client(service: str, *, max_pool_connections: int = 10) -> Any:
     from botocore.exceptions import BotoCoreError
 
     # Throttling and 5xx are retried with backoff by botocore's adaptive mode.
+    timeouts = {"connect_timeout": 1, "read_timeout": 3} if quick else {}
     config = Config(
-        retries={"mode": "adaptive", "total_max_attempts": _RETRIES},
+        retries={"mode": "adaptive", "total_max_attempts": 2 if quick else _RETRIES},
         max_pool_connections=max_pool_connections,
+        **timeouts,
     )
     try:
         return boto3.client(service, config=config)
@@ -108,6 +113,8 @@ class SqsQueue:
     """An SQS queue by name or URL; the client and the queue URL are resolved on first use,
     not at import (cold starts)."""
 
+    quick = False  # see aws_client: True for the queue that starts drains
+
     def __init__(self, *, queue: str, client: Any = None) -> None:
         self.queue = queue
         self._client = client
@@ -116,7 +123,7 @@ class SqsQueue:
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = aws_client("sqs")
+            self._client = aws_client("sqs", quick=self.quick)
         return self._client
 
     @property
@@ -133,6 +140,7 @@ class SqsWaker(SqsQueue):
     """Wakes the drain function through its SQS wake queue (the function's SQS trigger)."""
 
     max_delay_s = MAX_SQS_DELAY_S
+    quick = True
 
     def wake_at(self, due_ms: int, now_ms: int) -> None:
         """One wake message, visible at the due time (or after 15 minutes, the SQS maximum:
@@ -168,7 +176,7 @@ class LambdaContinuation:
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = aws_client("lambda")
+            self._client = aws_client("lambda", quick=True)
         return self._client
 
     def continue_now(self, depth: int) -> None:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +50,8 @@ def import_ms(env: dict[str, str]) -> tuple[float, bool]:
     return min(runs)
 
 
-def main() -> None:
+def with_servers(run: Callable[[int, int], None]) -> None:
+    """``run(redis port, moto port)`` against a redis-server and a moto server of its own."""
     with tempfile.TemporaryDirectory() as tmp:
         proc, port = start_redis(tmp)
         moto_port = free_port()
@@ -63,6 +65,10 @@ def main() -> None:
         finally:
             moto.terminate()
             proc.terminate()
+
+
+def main() -> None:
+    with_servers(run)
 
 
 def run(port: int, moto_port: int) -> None:

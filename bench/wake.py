@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -36,7 +34,7 @@ import boto3  # noqa: E402
 from actor_system import ActorSystem  # noqa: E402
 from actor_system.testing import LambdaHarness  # noqa: E402
 from adapters.aws import SqsWaker  # noqa: E402
-from bench.run import free_port, start_redis  # noqa: E402
+from bench.lambda_run import with_servers  # noqa: E402
 from tests.actors import Add, actors, counter  # noqa: E402
 
 
@@ -99,19 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        proc, port = start_redis(tmp)
-        moto_port = free_port()
-        moto = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-p", str(moto_port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            run(port, moto_port, args.quick)
-        finally:
-            moto.terminate()
-            proc.terminate()
+    with_servers(lambda port, moto_port: run(port, moto_port, args.quick))
 
 
 def run(port: int, moto_port: int, quick: bool) -> None:
@@ -231,6 +217,13 @@ def run(port: int, moto_port: int, quick: bool) -> None:
         "not grow with the timeout, over 900 s)"
     )
     figures["drain_share"] = {t: s for t, (s, _) in shares.items()}
+    sixty = shares[60][0] if 60 in shares else (60 - unused_s) / 60
+    print(
+        f"targets: ask p99 <= 10 ms in the caller: {figures['ask_ms'][1]:.2f} ms; "
+        f"a handful of wakes per 10,000-send burst: {figures['burst_wakes']}; >= 95 % of a 60 s "
+        f"invocation draining: {sixty * 100:.1f} %"
+        + ("" if 60 in shares else f" (from the {unused_s * 1000:.0f} ms margin measured at 3 s)")
+    )
     print(json.dumps(figures))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -19,6 +20,17 @@ from tests.waiting import GENEROUS_S
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
+
+
+@pytest.fixture(autouse=True)
+def _package_logger() -> Iterator[None]:
+    """Each test starts with the package's logger as importing it leaves it: a Lambda
+    handler run in-process configures it (a handler of its own, propagation off), which
+    would hide the next tests' records from caplog."""
+    logger = logging.getLogger("actor_system")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 def free_port() -> int:
