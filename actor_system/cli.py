@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 import msgpack
+from pydantic_core import to_jsonable_python
 
 from actor_system import logs
 from actor_system.actor import ActorRef, ActorType
@@ -206,6 +207,52 @@ def send(
         ActorRef(type_name, actor_id), msg, delay=delay, at=at_, idempotency_key=idempotency_key
     )
     s.out({"id": mid} if s.json else mid)
+
+
+@main.command()
+@click.argument("type_name", metavar="TYPE")
+@click.argument("actor_id", metavar="ID")
+@click.argument("message_type")
+@click.argument("payload", metavar="JSON")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="seconds to wait")
+@click.option("--idempotency-key", help="the same key to the same actor is processed once")
+@click.option("--lenient", is_flag=True, help="ignore payload fields the type does not know")
+@pass_settings
+def ask(
+    s: Settings,
+    type_name: str,
+    actor_id: str,
+    message_type: str,
+    payload: str,
+    timeout: float,
+    idempotency_key: str | None,
+    lenient: bool,
+) -> None:
+    """Send MESSAGE_TYPE to actor TYPE/ID and print the handler's reply as JSON.
+
+    The turn runs here when it can, else a drain's commit is awaited. A message that is
+    dead-lettered, or no reply within --timeout, is an error (exit code 2) naming why."""
+    system = s.system(needs_app=True)
+    model, _ = system.registry.get(type_name).resolve(message_type)
+    try:
+        data = json.loads(payload)
+    except ValueError as e:
+        raise InvalidSend(f"invalid {message_type} payload: not JSON: {e}") from None
+    msg = parse_payload(model, data, strict=not lenient)
+    value = system.ask(
+        ActorRef(type_name, actor_id), msg, timeout=timeout, idempotency_key=idempotency_key
+    )
+    click.echo(json.dumps(to_jsonable_python(value), default=str))
+
+
+@main.command()
+@click.argument("message_id")
+@click.option("--timeout", type=float, default=0.0, show_default=True, help="seconds to wait")
+@pass_settings
+def reply(s: Settings, message_id: str, timeout: float) -> None:
+    """Print the reply of a processed message as JSON (kept reply_ttl_s after its commit);
+    an error (exit code 2) if it failed or has none."""
+    click.echo(json.dumps(s.system().reply(message_id, timeout=timeout)))
 
 
 @main.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -206,3 +207,33 @@ def test_stats_watch_refreshes_until_interrupted(redis_url: str) -> None:
     snapshots = [json.loads(line) for line in lines if line.startswith("{")]
     assert len(snapshots) >= 3
     assert all("pending_deferred" in s for s in snapshots)
+
+
+def test_ask_prints_the_reply_and_reply_reads_it_again(redis_url: str) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [EXE, "--url", redis_url, "--app", "tests.wake_actors", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "ACTOR_SYSTEM_MAX_ATTEMPTS": "1"},
+        )
+
+    asked = run("ask", "tally", "t", "Bump", '{"n": 4}', "--idempotency-key", "k")
+    assert asked.returncode == 0, asked.stderr
+    assert json.loads(asked.stdout) == {"total": 4}
+    again = run("ask", "tally", "t", "Bump", '{"n": 4}', "--idempotency-key", "k")
+    assert json.loads(again.stdout) == {"total": 4}  # the first reply; not processed twice
+    failed = run("ask", "tally", "t", "Fail", '{"why": "no stock"}')
+    assert failed.returncode == 2
+    # The turn ran here: its dead letter is logged, then the command's one-line error.
+    *logged, error = failed.stderr.strip().splitlines()
+    assert error.startswith("actor-system: message ")
+    assert error.endswith("failed: failed 1 times, last: RuntimeError: no stock")
+    assert ["dead letter" in line for line in logged] == [True]
+    assert "Traceback" not in failed.stderr
+    mid = ActorSystem.from_url(redis_url, actors=actors).dead_letters()[0].id
+    assert "no stock" in run("reply", mid).stderr
+    unknown = run("reply", "f" * 32)
+    assert unknown.returncode == 2
+    assert "no reply to message" in unknown.stderr
