@@ -250,8 +250,8 @@ def ask(
 @click.option("--timeout", type=float, default=0.0, show_default=True, help="seconds to wait")
 @pass_settings
 def reply(s: Settings, message_id: str, timeout: float) -> None:
-    """Print the reply of a processed message as JSON (kept reply_ttl_s after its commit);
-    an error (exit code 2) if it failed or has none."""
+    """Print the reply of an asked message as JSON (kept reply_ttl_s after its commit); an
+    error (exit code 2) if it failed or has none."""
     click.echo(json.dumps(s.system().reply(message_id, timeout=timeout)))
 
 

@@ -1,4 +1,5 @@
-"""Replies: what a handler returns, stored with its turn's commit and read by ``ask``.
+"""Replies: what a handler returns to an asker, stored with its turn's commit and read by
+``ask``. A plain send's return value is not kept.
 
 A reply record is JSON, ``{"ok": true, "value": ...}`` or ``{"ok": false, "error": "..."}``
 (the message was dead-lettered; the error is the dead letter's reason), so that the HTTP
@@ -56,7 +57,7 @@ class HandlerFailed(ActorSystemError):
 class ReplyInvalid(ActorSystemError, TypeError):
     """A handler's reply to an asker cannot be stored (not JSON-compatible, too large, not
     the declared model): the message is dead-lettered at once, as trying again returns the
-    same. A reply nobody asked for is dropped with a warning instead."""
+    same. A plain send's return value is never encoded, so it cannot fail this way."""
 
 
 def encode_value(value: Any, max_bytes: int) -> bytes:

@@ -532,10 +532,11 @@ class Runtime:
         return None
 
     def _reply(self, turn: _Turn, env: Envelope, result: Any, outbox: Outbox) -> bytes | None:
-        """The reply record to store for a handler's return value, if any: always when a
-        caller asked (``system.ask``), else only when it returned something. An actor that
-        asked gets a Replied message in this turn's outbox instead."""
-        if env.reply is None and result is None:
+        """The reply record to store for a handler's return value when its sender asked
+        (``system.ask``, ``?wait=commit``); an actor that asked gets a Replied message in
+        this turn's outbox instead. A plain send's return value is not kept: storing every
+        one would cost a Redis write and memory per message for nobody."""
+        if env.reply is None:
             return None
         try:
             model = turn.actor.reply_model(env.type)
@@ -551,16 +552,6 @@ class Runtime:
                     ) from None
             record = replies.encode_value(result, self.options.max_message_bytes)
         except (TypeError, MessageTooLarge) as e:
-            if env.reply is None:
-                # Nobody asked: the message succeeded; only its reply cannot be kept.
-                log.warning(
-                    "reply of %s on %s not kept: %s",
-                    env.type,
-                    turn.claim.actor,
-                    e,
-                    extra={"actor": turn.claim.actor, "message_id": env.id},
-                )
-                return None
             raise replies.ReplyInvalid(str(e)) from None
         if not env.reply:
             return record
@@ -579,9 +570,9 @@ class Runtime:
         )
 
     def _dead_replies(self, actions: list[bytes]) -> tuple[list[tuple[str, bytes]], list[Outgoing]]:
-        """Failure replies for the dead-lettered messages among ``actions``: a record under
-        the message id (what ``ask`` and ``reply`` raise HandlerFailed with), or a Replied
-        message to the actor that asked."""
+        """Failure replies for the dead-lettered messages that were asked among ``actions``:
+        a record under the message id (what ``ask`` and ``reply`` raise HandlerFailed with),
+        or a Replied message to the actor that asked."""
         records: list[tuple[str, bytes]] = []
         out: list[Outgoing] = []
         for action in actions:
@@ -591,10 +582,12 @@ class Runtime:
             if not dead["id"]:
                 continue
             try:
-                env: Envelope | None = decode(dead["entry"])
+                env = decode(dead["entry"])
             except DecodeError:
-                env = None
-            if env is None or not env.reply:
+                continue
+            if env.reply is None:
+                continue  # nobody asked: the dead letter itself says why
+            if env.reply == "":
                 records.append((dead["id"], replies.encode_failure(dead["reason"])))
                 continue
             failed = replies.Replied(id=env.id, ok=False, error=dead["reason"])

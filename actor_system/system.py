@@ -273,8 +273,8 @@ class ActorSystem:
                 return data
             raise replies.NoReply(
                 f"message {item.id} was processed before (a resend with the same "
-                "idempotency_key) and has no reply: it was sent without asking and its "
-                f"handler returned nothing, or its reply expired (reply_ttl_s="
+                "idempotency_key) and has no reply: it was sent without asking (only an "
+                f"asked message's reply is kept), or its reply expired (reply_ttl_s="
                 f"{self.options.reply_ttl_s:g}s)",
                 item.id,
             )
@@ -297,15 +297,16 @@ class ActorSystem:
                 time.sleep(min(0.005, max(left, 0)))
 
     def reply(self, message_id: str, *, timeout: float = 0.0) -> Any:
-        """The reply of a processed message (JSON values), waiting up to ``timeout`` for
-        it; HandlerFailed if it was dead-lettered, NoReply if there is none (not processed
-        yet, or longer ago than ``reply_ttl_s``)."""
+        """The reply of an asked message (``ask``, ``?wait=commit``) as JSON values, waiting
+        up to ``timeout`` for it: for an ask that timed out, or a 202 of the ingress.
+        HandlerFailed if it was dead-lettered, NoReply if there is none (not processed yet,
+        never asked, or processed longer ago than ``reply_ttl_s``)."""
         mid = check_message_id(message_id)
         data = self.backend.wait_reply(mid, timeout)
         if data is None:
             raise replies.NoReply(
-                f"no reply to message {mid}: not processed yet, its handler returned nothing "
-                f"(and nobody asked), or it was processed more than "
+                f"no reply to message {mid}: not processed yet, sent without asking (only an "
+                f"asked message's reply is kept), or processed more than "
                 f"reply_ttl_s={self.options.reply_ttl_s:g}s ago",
                 mid,
             )
