@@ -31,6 +31,8 @@ from actor_system.system import ENV_PREFIX, ActorSystem
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
+    from pydantic import BaseModel
+
 
 def load_actors(spec: str) -> list[ActorType[Any]]:
     """``module`` (its ``actors`` list) or ``module:name`` (an ActorType or a list of them)."""
@@ -195,12 +197,7 @@ def send(
     A payload field the message type does not know is an error that names it (a typo would
     otherwise be dropped and the field's default sent); --lenient ignores such fields."""
     system = s.system(needs_app=True)
-    model, _ = system.registry.get(type_name).resolve(message_type)
-    try:
-        data = json.loads(payload)
-    except ValueError as e:
-        raise InvalidSend(f"invalid {message_type} payload: not JSON: {e}") from None
-    msg = parse_payload(model, data, strict=not lenient)
+    msg = _message(system, type_name, message_type, payload, lenient)
     if at_ is not None and at_.tzinfo is None:
         at_ = at_.replace(tzinfo=UTC)
     mid = system.send(
@@ -233,16 +230,24 @@ def ask(
     The turn runs here when it can, else a drain's commit is awaited. A message that is
     dead-lettered, or no reply within --timeout, is an error (exit code 2) naming why."""
     system = s.system(needs_app=True)
+    msg = _message(system, type_name, message_type, payload, lenient)
+    value = system.ask(
+        ActorRef(type_name, actor_id), msg, timeout=timeout, idempotency_key=idempotency_key
+    )
+    click.echo(json.dumps(to_jsonable_python(value), default=str))
+
+
+def _message(
+    system: ActorSystem, type_name: str, message_type: str, payload: str, lenient: bool
+) -> BaseModel:
+    """The message a command line gives: its type's model, validated from JSON (strict
+    unless ``lenient``)."""
     model, _ = system.registry.get(type_name).resolve(message_type)
     try:
         data = json.loads(payload)
     except ValueError as e:
         raise InvalidSend(f"invalid {message_type} payload: not JSON: {e}") from None
-    msg = parse_payload(model, data, strict=not lenient)
-    value = system.ask(
-        ActorRef(type_name, actor_id), msg, timeout=timeout, idempotency_key=idempotency_key
-    )
-    click.echo(json.dumps(to_jsonable_python(value), default=str))
+    return parse_payload(model, data, strict=not lenient)
 
 
 @main.command()

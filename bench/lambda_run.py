@@ -67,13 +67,8 @@ def with_servers(run: Callable[[int, int], None]) -> None:
             proc.terminate()
 
 
-def main() -> None:
-    with_servers(run)
-
-
-def run(port: int, moto_port: int) -> None:
-    time.sleep(1.5)
-    url = f"redis://127.0.0.1:{port}/0"
+def aws_env(moto_port: int) -> dict[str, str]:
+    """boto3's settings for the moto server, also set in this process's environment."""
     aws = {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{moto_port}",
         "AWS_ACCESS_KEY_ID": "x",
@@ -81,6 +76,17 @@ def run(port: int, moto_port: int) -> None:
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     os.environ.update(aws)
+    return aws
+
+
+def main() -> None:
+    with_servers(run)
+
+
+def run(port: int, moto_port: int) -> None:
+    time.sleep(1.5)
+    url = f"redis://127.0.0.1:{port}/0"
+    aws = aws_env(moto_port)
     queue = boto3.client("sqs").create_queue(QueueName="wake")["QueueUrl"]
     base = {**os.environ, "ACTOR_SYSTEM_REDIS_URL": url, "AWS_LAMBDA_FUNCTION_NAME": "drain"}
     bare, bare_boto = import_ms({**base, "AWS_LAMBDA_FUNCTION_NAME": ""})

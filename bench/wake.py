@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 import time
@@ -34,7 +33,7 @@ import boto3  # noqa: E402
 from actor_system import ActorSystem  # noqa: E402
 from actor_system.testing import LambdaHarness  # noqa: E402
 from adapters.aws import SqsWaker  # noqa: E402
-from bench.lambda_run import with_servers  # noqa: E402
+from bench.lambda_run import aws_env, with_servers  # noqa: E402
 from tests.actors import Add, actors, counter  # noqa: E402
 
 
@@ -102,13 +101,7 @@ def main() -> None:
 
 def run(port: int, moto_port: int, quick: bool) -> None:
     url = f"redis://127.0.0.1:{port}/0"
-    aws = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{moto_port}",
-        "AWS_ACCESS_KEY_ID": "x",
-        "AWS_SECRET_ACCESS_KEY": "x",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    os.environ.update(aws)
+    aws = aws_env(moto_port)
     deadline = time.time() + 20
     while True:  # moto's server takes a moment to listen
         try:
