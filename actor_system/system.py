@@ -381,7 +381,12 @@ class ActorSystem:
                 log.error("could not drop the wake claim: %s", again)
 
     def cancel(self, message_id: str) -> bool:
-        """Cancel a deferred message not yet due; False if unknown or already delivered."""
+        """Cancel a deferred message not yet due; False if unknown or already delivered.
+
+        Idempotent in its answer: a cancel retried after a lost answer (a connection reset)
+        still returns True for an hour (the receipt ``P:cancelled:<id>``). Sending the same
+        id again (an idempotency key) after cancelling it, and having that copy delivered,
+        is not told apart from the cancel within that hour."""
         return self.backend.cancel(check_message_id(message_id))
 
     # -- reading ---------------------------------------------------------------------------

@@ -54,6 +54,9 @@ _BLOCK_S = 5.0  # the longest blocking read: well inside the socket timeout
 # How long a landed message's id is remembered, so that an SQS copy landing after it is
 # dropped even before the actor has processed it (then its done set drops later copies).
 _LANDED_MS = 3_600_000
+# How long a cancel is remembered, so that a cancel retried after its answer was lost (a
+# reset connection) still answers True.
+_CANCEL_RECEIPT_MS = 3_600_000
 _LOOK_AGAIN_MS = 5_000  # every shard is promoted at least this often, whatever the epoch
 
 
@@ -350,14 +353,19 @@ class RedisBackend:
     def _cancel(self, message_id: str) -> tuple[bool, bool]:
         """(removed from the sorted set, not known as cancelled or landed elsewhere)."""
         k = self.keys
-        args = [message_id, self.tombstone_ms, self.options.prefix]
         calls = [
             (
                 "cancel",
                 [k.delay_due(s), k.delay_msg(s, message_id), k.old_delay_msg(s, message_id)],
-                args,
+                # One tombstone per cancel: a second would read the first as "cancelled before".
+                [
+                    message_id,
+                    self.tombstone_ms if n == 0 else 0,
+                    self.options.prefix,
+                    _CANCEL_RECEIPT_MS,
+                ],
             )
-            for s in self._shards_of(message_id)
+            for n, s in enumerate(self._shards_of(message_id))
         ]
         results = self._run(calls, "cancel")
         return any(bool(r[0]) for r in results), bool(results[0][1])

@@ -17,6 +17,7 @@
 --   P:{A}:done           zset  processed id -> commit ms (dedup window)
 --   P:reply:<id>         list  one reply record of a processed message (JSON), for ask
 --   P:awake              str   a drain is running, or a wake is on its way (push.lua)
+--   P:cancelled:<id>     str   a cancel's receipt: a retried cancel still answers True
 --   P:tomb:<id>          str   'c': a cancelled deferred message that may still be held
 --                              outside Redis (SQS, Scheduler), dropped when it lands;
 --                              'l:<due ms>': landed already, a second copy is dropped
