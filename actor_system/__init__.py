@@ -6,6 +6,7 @@ from actor_system.actor import ActorRef, ActorType, Context
 from actor_system.budget import Budget
 from actor_system.clock import ManualClock, SystemClock
 from actor_system.errors import (
+    ActorBusy,
     ActorSystemError,
     BackendError,
     BudgetExhausted,
@@ -28,6 +29,7 @@ from actor_system.system import ActorSystem, DeadLetter
 logging.getLogger("actor_system").addHandler(logging.NullHandler())
 
 __all__ = [
+    "ActorBusy",
     "ActorRef",
     "ActorSystem",
     "ActorSystemError",

@@ -68,6 +68,8 @@ class _Sender(Protocol):
 
     def cancel(self, message_id: str) -> None: ...
 
+    def delete(self) -> None: ...
+
 
 class Context(Generic[S]):
     """What a handler sees: its actor's state and ref, the message's id and attempt, the time,
@@ -112,6 +114,13 @@ class Context(Generic[S]):
         """Cancel a deferred message when this turn commits (no effect if already delivered)."""
         self._sender.cancel(message_id)
 
+    def delete(self) -> None:
+        """End this actor when the turn commits: its state and every key of it go (sends and
+        cancels made so far still happen). The turn stops after this message; messages still
+        queued, and any that arrive later, start it again from the default state. Its dedup
+        memory goes too: a copy of an earlier message that arrives later is processed anew."""
+        self._sender.delete()
+
 
 Handler = Callable[[Context[Any], Any], Any]  # None, or an awaitable for async def
 # One step of a state migration: the stored mapping of version n -> that of version n + 1.
@@ -152,6 +161,9 @@ class ActorType(Generic[S]):
     ``done_window_s`` / ``done_max``: how long and how many processed message ids each actor
     of this type remembers, so that a copy (or a send with the same idempotency key) is
     dropped; defaults are the system's ``Options``.
+    ``idle_ttl_s``: an actor of this type that has had no turn for this long is gone, its
+    state and dedup memory expiring together (its next message starts from the defaults);
+    None keeps actors until ``ctx.delete()`` or ``system.delete``.
     """
 
     def __init__(
@@ -165,6 +177,7 @@ class ActorType(Generic[S]):
         invalid_state: Literal["dead_letter", "wait"] = "dead_letter",
         done_window_s: float | None = None,
         done_max: int | None = None,
+        idle_ttl_s: float | None = None,
     ) -> None:
         if not isinstance(name, str) or not _TYPE_NAME.match(name):
             raise ConfigError(f"actor type name {name!r} must match {_TYPE_NAME.pattern}")
@@ -177,7 +190,11 @@ class ActorType(Generic[S]):
                 f"state model {state.__name__} of actor type {name!r} must be constructible "
                 f"with no arguments (give every field a default): {e}"
             ) from e
-        for option, value in (("done_window_s", done_window_s), ("done_max", done_max)):
+        for option, value in (
+            ("done_window_s", done_window_s),
+            ("done_max", done_max),
+            ("idle_ttl_s", idle_ttl_s),
+        ):
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
             ):
@@ -198,6 +215,8 @@ class ActorType(Generic[S]):
         # type remembers for dedup; None: the system's Options.
         self.done_window_s = done_window_s
         self.done_max = None if done_max is None else int(done_max)
+        # An actor idle this long is gone: its keys expire together (None: kept for good).
+        self.idle_ttl_s = idle_ttl_s
         self._handlers: dict[str, tuple[type[BaseModel], Handler]] = {}
         self._reply_of: dict[str, type[BaseModel]] = {}  # from a handler's return annotation
 

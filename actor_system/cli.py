@@ -251,6 +251,21 @@ def _message(
 
 
 @main.command()
+@click.argument("type_name", metavar="TYPE")
+@click.argument("actor_id", metavar="ID")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@pass_settings
+def delete(s: Settings, type_name: str, actor_id: str, yes: bool) -> None:
+    """End actor TYPE/ID: its state and every key of it go (messages still queued start it
+    anew from the default state). Needs no --app."""
+    ref = ActorRef(type_name, actor_id)
+    if not yes:
+        click.confirm(f"delete actor {ref.key} and its state?", abort=True)
+    had = s.system().delete(ref)
+    s.out({"deleted": ref.key, "had_state": had} if s.json else f"deleted {ref.key}")
+
+
+@main.command()
 @click.argument("message_id")
 @click.option("--timeout", type=float, default=0.0, show_default=True, help="seconds to wait")
 @pass_settings

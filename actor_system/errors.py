@@ -39,6 +39,11 @@ class LeaseLost(ActorSystemError):
     """A commit was refused because another holder took the actor's lease."""
 
 
+class ActorBusy(ActorSystemError):
+    """An operation on an actor (``system.delete``) found its lease held by a running turn
+    for longer than it may wait."""
+
+
 class BackendError(ActorSystemError):
     """A backend (Redis) call failed; the cause is chained."""
 

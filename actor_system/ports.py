@@ -58,6 +58,8 @@ class Commit:
     # (message id, reply record) to keep for ``reply_ttl_ms``; the first reply of an id stays.
     replies: list[tuple[str, bytes]] = field(default_factory=list)
     reply_ttl_ms: int = 300_000
+    delete: bool = False  # the actor ends: its state and every key of it go
+    idle_ttl_ms: int = 0  # > 0: the actor's keys expire together this long after this commit
 
 
 class Clock(Protocol):

@@ -95,11 +95,21 @@ class DrainReport:
 class Outbox:
     """Sends and cancels made by handlers during a turn; written by the commit."""
 
-    def __init__(self, registry: Registry, now_s: float) -> None:
+    def __init__(self, registry: Registry, now_s: float, can_delete: bool = True) -> None:
         self._registry = registry
         self._now_s = now_s
+        self._can_delete = can_delete
         self.items: list[Outgoing] = []
         self.cancels: list[str] = []
+        self.deleted = False  # the running handler called ctx.delete()
+
+    def delete(self) -> None:
+        if not self._can_delete:
+            raise InvalidSend(
+                "ctx.delete() is not supported with state in S3 yet; end the actor by "
+                "resetting its state (ctx.state = State()) instead"
+            )
+        self.deleted = True
 
     def send(
         self,
@@ -155,6 +165,7 @@ class _Turn:
     # (message id, reply record) of the handlers that succeeded, written by the commit.
     replies: list[tuple[str, bytes]] = field(default_factory=list)
     pause_ms: int = 0  # the actor is not taken again before this time (a retry's backoff)
+    deleted: bool = False  # a handler that succeeded called ctx.delete(): the actor ends
     in_caller: bool = False  # run by a sender (run_actor) on its short budget, not a drain
     report: DrainReport = field(default_factory=DrainReport)
     # Stored fields the state model does not declare: every commit writes them back.
@@ -339,9 +350,12 @@ class Runtime:
         data, n_items, n_cancels = turn.saved
         outbox.truncate(n_items, n_cancels)
         bare = self._bare(turn.claim, turn.token, turn.actions, turn.pause_ms, turn.actor)
+        if turn.deleted:
+            data = None  # nothing to write: every key of the actor goes
         return replace(
             bare,
             state=data,
+            delete=turn.deleted,
             outbox=outbox.items + bare.outbox,
             cancels=outbox.cancels,
             replies=turn.replies + bare.replies,
@@ -379,6 +393,7 @@ class Runtime:
             pause_ms=pause_ms,
             replies=records,
             reply_ttl_ms=int(self.options.reply_ttl_s * 1000),
+            idle_ttl_ms=int((actor.idle_ttl_s or 0) * 1000) if actor is not None else 0,
         )
 
     def _interrupted(self, turn: _Turn, stop: _Interrupted, outbox: Outbox) -> Commit:
@@ -412,6 +427,10 @@ class Runtime:
     def _max_attempts(self, actor: ActorType[Any], message_type: str) -> int:
         """The max_attempts of a message type: its retry policy's, else the system's."""
         return actor.policy(message_type).max_attempts or self.options.max_attempts
+
+    def _can_delete(self) -> bool:
+        """Whether actors can be deleted here: not yet with state in S3."""
+        return getattr(self.backend, "state_store", None) is None
 
     def _abandon(self, claim: Claim, token: str) -> Commit:
         return self._bare(claim, token, [KEEP] * len(claim.entries))
@@ -464,7 +483,7 @@ class Runtime:
         turn.unknown = loaded.unknown
         turn.in_caller = in_caller
         turn.report.turns = 1
-        outbox = Outbox(self.registry, turn.now_s)
+        outbox = Outbox(self.registry, turn.now_s, self._can_delete())
         try:
             failure = self._run_handlers(turn, loaded.state, outbox)
         except _Interrupted as stop:
@@ -502,6 +521,7 @@ class Runtime:
                 return None
             seen.add(env.id)
             self._keep_lease(turn)
+            outbox.deleted = False
             ctx: Context[Any] = Context(state, turn.ref, env.id, env.attempt + failed, now, outbox)
             limit_s = turn.actor.policy(env.type).time_limit_s
             started = time.monotonic()
@@ -529,6 +549,11 @@ class Runtime:
             turn.report.messages += 1
             if env.due_at_ms is not None:
                 turn.lateness.append(turn.now_s - env.due_at_ms / 1000)
+            if outbox.deleted:
+                # The actor ends with this commit; what is queued behind starts it anew.
+                turn.deleted = True
+                turn.actions.extend([KEEP] * (len(turn.claim.entries) - index - 1))
+                return None
         return None
 
     def _reply(self, turn: _Turn, env: Envelope, result: Any, outbox: Outbox) -> bytes | None:

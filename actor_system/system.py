@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -17,9 +18,10 @@ from actor_system import replies, stored_state
 from actor_system.actor import ActorRef, ActorType, Registry
 from actor_system.budget import Budget
 from actor_system.envelope import ID_LENGTH, Outgoing, check_message_id, decode
-from actor_system.errors import ActorSystemError, ConfigError, InvalidSend
+from actor_system.errors import ActorBusy, ActorSystemError, ConfigError, InvalidSend
 from actor_system.metrics import EmfMetrics
 from actor_system.options import Options
+from actor_system.ports import Commit
 from actor_system.runtime import DrainReport, Runtime
 from actor_system.worker import Worker
 
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     from datetime import timedelta
 
     from actor_system.metrics import MetricsHook
-    from actor_system.ports import Backend, Clock, Commit, Continuation, Waker
+    from actor_system.ports import Backend, Clock, Continuation, Waker
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -388,6 +390,28 @@ class ActorSystem:
         id again (an idempotency key) after cancelling it, and having that copy delivered,
         is not told apart from the cancel within that hour."""
         return self.backend.cancel(check_message_id(message_id))
+
+    def delete(self, ref: ActorRef, *, timeout: float = 10.0) -> bool:
+        """End an actor now, as ``ctx.delete()`` in a turn would: its state and every key of
+        it go, under its lease (waiting up to ``timeout`` for a running turn to end). Messages
+        still queued stay and start it anew from the default state. Returns whether it had
+        state. Raises ActorBusy if its lease stays held."""
+        if not self.runtime._can_delete():
+            raise ConfigError("deleting actors is not supported with state in S3 yet")
+        if not isinstance(ref, ActorRef):
+            raise InvalidSend(f"delete needs an ActorRef (actor.ref(id)), got {ref!r}")
+        deadline = time.monotonic() + timeout
+        lease_ms = self.options.lease_ms
+        while True:
+            token = uuid.uuid4().hex
+            [claim] = self.backend.begin([ref.key], token, lease_ms, 0, self._now_ms())
+            if claim is not None:
+                end = Commit(ref.key, token, claim.fence, None, [], delete=True)
+                if self.backend.commit([end], self._now_ms())[0] is not None:
+                    return claim.state is not None
+            if time.monotonic() >= deadline:
+                raise ActorBusy(f"actor {ref.key} is busy: a turn holds its lease; try again")
+            time.sleep(0.05)
 
     # -- reading ---------------------------------------------------------------------------
 

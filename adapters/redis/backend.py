@@ -309,6 +309,7 @@ class RedisBackend:
             ]
             for mid, record in c.replies:
                 args += [mid, record]
+            args += [1 if c.delete else 0, c.idle_ttl_ms]
             calls.append(("commit", self.keys.commit_keys(c.actor), args))
         return [int(r[1]) if r[0] == 1 else None for r in self._run(calls, "commit")]
 

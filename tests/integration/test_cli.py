@@ -237,3 +237,28 @@ def test_ask_prints_the_reply_and_reply_reads_it_again(redis_url: str) -> None:
     unknown = run("reply", "f" * 32)
     assert unknown.returncode == 2
     assert "no reply to message" in unknown.stderr
+
+
+def test_delete_ends_an_actor(redis_url: str) -> None:
+    cli(redis_url, "send", "counter", "gone", "Add", '{"n": 3}')
+    system = ActorSystem.from_url(redis_url, actors=actors)
+    system.run_until_idle()
+    assert system.raw_state(counter.ref("gone")) is not None
+    refused = subprocess.run(
+        [EXE, "--url", redis_url, "delete", "counter", "gone"],
+        input="n\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0  # not confirmed: nothing deleted
+    assert system.raw_state(counter.ref("gone")) is not None
+    done = subprocess.run(
+        [EXE, "--url", redis_url, "--json", "delete", "counter", "gone", "--yes"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"deleted": "counter/gone", "had_state": True}
+    assert system.raw_state(counter.ref("gone")) is None

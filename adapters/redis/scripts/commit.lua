@@ -13,7 +13,9 @@
 --   0 kept for good, -1 deleted (the state is the model's defaults), > 0 expires (a marker
 --   of state kept elsewhere, S3); then the ms before which the actor is not taken again
 --   (0: none; a retry's backoff); then the replies' lifetime ms and n replies, each 2 args:
---   message id, reply record (kept under P:reply:<id>; the first reply of an id stays)
+--   message id, reply record (kept under P:reply:<id>; the first reply of an id stays);
+--   then '1' if the actor ends (ctx.delete: its state, dedup set, attempts and errors go) or
+--   '0', and the ms after which an idle actor's keys expire together (0: never)
 -- Keys of an idle actor go away: the done set expires a dedup window after the last commit,
 -- the lease with the commit, att/err/mb/inflight when empty, the fence with its lease
 -- (begin.lua), the state as above. Only state that differs from the defaults stays.
@@ -84,7 +86,10 @@ local state_ms = tonumber(ARGV[i + 2 + n_cancel * 2])
 local pause = tonumber(ARGV[i + 3 + n_cancel * 2])
 local r = i + 4 + n_cancel * 2
 local reply_ms = ARGV[r]
-for j = 1, tonumber(ARGV[r + 1]) do
+local n_replies = tonumber(ARGV[r + 1])
+local ends = ARGV[r + 2 + 2 * n_replies] == '1'
+local idle_ms = tonumber(ARGV[r + 3 + 2 * n_replies])
+for j = 1, n_replies do
   -- A list of one, so that an asker can block on it (BLMOVE to itself) and a later reader
   -- still finds it.
   local key = prefix .. ':reply:' .. ARGV[r + 2 * j]
@@ -105,6 +110,20 @@ for j = 1, n_cancel do
   if tomb_ms > 0 then
     tombstone(prefix, ARGV[k], tomb_ms)
   end
+end
+if ends then
+  -- The actor ends: nothing of it stays (the messages queued behind start it anew).
+  redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[10])
+elseif idle_ms > 0 then
+  -- Its keys expire together once it has been idle that long, each commit starting the
+  -- count again (sooner where this commit says so: the dedup window, an S3 marker's life).
+  local window = tonumber(ARGV[6])
+  local done_ms = (window > 0 and window < idle_ms) and window or idle_ms
+  local state_life = (state_ms > 0 and state_ms < idle_ms) and state_ms or idle_ms
+  redis.call('PEXPIRE', KEYS[4], state_life)
+  redis.call('PEXPIRE', KEYS[6], done_ms)
+  redis.call('PEXPIRE', KEYS[5], idle_ms)
+  redis.call('PEXPIRE', KEYS[10], idle_ms)
 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[7], ARGV[2])
