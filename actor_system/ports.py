@@ -94,11 +94,12 @@ class Mailbox(Protocol):
         arrived meanwhile."""
 
     def poll(
-        self, now_ms: int, max_actors: int, lease_ms: int, awake_ms: int = 0
+        self, now_ms: int, max_actors: int, lease_ms: int, awake_ms: int = 0, token: str = ""
     ) -> tuple[list[str], int]:
         """Recover expired leases, promote due deferred messages, pop up to ``max_actors``
         ready actors and reserve them for ``lease_ms``. Returns (actor keys, promoted).
-        ``awake_ms`` > 0: the poller counts as a running drain for that long."""
+        ``awake_ms`` > 0: the poller counts as a running drain for that long. ``token``: the
+        round's, under which a poll run again (a lost answer) gets the same actors."""
 
     def wait_ready(self, timeout_s: float) -> bool:
         """Block up to ``timeout_s`` for a hint that work arrived; True if woken early."""

@@ -227,13 +227,14 @@ class Runtime:
         ``awake_ms``: the poll marks a drain as running for that long (Lambda wakes)."""
         report = DrainReport()
         opts = self.options
+        token = uuid.uuid4().hex
         actors, report.promoted = self.backend.poll(
-            self._now_ms(), opts.actors_per_round, opts.lease_ms, awake_ms
+            self._now_ms(), opts.actors_per_round, opts.lease_ms, awake_ms, token
         )
         if not actors:
             return report
         report.idle = False
-        self._turns(actors, budget, report)
+        self._turns(actors, budget, report, token=token)
         return report
 
     def run_actor(
@@ -272,10 +273,12 @@ class Runtime:
         report: DrainReport,
         committed: list[Commit] | None = None,
         in_caller: bool = False,
+        token: str = "",
     ) -> int:
         """Begin, run and commit the turns of ``actors``; returns how many messages were
-        claimed. ``committed`` collects the commits that were written."""
-        token = uuid.uuid4().hex
+        claimed. ``committed`` collects the commits that were written. ``token``: the lease
+        token (the round's, which its poll remembered), a fresh one if not given."""
+        token = token or uuid.uuid4().hex
         claims = self.backend.begin(
             actors, token, self.options.lease_ms, self.options.batch, self._now_ms()
         )

@@ -413,7 +413,7 @@ class CompositeBackend(RedisBackend):
         return moved
 
     def poll(
-        self, now_ms: int, max_actors: int, lease_ms: int, awake_ms: int = 0
+        self, now_ms: int, max_actors: int, lease_ms: int, awake_ms: int = 0, token: str = ""
     ) -> tuple[list[str], int]:
         landed = 0
         delay = self.delay
@@ -431,7 +431,7 @@ class CompositeBackend(RedisBackend):
                 except AwsError as e:  # Redis work goes on; SQS keeps the messages
                     self._received_at = now_ms + _BACK_OFF_MS
                     log.error("receiving deferred messages failed, next try in 30 s: %s", e)
-        actors, promoted = super().poll(now_ms, max_actors, lease_ms, awake_ms)
+        actors, promoted = super().poll(now_ms, max_actors, lease_ms, awake_ms, token)
         return actors, promoted + landed
 
     def _collect(self, now_ms: int) -> int:

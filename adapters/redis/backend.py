@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import msgpack
 import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from actor_system.clock import SystemClock
@@ -131,7 +132,8 @@ class RedisBackend:
         """Run scripts in one pipelined round trip; reload them once if Redis lost them."""
         if not calls:
             return []
-        for _ in range(2):
+        lost = False
+        for _ in range(3):
             try:
                 if not self._sha:
                     self._load_scripts()
@@ -142,6 +144,14 @@ class RedisBackend:
             except NoScriptError:
                 # Every script is missing after a restart or SCRIPT FLUSH, so none ran.
                 self._sha.clear()
+            except RedisConnectionError as e:
+                # The connection broke: the scripts may have run and only their answers been
+                # lost. Each is safe to run again with the same arguments (a poll's and a
+                # begin's token finds what the first run took), so one more try, on a new
+                # connection, costs a round trip instead of stranding a lease.
+                if lost:
+                    raise BackendError(f"Redis {what} failed: {type(e).__name__}: {e}") from e
+                lost = True
             except RedisError as e:
                 raise BackendError(f"Redis {what} failed: {type(e).__name__}: {e}") from e
         raise BackendError(f"Redis {what} failed: scripts could not be loaded")
@@ -201,7 +211,7 @@ class RedisBackend:
         return bool(self._run([("awake", keys, ["rest", 0])], "rest")[0])
 
     def poll(
-        self, now_ms: int, max_actors: int, lease_ms: int, awake_ms: int = 0
+        self, now_ms: int, max_actors: int, lease_ms: int, awake_ms: int = 0, token: str = ""
     ) -> tuple[list[str], int]:
         k = self.keys
         # Only shards whose earliest due time has come (or is unknown) are promoted; the
@@ -220,7 +230,7 @@ class RedisBackend:
             (
                 "poll",
                 [k.leases, k.ready, k.paused],
-                [now_ms, max_actors, self.options.prefix, lease_ms, awake_ms],
+                [now_ms, max_actors, self.options.prefix, lease_ms, awake_ms, token],
             )
         )
         *promoted, (epoch, *actors) = self._run(calls, "poll")

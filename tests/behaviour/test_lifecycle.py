@@ -75,11 +75,12 @@ def receipt(ctx: Context[Inbox], msg: Receipt) -> None:
 
 
 def actor_keys(system: ActorSystem, key: str) -> list[str]:
-    """The Redis keys of one actor, but its fence (which expires with its last lease)."""
+    """The Redis keys of one actor, but its fence and lease (which expire seconds after its
+    last turn: the fence with the lease, the lease's receipt of the commit after 5 s)."""
     client: Any = system.backend.client  # type: ignore[attr-defined]
     prefix = system.options.prefix
     found = sorted(k.decode() for k in client.scan_iter(match=f"{prefix}:{{{key}}}:*"))
-    return [k for k in found if not k.endswith(":fence")]
+    return [k for k in found if not k.endswith((":fence", ":lease"))]
 
 
 def on_s3(system: ActorSystem) -> bool:

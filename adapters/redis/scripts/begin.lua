@@ -9,7 +9,22 @@
 local now = tonumber(ARGV[3])
 local expiry = tonumber(redis.call('HGET', KEYS[1], 'e') or '0')
 if expiry > now then
-  return 0
+  if redis.call('HGET', KEYS[1], 't') ~= ARGV[1] then
+    return 0
+  end
+  -- Our own lease: this begin ran before and its answer was lost. Hand back the same
+  -- claim (its in-flight entries), touching nothing, so that a lost answer costs a round
+  -- trip, not a lease.
+  local st = redis.call('HMGET', KEYS[5], 'd', 'v')
+  local out = {tonumber(redis.call('GET', KEYS[2]) or '0'), st[1] or '', tonumber(st[2] or '0'),
+               0, 0}
+  for _, e in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+    local id = string.sub(e, 1, 32)
+    out[#out + 1] = e
+    out[#out + 1] = tonumber(redis.call('HGET', KEYS[6], id) or '0')
+    out[#out + 1] = redis.call('HGET', KEYS[9], id) or ''
+  end
+  return out
 end
 -- Popped before the commit that made it rest (a retry's backoff): not before that time.
 local rest = redis.call('ZSCORE', KEYS[10], ARGV[5])
@@ -23,6 +38,7 @@ if rest then
 end
 -- Leases run on the caller's clock (the same one that times deferred messages, so a manual
 -- clock drives both); the key's own expiry only cleans up after an abandoned actor.
+redis.call('DEL', KEYS[1])  -- a receipt of the last commit ('c') is not this lease's
 redis.call('HSET', KEYS[1], 't', ARGV[1], 'e', now + tonumber(ARGV[2]))
 redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]) + 60000)
 local fence = redis.call('INCR', KEYS[2])

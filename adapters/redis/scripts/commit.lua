@@ -17,11 +17,17 @@
 --   then '1' if the actor ends (ctx.delete: its state, dedup set, attempts and errors go) or
 --   '0', and the ms after which an idle actor's keys expire together (0: never)
 -- Keys of an idle actor go away: the done set expires a dedup window after the last commit,
--- the lease with the commit, att/err/mb/inflight when empty, the fence with its lease
+-- the lease 5 s after the commit (its receipt), att/err/mb/inflight when empty, the fence with its lease
 -- (begin.lua), the state as above. Only state that differs from the defaults stays.
--- Returns {1, version} or {0} when the lease was lost (nothing written).
+-- Returns {1, version} or {0} when the lease was lost (nothing written). The lease key keeps
+-- the token and the version for 5 s after the commit ('e' 0, 'c' version): the same commit
+-- run again (its answer lost to a reset) answers {1, version} and writes nothing.
 if redis.call('HGET', KEYS[1], 't') ~= ARGV[1] then
   return {0}
+end
+local committed = redis.call('HGET', KEYS[1], 'c')
+if committed then
+  return {1, tonumber(committed)}
 end
 local now = tonumber(ARGV[3])
 local prefix = ARGV[8]
@@ -125,7 +131,8 @@ elseif idle_ms > 0 then
   redis.call('PEXPIRE', KEYS[5], idle_ms)
   redis.call('PEXPIRE', KEYS[10], idle_ms)
 end
-redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'e', 0, 'c', version)
+redis.call('PEXPIRE', KEYS[1], 5000)
 redis.call('ZREM', KEYS[7], ARGV[2])
 if pause > now then
   -- A retry with backoff keeps the actor's order: the actor rests (is not taken, whatever

@@ -9,7 +9,8 @@
 --   P:dqepoch            int   bumped whenever a delay shard gets a new earliest due time
 --   P:{A}:mb             list  mailbox entries (32-char id .. msgpack envelope)
 --   P:{A}:inflight       list  entries claimed by the current turn
---   P:{A}:lease          hash  t = lease token, e = expiry ms
+--   P:{A}:lease          hash  t = lease token, e = expiry ms; after the commit, for 5 s,
+--                              e = 0 and c = the version it wrote (its receipt)
 --   P:{A}:fence          int   fencing number, +1 per lease
 --   P:{A}:state          hash  d = state bytes, v = version, f = fence of the writer
 --   P:{A}:att            hash  id -> failed attempts so far
@@ -17,6 +18,8 @@
 --   P:{A}:done           zset  processed id -> commit ms (dedup window)
 --   P:reply:<id>         list  one reply record of a processed message (JSON), for ask
 --   P:awake              str   a drain is running, or a wake is on its way (push.lua)
+--   P:polled:<token>     list  the actors a round's poll popped, for 5 s: the same poll
+--                              run again (its answer lost) gets them again
 --   P:cancelled:<id>     str   a cancel's receipt: a retried cancel still answers True
 --   P:tomb:<id>          str   'c': a cancelled deferred message that may still be held
 --                              outside Redis (SQS, Scheduler), dropped when it lands;

@@ -2,6 +2,9 @@
 -- KEYS[1] P:leases  KEYS[2] P:ready  KEYS[3] P:paused
 -- ARGV[1] now ms  ARGV[2] max actors  ARGV[3] prefix  ARGV[4] lease ms
 -- ARGV[5] ms for which this poller counts as a running drain (P:awake; 0: it does not)
+-- ARGV[6] the round's token ('' for none): the actors it pops are remembered under it for
+--   5 s, so that a poll retried after its answer was lost gets them again instead of
+--   leaving them reserved to nobody until the reservation expires
 -- Returns {delay epoch, actor key, ...}.
 -- An expired lease (holder crashed or frozen) puts its actor back in P:ready; the next
 -- holder's begin moves the dead holder's in-flight entries back to the mailbox.
@@ -24,14 +27,27 @@ for _, actor in ipairs(rested) do
   redis.call('ZREM', KEYS[3], actor)
   mark_ready(ARGV[3], KEYS[2], ARGV[1], actor)
 end
-local popped = redis.call('ZPOPMIN', KEYS[2], ARGV[2])
 local out = {tonumber(redis.call('GET', ARGV[3] .. ':dqepoch') or '0')}
+local memo = ARGV[6] ~= '' and (ARGV[3] .. ':polled:' .. ARGV[6]) or nil
+if memo and redis.call('EXISTS', memo) == 1 then
+  for _, actor in ipairs(redis.call('LRANGE', memo, 0, -1)) do
+    out[#out + 1] = actor
+  end
+  return out
+end
+local popped = redis.call('ZPOPMIN', KEYS[2], ARGV[2])
 -- Popped actors count as leased until begin takes their real lease: a drainer that dies
 -- in between leaves them to the recovery above, not stranded outside P:ready.
 local reserved = tonumber(ARGV[1]) + tonumber(ARGV[4])
 for i = 1, #popped, 2 do
   redis.call('ZADD', KEYS[1], reserved, popped[i])
   out[#out + 1] = popped[i]
+  if memo then
+    redis.call('RPUSH', memo, popped[i])
+  end
+end
+if memo and #popped > 0 then
+  redis.call('PEXPIRE', memo, 5000)  -- a retry comes at once, on the next connection
 end
 -- Stale wake tokens would only spin idle workers; work left over should wake one to help.
 if redis.call('ZCARD', KEYS[2]) == 0 then
