@@ -218,6 +218,7 @@ class Runtime:
         self._async: dict[Handler, bool] = {}  # handler -> async def, asked once
         self._rng = random.Random()  # jitter of retry delays
         self.slowest_commit_s = 0.0  # the longest commit round trip (sizes Lambda's margin)
+        self._unfinished: str | None = None  # the token of a round a backend error cut short
 
     def _now_ms(self) -> int:
         return int(self.clock.now() * 1000)
@@ -227,14 +228,18 @@ class Runtime:
         ``awake_ms``: the poll marks a drain as running for that long (Lambda wakes)."""
         report = DrainReport()
         opts = self.options
-        token = uuid.uuid4().hex
+        # A round that failed on the backend (a broken connection, twice) is resumed under
+        # its token: its poll gets the same actors back, its begins find their own leases,
+        # so what it took is not left reserved to nobody until the lease expires.
+        token = self._unfinished or uuid.uuid4().hex
+        self._unfinished = token
         actors, report.promoted = self.backend.poll(
             self._now_ms(), opts.actors_per_round, opts.lease_ms, awake_ms, token
         )
-        if not actors:
-            return report
-        report.idle = False
-        self._turns(actors, budget, report, token=token)
+        if actors:
+            report.idle = False
+            self._turns(actors, budget, report, token=token)
+        self._unfinished = None
         return report
 
     def run_actor(

@@ -123,8 +123,9 @@ class RedisBackend:
     # -- plumbing -------------------------------------------------------------------------
 
     def _load_scripts(self) -> None:
-        for name, source in self._source.items():
-            self._sha[name] = self.client.script_load(source)
+        # All or nothing: a connection lost halfway must not leave some scripts unknown.
+        loaded = {name: self.client.script_load(source) for name, source in self._source.items()}
+        self._sha = loaded
 
     def _run(
         self, calls: Sequence[tuple[str, Sequence[Any], Sequence[Any]]], what: str

@@ -18,7 +18,7 @@
 --   P:{A}:done           zset  processed id -> commit ms (dedup window)
 --   P:reply:<id>         list  one reply record of a processed message (JSON), for ask
 --   P:awake              str   a drain is running, or a wake is on its way (push.lua)
---   P:polled:<token>     list  the actors a round's poll popped, for 5 s: the same poll
+--   P:polled:<token>     list  the actors a round's poll popped, for a lease: the same poll
 --                              run again (its answer lost) gets them again
 --   P:cancelled:<id>     str   a cancel's receipt: a retried cancel still answers True
 --   P:tomb:<id>          str   'c': a cancelled deferred message that may still be held

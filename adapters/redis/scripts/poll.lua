@@ -3,8 +3,9 @@
 -- ARGV[1] now ms  ARGV[2] max actors  ARGV[3] prefix  ARGV[4] lease ms
 -- ARGV[5] ms for which this poller counts as a running drain (P:awake; 0: it does not)
 -- ARGV[6] the round's token ('' for none): the actors it pops are remembered under it for
---   5 s, so that a poll retried after its answer was lost gets them again instead of
---   leaving them reserved to nobody until the reservation expires
+--   the reservation's time, so that a poll retried after its answer was lost (or a round
+--   resumed after a backend error) gets them again instead of leaving them reserved to
+--   nobody until the reservation expires
 -- Returns {delay epoch, actor key, ...}.
 -- An expired lease (holder crashed or frozen) puts its actor back in P:ready; the next
 -- holder's begin moves the dead holder's in-flight entries back to the mailbox.
@@ -47,7 +48,8 @@ for i = 1, #popped, 2 do
   end
 end
 if memo and #popped > 0 then
-  redis.call('PEXPIRE', memo, 5000)  -- a retry comes at once, on the next connection
+  -- As long as the reservation: a round cut short is resumed under its token.
+  redis.call('PEXPIRE', memo, ARGV[4])
 end
 -- Stale wake tokens would only spin idle workers; work left over should wake one to help.
 if redis.call('ZCARD', KEYS[2]) == 0 then
