@@ -15,9 +15,9 @@ import msgpack
 from pydantic import BaseModel
 
 from actor_system import replies, stored_state
-from actor_system.actor import ActorRef, ActorType, Registry
+from actor_system.actor import ActorRef, ActorType, Registry, message_name
 from actor_system.budget import Budget
-from actor_system.envelope import ID_LENGTH, Outgoing, check_message_id, decode
+from actor_system.envelope import ID_LENGTH, Outgoing, check_message_id
 from actor_system.errors import ActorBusy, ActorSystemError, ConfigError, InvalidSend
 from actor_system.metrics import EmfMetrics
 from actor_system.options import Options
@@ -247,7 +247,7 @@ class ActorSystem:
         """
         item = self._asked(ref, msg, timeout, idempotency_key)
         data = self.await_reply(item, timeout)
-        model = self.registry.get(ref.type).reply_model(_type_of(item))
+        model = self.registry.get(ref.type).reply_model(message_name(type(msg)))
         return replies.value_of(item.id, data, model)
 
     def _asked(
@@ -347,10 +347,8 @@ class ActorSystem:
         finally:
             # Whatever is ready now needs a drain if none runs (also when processing here
             # failed): work this caller left, and sends that arrived while it held the lease
-            # (a drain woken for them found the lease held and may have ended since). One
-            # atomic check, a round trip.
-            if waker is not None and self._quietly(lambda: self.backend.claim_drain(_WAKE_MS)):
-                self._wake(lambda w: w.wake_now())
+            # (a drain woken for them found the lease held and may have ended since).
+            self._drain_what_is_ready()
         if waker is not None and (
             any(c.pause_ms for c in committed)
             or any(o.due_ms is not None for c in committed for o in c.outbox)
@@ -358,15 +356,19 @@ class ActorSystem:
             self._wake(lambda w: arm_wake(self.backend, w, self._now_ms()))
         return accepted, committed
 
-    @staticmethod
-    def _quietly(check: Callable[[], bool]) -> bool:
-        """A wake check whose failure is logged, not raised: it must not hide what the
-        caller is raising, and the sweep covers a missed wake."""
+    def _drain_what_is_ready(self) -> None:
+        """Start a drain if actors are ready and none runs (one atomic check, a round trip;
+        nothing without a waker). A failure is logged, not raised: it must not hide what
+        the caller is raising, and the sweep covers a missed wake."""
+        if self.waker is None:
+            return
         try:
-            return check()
+            needed = self.backend.claim_drain(_WAKE_MS)
         except ActorSystemError as e:
             log.error("could not check whether a drain runs; the periodic sweep will: %s", e)
-            return False
+            return
+        if needed:
+            self._wake(lambda w: w.wake_now())
 
     def _wake(self, start: Callable[[Waker], None]) -> None:
         """Start a drain; the message is stored either way, so a failure is logged (the
@@ -450,8 +452,8 @@ class ActorSystem:
         if not dead.actor or len(dead.id) != ID_LENGTH:
             return False
         moved = self.backend.redrive(dead.record, dead.actor, dead.id, dead.entry, self._now_ms())
-        if moved and self.waker is not None and self.backend.claim_drain(_WAKE_MS):
-            self._wake(lambda w: w.wake_now())
+        if moved:
+            self._drain_what_is_ready()
         return moved
 
     def purge(self, dead: DeadLetter) -> bool:
@@ -552,9 +554,8 @@ _URL_VARS = {
 
 def arm_wake(backend: Backend, waker: Waker, now_ms: int) -> None:
     """Arm one wake for the earliest due time (a deferred message, a retry's backoff, a
-    lease's expiry), at
-    the due time or the waker's horizon (SQS: 15 minutes), whichever comes first, unless an
-    earlier one is armed; the drain it starts arms the next."""
+    lease's expiry), at the due time or the waker's horizon (SQS: 15 minutes), whichever
+    comes first, unless an earlier one is armed; the drain it starts arms the next."""
     dues = [d for d in (backend.next_due_ms(), backend.lease_expiry_ms()) if d is not None]
     horizon_ms = int(getattr(waker, "max_delay_s", 900) * 1000)
     if not dues or horizon_ms <= 0:
@@ -564,10 +565,6 @@ def arm_wake(backend: Backend, waker: Waker, now_ms: int) -> None:
     next_due = min(dues)
     if backend.claim_wake(min(next_due, now_ms + horizon_ms), now_ms):
         waker.wake_at(next_due, now_ms)
-
-
-def _type_of(item: Outgoing) -> str:
-    return decode(item.entry).type
 
 
 def _backend(url: str, options: Options, state: str | None, delay: str | None) -> Backend:
