@@ -34,6 +34,9 @@ FORMAT_VERSION = 1
 ID_LENGTH = 32
 _FIELDS = 7  # an eighth, the reply field, is written only when it is set
 _HEX_ID = re.compile(rb"[0-9a-f]{32}")
+# The one message type of the runtime's own, never a handler's (a model name cannot hold
+# ':'): it removes an ended actor's S3 object once its replay window has passed.
+PURGE_TYPE = "actor-system:purge"
 _HEX_ID_STR = re.compile(r"[0-9a-f]{32}")
 
 
@@ -211,3 +214,24 @@ def check_size(entry: bytes, max_bytes: int, what: str) -> None:
         raise MessageTooLarge(
             f"{what} encodes to {len(entry)} bytes, over max_message_bytes={max_bytes}"
         )
+
+
+def purge_message(target: str, version: int, now_ms: int, due_ms: int) -> Outgoing:
+    """The message that removes ``target``'s S3 object if it is still the tombstone of
+    ``version`` when it arrives; its id is derived from both, so a copy sent again is
+    dropped like any other."""
+    mid = new_id(target, f"{PURGE_TYPE}:{version}")
+    env = Envelope(mid, target, PURGE_TYPE, {"version": version}, 1, now_ms, due_ms)
+    return Outgoing(mid, target, encode(env), due_ms)
+
+
+def purge_version(entry: bytes) -> int | None:
+    """The tombstone version a purge entry is for; None for every other entry."""
+    if PURGE_TYPE.encode() not in entry:
+        return None
+    try:
+        env = decode(entry)
+    except DecodeError:
+        return None
+    version = env.payload.get("version") if env.type == PURGE_TYPE else None
+    return version if type(version) is int else None

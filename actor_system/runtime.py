@@ -32,6 +32,7 @@ from actor_system.envelope import (
     check_size,
     decode,
     is_message_id,
+    purge_version,
 )
 from actor_system.errors import (
     ActorSystemError,
@@ -95,20 +96,14 @@ class DrainReport:
 class Outbox:
     """Sends and cancels made by handlers during a turn; written by the commit."""
 
-    def __init__(self, registry: Registry, now_s: float, can_delete: bool = True) -> None:
+    def __init__(self, registry: Registry, now_s: float) -> None:
         self._registry = registry
         self._now_s = now_s
-        self._can_delete = can_delete
         self.items: list[Outgoing] = []
         self.cancels: list[str] = []
         self.deleted = False  # the running handler called ctx.delete()
 
     def delete(self) -> None:
-        if not self._can_delete:
-            raise InvalidSend(
-                "ctx.delete() is not supported with state in S3 yet; end the actor by "
-                "resetting its state (ctx.state = State()) instead"
-            )
         self.deleted = True
 
     def send(
@@ -436,10 +431,6 @@ class Runtime:
         """The max_attempts of a message type: its retry policy's, else the system's."""
         return actor.policy(message_type).max_attempts or self.options.max_attempts
 
-    def _can_delete(self) -> bool:
-        """Whether actors can be deleted here: not yet with state in S3."""
-        return getattr(self.backend, "state_store", None) is None
-
     def _abandon(self, claim: Claim, token: str) -> Commit:
         return self._bare(claim, token, [KEEP] * len(claim.entries))
 
@@ -491,7 +482,7 @@ class Runtime:
         turn.unknown = loaded.unknown
         turn.in_caller = in_caller
         turn.report.turns = 1
-        outbox = Outbox(self.registry, turn.now_s, self._can_delete())
+        outbox = Outbox(self.registry, turn.now_s)
         try:
             failure = self._run_handlers(turn, loaded.state, outbox)
         except _Interrupted as stop:
@@ -513,6 +504,11 @@ class Runtime:
         seen: set[str] = set()
         now = utc(turn.now_s)
         for index, (entry, failed) in enumerate(turn.claim.entries):
+            if purge_version(entry) is not None:
+                # An S3 backend removes the object of an ended actor with it; without state in
+                # S3 (the system was moved off it) there is nothing to remove.
+                turn.actions.append(DONE)
+                continue
             try:
                 env, msg, fn = self._open(turn, entry)
             except _BAD_INPUT as e:

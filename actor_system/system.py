@@ -398,8 +398,6 @@ class ActorSystem:
         it go, under its lease (waiting up to ``timeout`` for a running turn to end). Messages
         still queued stay and start it anew from the default state. Returns whether it had
         state. Raises ActorBusy if its lease stays held."""
-        if not self.runtime._can_delete():
-            raise ConfigError("deleting actors is not supported with state in S3 yet")
         if not isinstance(ref, ActorRef):
             raise InvalidSend(f"delete needs an ActorRef (actor.ref(id)), got {ref!r}")
         deadline = time.monotonic() + timeout

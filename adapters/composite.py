@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from actor_system.envelope import ID_LENGTH, Outgoing
+from actor_system.envelope import ID_LENGTH, Outgoing, purge_message, purge_version
 from actor_system.errors import DecodeError
 from actor_system.ports import DONE, KEEP, Claim, Commit
 from adapters.aws import AwsError
@@ -61,6 +61,8 @@ class _S3Turn:
     resend: list[Outgoing] = field(default_factory=list)  # sent by unacknowledged commits
     recancel: list[str] = field(default_factory=list)  # cancelled by them
     rereply: list[tuple[str, bytes]] = field(default_factory=list)  # their replies
+    purge: int | None = None  # a purge message for this tombstone version was claimed
+    purged: bool = False  # the commit ends the actor in Redis: remove its object after
 
     @property
     def etag(self) -> str | None:
@@ -201,8 +203,12 @@ class CompositeBackend(RedisBackend):
         done = set(obj.done)
         kept = []
         for pos, (entry, failed) in enumerate(claim.entries):
+            purge = purge_version(entry)
             if _id(entry) in done:
                 turn.skipped.add(pos)  # processed by a commit Redis may not have (any longer)
+            elif purge is not None:
+                turn.skipped.add(pos)  # the backend's own message, no handler's
+                turn.purge = purge
             else:
                 kept.append((entry, failed))
         if turn.ahead:
@@ -250,6 +256,13 @@ class CompositeBackend(RedisBackend):
         results = super().commit(final, now_ms)
         self._note_staged(final, now_ms)
         self._move_out(now_ms)
+        ended = [
+            (c.actor, t.etag)
+            for (c, t, _), r in zip(plans, results, strict=True)
+            if t.purged and r is not None
+        ]
+        for actor, etag in ended:
+            store.remove(actor, etag)
         return [None if i in lost else r for i, r in enumerate(results)]
 
     def _plan(self, c: Commit, now_ms: int) -> tuple[Commit, _S3Turn, StateObject | None]:
@@ -270,7 +283,14 @@ class CompositeBackend(RedisBackend):
         outbox = turn.resend + c.outbox
         cancels = turn.recancel + c.cancels
         replies = turn.rereply + c.replies
-        if c.state is None:
+        assert self.state_store is not None
+        window_ms = self.state_store.window_ms
+        if c.state is None and not c.delete:
+            if self._purges(c, turn):
+                # Two windows after the actor ended, nothing of its tombstone is needed any
+                # longer: its Redis keys go with this commit, the object after it.
+                turn.purged = True
+                return self._redis_commit(c, None, full, [], [], ends=True), turn, None
             marker = _MARKER + str(obj.version).encode() if turn.ahead else None
             return self._redis_commit(c, marker, full, outbox, cancels, replies), turn, None
         processed = [
@@ -278,13 +298,36 @@ class CompositeBackend(RedisBackend):
             for pos, ((e, _), a) in enumerate(zip(turn.entries, full, strict=True))
             if a == DONE and pos not in turn.skipped
         ]
+        if c.delete:
+            # The actor ends (ctx.delete): the object becomes a tombstone, no state and its
+            # commits kept for the replay window like any other version, so that a Redis
+            # that loses this commit still finds what it processed and sent. A purge message
+            # removes it once its ids are of no use (two windows); Redis keeps the marker and
+            # the processed ids as after any commit, and they expire the same way.
+            due = now_ms + 2 * window_ms + self.options.lease_ms
+            outbox = [*outbox, purge_message(c.actor, obj.version + 1, now_ms, due)]
         # The new commit keeps everything its Redis commit sends, the sends it delivers again
         # included: if that Redis commit is lost too, the next holder finds them here.
         mine = Retained(obj.version + 1, now_ms, processed, outbox, cancels, replies)
-        assert self.state_store is not None
-        new = obj.successor(c.state, mine, self.state_store.window_ms)
+        new = obj.successor(c.state, mine, window_ms)
         marker = _MARKER + str(new.version).encode()
         return self._redis_commit(c, marker, full, outbox, cancels, replies), turn, new
+
+    @staticmethod
+    def _purges(c: Commit, turn: _S3Turn) -> bool:
+        """Whether this turn removes the actor: a purge message for the object's version
+        arrived, the object is still that tombstone, no handler wrote state and nothing is
+        to be delivered again (then the tombstone stays: it is all that knows)."""
+        obj = turn.obj
+        return (
+            turn.purge is not None
+            and obj is not None
+            and obj.state is None
+            and obj.etag is not None
+            and obj.version == turn.purge
+            and not (turn.resend or turn.recancel or turn.rereply)
+            and all(a == DONE for a in c.actions)
+        )
 
     @staticmethod
     def _redis_commit(
@@ -294,11 +337,14 @@ class CompositeBackend(RedisBackend):
         outbox: list[Outgoing],
         cancels: list[str],
         replies: list[tuple[str, bytes]] | None = None,
+        *,
+        ends: bool = False,
     ) -> Commit:
         """The turn's Redis commit, its dedup settings kept. Redis holds only the S3 marker
         as the state: never deleted as default state is (``state_is_default``), it expires
         with the state TTL instead. ``replies=[]``: the turn is given back, none of its
-        replies may be seen."""
+        replies may be seen. ``ends``: every Redis key of the actor goes (its object is
+        removed next); an actor that ctx.delete() ended keeps its marker until then."""
         return replace(
             c,
             replies=c.replies if replies is None else replies,
@@ -307,6 +353,7 @@ class CompositeBackend(RedisBackend):
             outbox=outbox,
             cancels=cancels,
             state_is_default=False,
+            delete=ends,
         )
 
     def load_state(self, actor: str) -> tuple[bytes | None, int]:

@@ -29,6 +29,7 @@ dated by the object's ``LastModified``; the next write turns it into version 2.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
@@ -47,6 +48,10 @@ REPLAY_WINDOW_S = 60.0
 # S3 answers a conditional PUT that lost with 412; one racing another in flight may get 409.
 _LOST_RACE = frozenset(("PreconditionFailed", "ConditionalRequestConflict"))
 _HEX = frozenset("0123456789abcdef")
+# What an S3 without conditional deletes may answer to one.
+_NO_CONDITION = frozenset(("NotImplemented", "InvalidArgument"))
+
+log = logging.getLogger("actor_system")
 
 
 class WriteConflict(Exception):
@@ -95,9 +100,10 @@ class StateObject:
         """What the last commit sent."""
         return self.commits[-1].outbox if self.commits else []
 
-    def successor(self, state: bytes, commit: Retained, window_ms: int) -> StateObject:
-        """The next version: ``commit`` appended; older commits keep their outbox for one
-        window (counted back from ``commit``) and their ids for two."""
+    def successor(self, state: bytes | None, commit: Retained, window_ms: int) -> StateObject:
+        """The next version (``state`` None: a tombstone, the actor ended): ``commit``
+        appended; older commits keep their outbox for one window (counted back from
+        ``commit``) and their ids for two."""
         kept = []
         for c in self.commits:
             age = commit.at_ms - c.at_ms
@@ -254,6 +260,35 @@ class S3StateStore:
                 raise WriteConflict(self.where(actor)) from e
             raise as_aws_error("PutObject", self.where(actor), e) from e
         return str(put["ETag"])
+
+    def remove(self, actor: str, etag: str | None) -> bool:
+        """Delete the object if it is still at ``etag``; returns whether it went. Never
+        raises: a failure leaves the object, which reads as the actor's default state (a
+        tombstone), and is logged."""
+        from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
+
+        condition = {"IfMatch": etag} if etag is not None else {}
+        where = self.where(actor)
+        try:
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=self.key(actor), **condition)
+            except (ParamValidationError, ClientError) as e:
+                # An older botocore or an S3 without conditional deletes: the caller holds
+                # the actor's lease, so no holder writes the object meanwhile.
+                if isinstance(e, ClientError) and error_code(e) not in _NO_CONDITION:
+                    raise
+                self.client.delete_object(Bucket=self.bucket, Key=self.key(actor))
+        except (ClientError, BotoCoreError) as e:
+            if error_code(e) in _LOST_RACE:
+                log.warning("%s was written again before its removal; it stays", where)
+            else:
+                log.error(
+                    "removing %s failed; it stays: %s",
+                    where,
+                    as_aws_error("DeleteObject", where, e),
+                )
+            return False
+        return True
 
     def actors(self, since_ms: int) -> Iterator[str]:
         """The actor keys of the objects written since ``since_ms`` (S3's LastModified)."""

@@ -1,5 +1,6 @@
 """Actors that end: ``ctx.delete()``, ``system.delete(ref)`` and an idle expiry per actor type
-(``idle_ttl_s``), on every store; S3 state says clearly that it cannot delete yet."""
+(``idle_ttl_s``), on every store. With state in S3 the object becomes a tombstone that keeps
+the replay window, removed with the actor's last Redis keys two windows later."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from actor_system import (
     ActorBusy,
     ActorSystem,
     ActorType,
-    ConfigError,
     Context,
     ManualClock,
     RetryPolicy,
@@ -87,7 +87,32 @@ def on_s3(system: ActorSystem) -> bool:
     return getattr(system.backend, "state_store", None) is not None
 
 
-def test_ctx_delete_ends_the_actor_and_what_is_queued_starts_it_anew(make_system: Any) -> None:
+def s3_object(system: ActorSystem, key: str) -> Any:
+    """The actor's S3 object as read back (etag None: there is none)."""
+    return system.backend.state_store.read(key)  # type: ignore[attr-defined]
+
+
+def purge_after_the_window(system: ActorSystem, clock: ManualClock, key: str) -> None:
+    """An ended actor on S3: its tombstone (no state, its last commit kept for the replay
+    window) and Redis marker stay until the purge message two windows later removes both."""
+    tomb = s3_object(system, key)
+    assert tomb.etag is not None
+    assert tomb.state is None
+    assert tomb.commits
+    assert actor_keys(system, key)  # the marker and processed ids, expiring like any others
+    assert system.run_until_idle().messages == 0  # the purge message is not due yet
+    assert s3_object(system, key).etag == tomb.etag
+    window_s = system.backend.state_store.window_ms / 1000  # type: ignore[attr-defined]
+    clock.advance(2 * window_s + system.options.lease_ms / 1000 + 1)
+    system.run_until_idle()
+    assert system.dead_letters() == []
+    assert s3_object(system, key).etag is None
+    assert actor_keys(system, key) == []
+
+
+def test_ctx_delete_ends_the_actor_and_what_is_queued_starts_it_anew(
+    make_system: Any, clock: ManualClock
+) -> None:
     system: ActorSystem = make_system(orders, inboxes)
     ref = orders.ref("o-1")
     system.send_many(
@@ -99,12 +124,6 @@ def test_ctx_delete_ends_the_actor_and_what_is_queued_starts_it_anew(make_system
         ]
     )
     report = system.run_until_idle()
-    if on_s3(system):
-        # Not yet with state in S3: the message fails with the reason, nothing is deleted.
-        [dead] = system.dead_letters()
-        assert "ctx.delete() is not supported with state in S3 yet" in dead.reason
-        assert system.state(ref) == Order(items=["book", "pen", "late"])
-        return
     assert (report.messages, report.dead_letters) == (5, 0)
     assert system.state(inboxes.ref("alice")) == Inbox(receipts=[["book", "pen"]])
     # The message behind the delete started the actor again from the defaults.
@@ -112,8 +131,13 @@ def test_ctx_delete_ends_the_actor_and_what_is_queued_starts_it_anew(make_system
     end = orders.ref("o-2")
     system.send_many([(end, AddItem(item="x")), (end, Close())])
     system.run_until_idle()
-    assert actor_keys(system, end.key) == []  # nothing of it stays
     assert system.raw_state(end) is None
+    if on_s3(system):
+        purge_after_the_window(system, clock, end.key)
+        # The actor that started anew keeps its object: its purge message found no tombstone.
+        assert s3_object(system, ref.key).state is not None
+        assert system.state(ref) == Order(items=["late"])
+    assert actor_keys(system, end.key) == []  # nothing of it stays
 
 
 def test_a_delete_in_a_failed_attempt_does_not_happen(make_system: Any) -> None:
@@ -128,10 +152,6 @@ def test_a_delete_in_a_failed_attempt_does_not_happen(make_system: Any) -> None:
 def test_system_delete_ends_an_actor_under_its_lease(make_system: Any, clock: ManualClock) -> None:
     system: ActorSystem = make_system(orders, inboxes)
     ref = orders.ref("d")
-    if on_s3(system):
-        with pytest.raises(ConfigError, match="not supported with state in S3 yet"):
-            system.delete(ref)
-        return
     system.send(ref, AddItem(item="a"))
     system.run_until_idle()
     system.send(ref, AddItem(item="queued"))

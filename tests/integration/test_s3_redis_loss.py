@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from actor_system import ActorSystem, ActorType, Context, ManualClock
 from actor_system.envelope import new_id
 from adapters.composite import CompositeBackend
-from adapters.s3 import S3StateStore
+from adapters.s3 import S3StateStore, StateObject
 from tests.actors import Add, counter
 from tests.aws import AwsResources
 from tests.conftest import Snapshots
@@ -51,6 +51,18 @@ relay = ActorType("fwd", state=ForwardState)
 def forward(ctx: Context[ForwardState], msg: Forward) -> None:
     ctx.state.forwarded += msg.n
     ctx.send(counter.ref(msg.to), Add(n=msg.n), delay=msg.delay or None)
+
+
+class ForwardAndEnd(BaseModel):
+    n: int
+    to: str
+
+
+@relay.handler
+def forward_and_end(ctx: Context[ForwardState], msg: ForwardAndEnd) -> None:
+    ctx.state.forwarded += msg.n
+    ctx.send(counter.ref(msg.to), Add(n=msg.n))
+    ctx.delete()
 
 
 @pytest.fixture
@@ -108,6 +120,38 @@ def test_redis_restored_to_before_two_relay_turns_loses_no_send(
     assert state.seen[0] == second  # type: ignore[attr-defined]
     assert len(set(state.seen)) == 2  # type: ignore[attr-defined]
     assert fresh.state(a).forwarded == 11  # type: ignore[attr-defined]
+
+
+def test_redis_restored_to_before_a_delete_keeps_it_exactly_once(
+    server: Snapshots, aws: AwsResources, systems: Any
+) -> None:
+    """ctx.delete() on S3 leaves a tombstone that keeps the turn's commit for the window:
+    a Redis that loses the delete finds its message processed and its send made again."""
+    clock = ManualClock()
+    system = systems(clock)
+    a, b = relay.ref("ends"), counter.ref("b")
+    system.send(a, Forward(n=1, to="b"))
+    system.run_until_idle()
+    system.send(a, ForwardAndEnd(n=10, to="b"))
+    server.client().save()  # the snapshot: A has forwarded 1, the ending message is queued
+    system.run_until_idle()
+    assert objects(aws).read(a.key).state is None  # the tombstone
+    assert system.state(b).count == 11  # type: ignore[attr-defined]
+
+    server.restore()  # Redis loses the delete and B's turn on what it sent
+    fresh = systems(clock)
+    report = fresh.run_until_idle()
+    # The ending message is back and dropped as processed; so is B's copy of what it sent
+    # again (B's object has its turn on it).
+    assert (report.messages, report.duplicates) == (0, 2)
+    assert fresh.state(b).count == 11  # type: ignore[attr-defined]
+    assert fresh.state(a) == ForwardState()  # ended: the defaults
+    assert fresh.dead_letters() == []
+    # Two windows later the purge message, sent again with the rest, removes the tombstone.
+    clock.advance(2 * WINDOW_S + fresh.options.lease_ms / 1000 + 1)
+    fresh.run_until_idle()
+    assert objects(aws).read(a.key).etag is None
+    assert fresh.state(b).count == 11  # type: ignore[attr-defined]
 
 
 def test_redis_flush_after_hundreds_of_messages_applies_nothing_twice(
@@ -309,3 +353,13 @@ def test_the_recover_command_resends_after_a_flush(
     assert system.state(b).count == 0  # type: ignore[attr-defined]
     plain = runner.invoke(main, ["--json", "--url", server.url, "recover"])
     assert '"actors_resent": 0' in plain.output  # acknowledged now: nothing more to send
+
+
+def test_remove_takes_only_the_object_it_read(aws: AwsResources) -> None:
+    store = objects(aws)
+    first = store.write("fwd/x", StateObject(b"state", 1), None)
+    second = store.write("fwd/x", StateObject(b"newer", 2), first)
+    assert store.remove("fwd/x", first) is False  # written again since: it stays
+    assert store.read("fwd/x").state == b"newer"
+    assert store.remove("fwd/x", second) is True
+    assert store.read("fwd/x").etag is None
