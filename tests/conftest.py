@@ -39,14 +39,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# The server the integration tests start: redis-server, or valkey-server (ElastiCache's
+# default engine) when this names it (.ci/run runs the Redis suites on both).
+SERVER = os.environ.get("ACTOR_SYSTEM_TEST_SERVER", "redis-server")
+
+
+def engine() -> str:
+    """The engine the integration tests run on: "valkey" or "redis"."""
+    return "valkey" if "valkey" in os.path.basename(SERVER) else "redis"
+
+
 class RedisServer:
-    """A redis-server process of our own, on a free loopback port."""
+    """A redis-server (or valkey-server) process of our own, on a free loopback port."""
 
     def __init__(self, workdir: Path, *extra: str) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.args = [
-            "redis-server",
+            SERVER,
             "--port",
             str(self.port),
             "--bind",
@@ -112,12 +122,15 @@ def snapshots(tmp_path: Path) -> Iterator[Snapshots]:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
+    if shutil.which(SERVER) is None:
         if os.environ.get("CI"):
-            pytest.fail("redis-server is missing; .ci/run installs it with apt-get")
-        pytest.skip("redis-server is not installed")
+            pytest.fail(f"{SERVER} is missing; .ci/run installs it")
+        pytest.skip(f"{SERVER} is not installed")
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
+    info = redis.Redis(port=server.port).info("server")
+    # The run is on the engine it says it is on (valkey-server also reports redis_version).
+    assert ("valkey_version" in info) == (engine() == "valkey"), info
     yield server
     server.stop()
 

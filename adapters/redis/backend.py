@@ -91,6 +91,17 @@ def client_from_url(url: str) -> tuple[redis.Redis, bool]:
     )
 
 
+def block_seconds(client: Any) -> float:
+    """The longest blocking read on ``client``: 5 s, or half its socket timeout when that is
+    shorter (``?socket_timeout=`` in the URL), so that a wait for work ends well before the
+    read times out. A longer wait is made of several."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    timeout = kwargs.get("socket_timeout")
+    if isinstance(timeout, int | float) and timeout > 0:
+        return min(_BLOCK_S, timeout / 2)
+    return _BLOCK_S
+
+
 def _load_script(name: str) -> str:
     folder = resources.files("adapters.redis") / "scripts"
     return (folder / "lib.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
@@ -106,6 +117,7 @@ class RedisBackend:
         self.blocking = blocking
         self._source = {name: _load_script(name) for name in _SCRIPTS}
         self._sha: dict[str, str] = {}
+        self.block_s = block_seconds(client)
         self._shard_due: list[int | None] = [None] * self.keys.delay_shards
         self._epoch = -1
         self._looked_at = 0
@@ -251,7 +263,7 @@ class RedisBackend:
             # fakeredis runs in this process: nobody else can push while we wait.
             time.sleep(min(timeout_s, _FAKE_POLL_S))
             return False
-        wait_s = min(max(timeout_s, 0.001), _BLOCK_S)
+        wait_s = min(max(timeout_s, 0.001), self.block_s)
         got = self._call("wait", self.client.blpop, [self.keys.wake], wait_s)
         return got is not None
 
@@ -339,11 +351,11 @@ class RedisBackend:
         deadline = time.monotonic() + timeout_s
         while True:
             left = deadline - time.monotonic()
-            wait_s = min(max(left, 0.001), _BLOCK_S)
+            wait_s = min(max(left, 0.001), self.block_s)
             found = self._call("reply", self.client.blmove, key, key, wait_s)
             if found is not None:
                 return bytes(found)
-            if left <= _BLOCK_S:
+            if left <= self.block_s:
                 return None
 
     def renew(self, actor: str, token: str, lease_ms: int, now_ms: int) -> bool:

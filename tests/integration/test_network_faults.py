@@ -297,6 +297,25 @@ def test_silent_network_while_the_worker_waits_idle(
     assert_live(took, RECOVERY_S, "after healing", system, per_actor=5)
 
 
+def test_idle_waits_fit_under_a_short_socket_timeout(
+    proxy: FaultProxy, direct: Any, spawn: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A poll interval longer than the URL's socket timeout: the worker's blocking waits are
+    cut to half the timeout, so an idle worker neither times out nor reconnects, and still
+    picks up a send at once."""
+    system = direct(10)
+    worker = spawn(proxy.url(10, socket_timeout=1), poll_interval_s=4)
+    assert worker.system.backend.block_s == 0.5
+    wait_until(lambda: proxy.counters()["requests"] >= 5, what="the worker polling")
+    accepted = proxy.counters()["accepted"]
+    time.sleep(3.0)  # idle: six blocking waits, each well under the 1 s timeout
+    total = send_workload(system, per_actor=1)
+    assert drain_time(system, time.monotonic(), total, GENEROUS_S) < GENEROUS_S
+    worker.stop()
+    assert proxy.counters()["accepted"] == accepted  # not one reconnect
+    assert not [r for r in caplog.records if "backend" in r.getMessage()]
+
+
 def script_sha(worker: InProcessWorker, name: str) -> bytes:
     """The SHA of one of the worker's Lua scripts (loaded by ``warm``), as its EVALSHA
     requests carry it."""
