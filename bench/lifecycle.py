@@ -3,6 +3,7 @@ few messages each and then stay idle for good, on a redis-server this script sta
 
     python bench/lifecycle.py                 # 10 minutes per mode
     python bench/lifecycle.py --seconds 20    # short
+    python bench/lifecycle.py --modes delete  # one mode
 
 Three modes, the same workload (orders created at a steady rate, each gets three messages,
 then nothing): actors kept (the default), actors that end with ``ctx.delete()`` on their last
@@ -110,13 +111,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=600.0, help="per mode")
     parser.add_argument("--rate", type=int, default=200, help="new orders per second")
+    parser.add_argument(
+        "--modes", default="kept,delete,idle_ttl", help="comma-separated, of kept,delete,idle_ttl"
+    )
     args = parser.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = set(modes) - {"kept", "delete", "idle_ttl"}
+    if unknown:
+        parser.error(f"unknown mode(s): {', '.join(sorted(unknown))}")
     with tempfile.TemporaryDirectory() as tmp:
         proc, port = start_redis(tmp)
         try:
             url = f"redis://127.0.0.1:{port}/0"
             client = redis.Redis(port=port)
-            for mode in ("kept", "delete", "idle_ttl"):
+            for mode in modes:
                 soak(client, url, mode, args.seconds, args.rate)
         finally:
             proc.terminate()

@@ -273,7 +273,9 @@ def test_a_message_left_behind_a_caller_held_lease_is_drained_without_the_sweep(
                 timeout_s=5,
                 what="the message left behind the caller's lease",
             )
-            wait_quiet(poller)
+            # A timed wake armed for the lease's expiry may still be pending: no need to
+            # wait for it.
+            assert not poller.errors
 
 
 def test_a_burst_of_ten_thousand_sends_costs_a_handful_of_wakes(
