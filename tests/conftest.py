@@ -41,7 +41,18 @@ def free_port() -> int:
 
 # The server the integration tests start: redis-server, or valkey-server (ElastiCache's
 # default engine) when this names it (.ci/run runs the Redis suites on both).
-SERVER = os.environ.get("ACTOR_SYSTEM_TEST_SERVER", "redis-server")
+SERVER = os.environ.get("TEST_REDIS_SERVER", "redis-server")
+
+
+# The stores that the tests parametrized over them run on (a comma-separated subset of
+# STORES below; all by default): .ci/run's runs on a second engine or client version repeat
+# only those that differ there.
+ONLY_STORES = set(filter(None, os.environ.get("TEST_STORES", "").split(",")))
+
+
+def skip_unless_selected(store: str) -> None:
+    if ONLY_STORES and store not in ONLY_STORES:
+        pytest.skip(f"TEST_STORES={','.join(sorted(ONLY_STORES))}")
 
 
 def engine() -> str:
@@ -147,6 +158,7 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
 @pytest.fixture(params=["fakeredis", "redis"])
 def url(request: pytest.FixtureRequest) -> str:
     """Each behaviour test runs on the embedded fakeredis and on a real redis-server."""
+    skip_unless_selected(request.param)
     if request.param == "fakeredis":
         return "fakeredis://"
     return str(request.getfixturevalue("redis_url"))
@@ -165,6 +177,7 @@ def stores(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     """The store combinations every behaviour test runs on: the embedded fakeredis, a real
     redis-server, and each AWS adapter (on fakeredis) against the moto server."""
     kind = request.param
+    skip_unless_selected(kind)
     if kind == "fakeredis":
         yield {"url": "fakeredis://"}
         return
