@@ -84,7 +84,7 @@ class LambdaOptions:
     ) -> LambdaOptions:
         """``ACTOR_SYSTEM_WAKER_URL`` (sqs://queue) and ``ACTOR_SYSTEM_CONTINUE_URL``
         (lambda://function or sqs://queue; default: the wake queue, else a self-invoke)."""
-        from adapters.aws import LambdaContinuation, waker_from_url
+        from actor_system.adapters.aws import LambdaContinuation, waker_from_url
 
         waker_url = env.get("ACTOR_SYSTEM_WAKER_URL")
         if waker is None and waker_url:

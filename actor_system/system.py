@@ -124,8 +124,8 @@ class ActorSystem:
         ``delay="scheduler://group?target=<arn>&role=<arn>"`` keeps far-future deferred
         messages in SQS or EventBridge Scheduler (boto3 is imported only then). Redis is the
         default for both (``None``). ``waker`` starts a drain when a send finds the system at
-        rest (see ``adapters.aws.waker_from_url``). Other keyword arguments are ``Options``
-        fields (``batch=``, ``lease_ms=``, ...).
+        rest (see ``actor_system.adapters.aws.waker_from_url``). Other keyword arguments are
+        ``Options`` fields (``batch=``, ``lease_ms=``, ...).
         """
         scheme = urlsplit(url).scheme if isinstance(url, str) else ""
         if scheme not in _REDIS_SCHEMES:
@@ -173,7 +173,7 @@ class ActorSystem:
             on_turn = EmfMetrics()
         waker: Waker | None = None
         if env.get(f"{ENV_PREFIX}WAKER_URL"):
-            from adapters.aws import waker_from_url  # no boto3 until the first wake
+            from actor_system.adapters.aws import waker_from_url  # no boto3 until the first wake
 
             waker = waker_from_url(env[f"{ENV_PREFIX}WAKER_URL"])
         try:
@@ -566,7 +566,7 @@ def arm_wake(backend: Backend, waker: Waker, now_ms: int) -> None:
 
 
 def _backend(url: str, options: Options, state: str | None, delay: str | None) -> Backend:
-    from adapters.redis import RedisBackend
+    from actor_system.adapters.redis import RedisBackend
 
     for name, value in (("state", state), ("delay", delay)):
         if value is not None and not isinstance(value, str):
@@ -585,10 +585,10 @@ def _backend(url: str, options: Options, state: str | None, delay: str | None) -
         )
     if state_scheme == "redis" and delay_scheme == "redis":
         return RedisBackend.from_url(url, options)
-    from adapters.composite import CompositeBackend
-    from adapters.delay import delay_from_url
-    from adapters.redis.backend import client_from_url
-    from adapters.s3 import S3StateStore
+    from actor_system.adapters.composite import CompositeBackend
+    from actor_system.adapters.delay import delay_from_url
+    from actor_system.adapters.redis.backend import client_from_url
+    from actor_system.adapters.s3 import S3StateStore
 
     client, blocking = client_from_url(url)
     return CompositeBackend(

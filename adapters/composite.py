@@ -20,22 +20,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from actor_system.adapters.aws import AwsError
+from actor_system.adapters.delay import Held, SqsDelayQueue, deferred_in
+from actor_system.adapters.redis.backend import RedisBackend
+from actor_system.adapters.s3 import Retained, StateObject, WriteConflict
 from actor_system.envelope import ID_LENGTH, Outgoing, purge_message, purge_version
 from actor_system.errors import DecodeError
 from actor_system.ports import DONE, KEEP, Claim, Commit
-from adapters.aws import AwsError
-from adapters.delay import Held, SqsDelayQueue, deferred_in
-from adapters.redis.backend import RedisBackend
-from adapters.s3 import Retained, StateObject, WriteConflict
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     import redis
 
+    from actor_system.adapters.delay import ExternalDelay
+    from actor_system.adapters.s3 import S3StateStore
     from actor_system.options import Options
-    from adapters.delay import ExternalDelay
-    from adapters.s3 import S3StateStore
 
 log = logging.getLogger("actor_system")
 

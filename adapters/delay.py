@@ -2,11 +2,12 @@
 
 Both keep far-future messages out of Redis memory. A deferred message is written by the
 turn's atomic commit into the Redis sorted set like any other, then moved out by the backend
-(``adapters.composite``), so a crash between the commit and the move loses nothing. It comes
-back as a JSON body ``{"actor_system": "deferred", ...}`` (received from the queue, or handed
-to the Lambda function by its SQS trigger or by a schedule) and *lands*: a due message goes to
-its actor's mailbox, one not yet due goes back out (another SQS hop) or, when it is near, to
-the sorted set, which promotes it at its exact due time. Nothing is delivered early.
+(``actor_system.adapters.composite``), so a crash between the commit and the move loses
+nothing. It comes back as a JSON body ``{"actor_system": "deferred", ...}`` (received from the
+queue, or handed to the Lambda function by its SQS trigger or by a schedule) and *lands*: a
+due message goes to its actor's mailbox, one not yet due goes back out (another SQS hop) or,
+when it is near, to the sorted set, which promotes it at its exact due time. Nothing is
+delivered early.
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
-from actor_system.envelope import ID_LENGTH, Outgoing, is_message_id
-from actor_system.errors import ConfigError, DecodeError
-from adapters.aws import (
+from actor_system.adapters.aws import (
     MAX_SQS_DELAY_S,
     AwsError,
     SqsQueue,
@@ -32,6 +31,8 @@ from adapters.aws import (
     aws_client,
     url_number,
 )
+from actor_system.envelope import ID_LENGTH, Outgoing, is_message_id
+from actor_system.errors import ConfigError, DecodeError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

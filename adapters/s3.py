@@ -36,9 +36,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 import msgpack
 
+from actor_system.adapters.aws import as_aws_error, aws_call, aws_client, error_code, url_number
 from actor_system.envelope import ID_LENGTH, Outgoing
 from actor_system.errors import ConfigError, DecodeError
-from adapters.aws import as_aws_error, aws_call, aws_client, error_code, url_number
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from actor_system import ActorSystem, ManualClock, Options  # noqa: E402
-from adapters.composite import CompositeBackend  # noqa: E402
-from adapters.delay import SqsDelayQueue  # noqa: E402
-from adapters.redis import RedisBackend  # noqa: E402
-from adapters.s3 import S3StateStore  # noqa: E402
+from actor_system.adapters.composite import CompositeBackend  # noqa: E402
+from actor_system.adapters.delay import SqsDelayQueue  # noqa: E402
+from actor_system.adapters.redis import RedisBackend  # noqa: E402
+from actor_system.adapters.s3 import S3StateStore  # noqa: E402
 from bench.actors import Inc, actors, counter  # noqa: E402
 from bench.ours import CountingConnection, _pct  # noqa: E402
 from bench.run import free_port, start_redis  # noqa: E402

@@ -15,7 +15,7 @@ from typing import Any
 import redis
 
 from actor_system import ActorSystem, ManualClock, Options
-from adapters.redis import RedisBackend
+from actor_system.adapters.redis import RedisBackend
 from bench.actors import Due, Inc, actors, counter, timer
 from bench.queues.common import summarize
 
@@ -203,7 +203,7 @@ def import_times() -> dict[str, float]:
     empty = best("pass")
     deps = best("from pydantic import BaseModel; import redis, msgpack") - empty
     core = best("import actor_system") - empty
-    handler = best("import actor_system, adapters.redis, bench.actors") - empty
+    handler = best("import actor_system, actor_system.adapters.redis, bench.actors") - empty
     out = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", "import actor_system"],
         capture_output=True,
@@ -216,7 +216,7 @@ def import_times() -> dict[str, float]:
         [
             sys.executable,
             "-c",
-            "import actor_system, adapters.redis, sys; print('boto3' in sys.modules)",
+            "import actor_system, actor_system.adapters.redis, sys; print('boto3' in sys.modules)",
         ],
         capture_output=True,
         text=True,

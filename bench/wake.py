@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 import boto3  # noqa: E402
 
 from actor_system import ActorSystem  # noqa: E402
+from actor_system.adapters.aws import SqsWaker  # noqa: E402
 from actor_system.testing import LambdaHarness  # noqa: E402
-from adapters.aws import SqsWaker  # noqa: E402
 from bench.lambda_run import aws_env, with_servers  # noqa: E402
 from tests.actors import Add, actors, counter  # noqa: E402
 

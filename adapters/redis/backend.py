@@ -13,11 +13,11 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
+from actor_system.adapters.redis.clock import RedisClock
+from actor_system.adapters.redis.keys import Keys
 from actor_system.clock import SystemClock
 from actor_system.errors import BackendError, ConfigError, DecodeError
 from actor_system.ports import Claim, Commit
-from adapters.redis.clock import RedisClock
-from adapters.redis.keys import Keys
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -103,7 +103,7 @@ def block_seconds(client: Any) -> float:
 
 
 def _load_script(name: str) -> str:
-    folder = resources.files("adapters.redis") / "scripts"
+    folder = resources.files("actor_system.adapters.redis") / "scripts"
     return (folder / "lib.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
 
 
@@ -402,10 +402,11 @@ class RedisBackend:
 
     def accept_deferred(self, bodies: Sequence[str | dict[str, Any]], now_ms: int) -> int:
         """Land deferred-message bodies received from SQS or handed over by a schedule
-        (``adapters.delay``): due ones into mailboxes, the others out again for another hop
-        or into the sorted set. Malformed ones are dead-lettered with the reason; bodies of
-        wakes and continuations are skipped. Returns how many reached their mailboxes."""
-        from adapters.delay import decode_body
+        (``actor_system.adapters.delay``): due ones into mailboxes, the others out again for
+        another hop or into the sorted set. Malformed ones are dead-lettered with the reason;
+        bodies of wakes and continuations are skipped. Returns how many reached their
+        mailboxes."""
+        from actor_system.adapters.delay import decode_body
 
         items: list[Outgoing] = []
         dead: list[bytes] = []

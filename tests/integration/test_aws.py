@@ -23,13 +23,13 @@ import pytest
 from pydantic import BaseModel
 
 from actor_system import ActorSystem, ActorType, Context, ManualClock
+from actor_system.adapters.aws import AwsError, aws_call, aws_client
+from actor_system.adapters.composite import CompositeBackend
+from actor_system.adapters.delay import SchedulerDelayQueue, encode_body
+from actor_system.adapters.redis.backend import RedisBackend
+from actor_system.adapters.s3 import S3StateStore, WriteConflict
 from actor_system.budget import Budget
 from actor_system.errors import BackendError
-from adapters.aws import AwsError, aws_call, aws_client
-from adapters.composite import CompositeBackend
-from adapters.delay import SchedulerDelayQueue, encode_body
-from adapters.redis.backend import RedisBackend
-from adapters.s3 import S3StateStore, WriteConflict
 from tests.actors import Add, Note, Plan, actors, counter, logger, probe
 from tests.aws import ROLE, AwsResources
 from tests.integration.workers import start_worker

@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from actor_system import ActorSystem
+from actor_system.adapters.redis.clock import RedisClock
 from actor_system.ports import KEEP, Commit
-from adapters.redis.clock import RedisClock
 from tests.actors import Note, Slow, actors, logger, probe
 from tests.integration.workers import worker_args
 

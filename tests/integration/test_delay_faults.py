@@ -16,7 +16,7 @@ import boto3
 import pytest
 
 from actor_system import ActorSystem, ManualClock
-from adapters.delay import SchedulerDelayQueue
+from actor_system.adapters.delay import SchedulerDelayQueue
 from tests.actors import Add, Later, Note, actors, counter, logger
 from tests.aws import ROLE, AwsResources
 from tests.conftest import Snapshots

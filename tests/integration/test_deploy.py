@@ -129,7 +129,8 @@ def test_package_holds_our_code_and_linux_wheels(packaged: Path) -> None:
         names = set(z.namelist())
     assert "deploy/drain.py" in names
     assert "actor_system/aws_lambda.py" in names
-    assert "adapters/redis/scripts/commit.lua" in names
+    assert "actor_system/adapters/redis/scripts/commit.lua" in names
+    assert not any(n.startswith("adapters/") for n in names)  # only under actor_system
     assert any(
         n.startswith("pydantic_core/_pydantic_core.cpython-312-x86_64-linux-gnu") for n in names
     )

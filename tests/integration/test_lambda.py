@@ -236,7 +236,7 @@ def test_self_invoke_continuation_calls_the_lambda_api(aws_env: dict[str, str]) 
     import zipfile
 
     from actor_system import BackendError
-    from adapters.aws import LambdaContinuation, SqsWaker
+    from actor_system.adapters.aws import LambdaContinuation, SqsWaker
 
     role = boto3.client("iam").create_role(
         RoleName=f"drain-{time.monotonic_ns()}", AssumeRolePolicyDocument="{}"
@@ -344,7 +344,7 @@ def test_two_hundred_invocations_around_the_timeout_lose_nothing(
 def test_wakes_beyond_fifteen_minutes_become_one_time_schedules(
     aws_env: dict[str, str], wake_queue: str
 ) -> None:
-    from adapters.aws import SchedulerWaker, SqsWaker, waker_from_url
+    from actor_system.adapters.aws import SchedulerWaker, SqsWaker, waker_from_url
 
     scheduler = boto3.client("scheduler")
     group = f"actors-{time.monotonic_ns()}"

@@ -34,6 +34,8 @@ from actor_system import (
     Retry,
     RetryPolicy,
 )
+from actor_system.adapters.redis import RedisBackend
+from actor_system.adapters.s3 import Retained, StateObject
 from actor_system.aws_lambda import (
     FIRST_MARGIN_S,
     LambdaOptions,
@@ -45,8 +47,6 @@ from actor_system.logs import JsonFormatter
 from actor_system.system import arm_wake
 from actor_system.testing import LambdaContext, settle
 from actor_system.worker import Worker
-from adapters.redis import RedisBackend
-from adapters.s3 import Retained, StateObject
 from tests.waiting import GENEROUS_S, wait_until
 
 if TYPE_CHECKING:

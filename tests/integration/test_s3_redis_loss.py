@@ -19,9 +19,9 @@ import pytest
 from pydantic import BaseModel
 
 from actor_system import ActorSystem, ActorType, Context, ManualClock
+from actor_system.adapters.composite import CompositeBackend
+from actor_system.adapters.s3 import S3StateStore, StateObject
 from actor_system.envelope import new_id
-from adapters.composite import CompositeBackend
-from adapters.s3 import S3StateStore, StateObject
 from tests.actors import Add, counter
 from tests.aws import AwsResources
 from tests.conftest import Snapshots
@@ -245,7 +245,7 @@ def test_crash_before_the_redis_commit_is_delivered_long_after(
 ) -> None:
     """The last commit's outbox is sent whatever its age when the messages it processed come
     back from the dead holder's in-flight list: Redis certainly never had that commit."""
-    from adapters.redis.backend import RedisBackend
+    from actor_system.adapters.redis.backend import RedisBackend
 
     clock = ManualClock()
     system = systems(clock, lease_ms=1_000)
@@ -297,8 +297,8 @@ def test_recover_after_a_total_loss_resends_recent_outboxes(
 
 
 def test_retention_keeps_outboxes_for_the_window_and_ids_for_two() -> None:
+    from actor_system.adapters.s3 import Retained, StateObject
     from actor_system.envelope import Outgoing
-    from adapters.s3 import Retained, StateObject
 
     window_ms = WINDOW_S * 1000
     obj = StateObject()

@@ -17,9 +17,9 @@ import redis
 
 from actor_system import ActorSystem, ActorType, NoReply
 from actor_system.actor import ActorRef
+from actor_system.adapters.aws import SqsWaker
 from actor_system.options import Options
 from actor_system.testing import LambdaHarness
-from adapters.aws import SqsWaker
 from tests.actors import Add, counter
 from tests.sqs_poller import SqsPoller, wait_quiet
 from tests.waiting import wait_until

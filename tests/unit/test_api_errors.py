@@ -150,8 +150,8 @@ def test_oversized_send_raises_message_too_large(system: ActorSystem) -> None:
 
 
 def test_from_env_picks_the_aws_stores_without_calling_aws() -> None:
-    from adapters.composite import CompositeBackend
-    from adapters.delay import SchedulerDelayQueue, SqsDelayQueue
+    from actor_system.adapters.composite import CompositeBackend
+    from actor_system.adapters.delay import SchedulerDelayQueue, SqsDelayQueue
 
     env = {
         "ACTOR_SYSTEM_REDIS_URL": "fakeredis://",
@@ -178,7 +178,7 @@ def test_from_env_picks_the_aws_stores_without_calling_aws() -> None:
 
 
 def test_redis_connects_time_out_in_seconds_unless_the_url_says_otherwise() -> None:
-    from adapters.redis.backend import client_from_url
+    from actor_system.adapters.redis.backend import client_from_url
 
     client, _ = client_from_url("redis://10.255.255.1:6379/0")
     assert client.connection_pool.connection_kwargs["socket_connect_timeout"] == 2.0

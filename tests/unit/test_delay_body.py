@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from actor_system.adapters.delay import decode_body, encode_body
 from actor_system.envelope import Outgoing
 from actor_system.errors import DecodeError
-from adapters.delay import decode_body, encode_body
 
 ITEM = Outgoing("a" * 32, "counter/x", b"a" * 32 + b"\x97body", 1_767_225_600_000)
 

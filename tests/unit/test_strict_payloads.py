@@ -273,8 +273,8 @@ def test_messages_between_actors_stay_lenient_across_a_rolling_deploy() -> None:
     older code processes it, ignoring the field, instead of dead-lettering it."""
     import fakeredis
 
+    from actor_system.adapters.redis import RedisBackend
     from actor_system.options import Options
-    from adapters.redis import RedisBackend
 
     class PayWithin(BaseModel):  # the next version of the message: one field more
         pay_within_s: int
