@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from actor_system.budget import Budget
-from actor_system.errors import BackendError
+from actor_system.errors import BackendError, ConfigError
 from actor_system.runtime import DrainReport, Runtime
 
 if TYPE_CHECKING:
@@ -82,6 +82,8 @@ class Worker:
                 self._failing = True
                 log.warning("backend unavailable, retrying in %.1fs: %s", backoff_s, e)
                 backoff_s = self._back_off(backoff_s)
+            except ConfigError:
+                raise  # no retry can fix it (a Redis Cluster, say): stop, saying why
             except Exception:
                 # Turns turn their own failures into retries and dead letters; this is for a
                 # defect anywhere else: the process stays up, its leases expire and another

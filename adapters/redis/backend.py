@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgpack
 import redis
@@ -61,11 +62,31 @@ _CANCEL_RECEIPT_MS = 3_600_000
 _LOOK_AGAIN_MS = 5_000  # every shard is promoted at least this often, whatever the epoch
 
 
+# Until keys are partitioned by hash slot, every script touches keys of many slots.
+CLUSTER_UNSUPPORTED = (
+    "Redis Cluster is not supported yet: its scripts would fail with CROSSSLOT or MOVED, "
+    "some after writing part of their effects. Point the URL at a single node, or at an "
+    "ElastiCache (Redis OSS or Valkey) replication group with cluster mode disabled"
+)
+
+
 def client_from_url(url: str) -> tuple[redis.Redis, bool]:
     """A client for ``redis://``, ``rediss://`` or ``fakeredis://``; the flag says whether the
-    server supports blocking waits across processes (fakeredis lives in this process)."""
-    scheme = urlsplit(url).scheme
+    server supports blocking waits across processes (fakeredis lives in this process).
+    Raises ConfigError for a URL it cannot use: an unknown scheme or query parameter, or
+    ``?cluster=true``."""
+    parts = urlsplit(url)
+    scheme = parts.scheme
     if scheme in ("redis", "rediss", "unix"):
+        query = parse_qsl(parts.query)
+        cluster = [v for k, v in query if k == "cluster"]
+        if cluster:
+            if cluster[-1].lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ConfigError(f"?cluster= takes true or false, got {cluster[-1]!r}")
+            if cluster[-1].lower() in ("true", "1", "yes"):
+                raise ConfigError(CLUSTER_UNSUPPORTED)
+            rest = urlencode([(k, v) for k, v in query if k != "cluster"])
+            url = urlunsplit(parts._replace(query=rest))
         try:
             # A Redis that cannot be reached (a security group, a wrong host) fails a connect
             # in seconds, not after the OS's minutes of SYN retries, and one that stops
@@ -80,6 +101,7 @@ def client_from_url(url: str) -> tuple[redis.Redis, bool]:
             )
         except ValueError as e:
             raise ConfigError(f"invalid Redis URL: {e}") from None
+        _check_parameters(client)
         return client, True
     if scheme == "fakeredis":
         import fakeredis
@@ -100,6 +122,19 @@ def block_seconds(client: Any) -> float:
     if isinstance(timeout, int | float) and timeout > 0:
         return min(_BLOCK_S, timeout / 2)
     return _BLOCK_S
+
+
+def _check_parameters(client: redis.Redis) -> None:
+    """Build one connection object (it does not connect) from the URL's parameters, so that
+    one redis-py does not know fails here, naming it, rather than as a TypeError at the first
+    command."""
+    pool = client.connection_pool
+    try:
+        pool.connection_class(**pool.connection_kwargs)
+    except TypeError as e:
+        found = re.search(r"keyword argument '(\w+)'", str(e))
+        name = found.group(1) if found else str(e)
+        raise ConfigError(f"unknown parameter {name!r} in the Redis URL") from None
 
 
 def _load_script(name: str) -> str:
@@ -135,6 +170,10 @@ class RedisBackend:
     # -- plumbing -------------------------------------------------------------------------
 
     def _load_scripts(self) -> None:
+        if self.blocking and self.client.info("cluster").get("cluster_enabled"):
+            # Before any script runs: on a cluster some would fail after writing part of
+            # their effects.
+            raise ConfigError(f"{CLUSTER_UNSUPPORTED} (the server reports cluster_enabled:1)")
         # All or nothing: a connection lost halfway must not leave some scripts unknown.
         loaded = {name: self.client.script_load(source) for name, source in self._source.items()}
         self._sha = loaded

@@ -184,3 +184,11 @@ def test_redis_connects_time_out_in_seconds_unless_the_url_says_otherwise() -> N
     assert client.connection_pool.connection_kwargs["socket_connect_timeout"] == 2.0
     client, _ = client_from_url("redis://10.255.255.1:6379/0?socket_connect_timeout=7")
     assert client.connection_pool.connection_kwargs["socket_connect_timeout"] == 7.0
+
+
+def test_a_redis_url_parameter_redis_py_does_not_know_is_named() -> None:
+    with pytest.raises(ConfigError, match="unknown parameter 'sockettimeout' in the Redis URL"):
+        ActorSystem.from_url("redis://127.0.0.1:1/0?sockettimeout=3", actors=[])
+    system = ActorSystem.from_url("redis://127.0.0.1:1/0?socket_timeout=3&cluster=false", actors=[])
+    assert system.backend.client.connection_pool.connection_kwargs["socket_timeout"] == 3.0  # type: ignore[attr-defined]
+    system.close()
