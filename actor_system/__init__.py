@@ -22,9 +22,10 @@ from actor_system.errors import (
 )
 from actor_system.options import Options
 from actor_system.policy import RetryPolicy
+from actor_system.ports import DeadLetter
 from actor_system.replies import HandlerFailed, NoReply, Replied
 from actor_system.runtime import DrainReport
-from actor_system.system import ActorSystem, DeadLetter
+from actor_system.system import ActorSystem
 
 logging.getLogger("actor_system").addHandler(logging.NullHandler())
 

@@ -10,17 +10,102 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgpack
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from actor_system.envelope import Outgoing
 
-# One action per claimed entry, decided by the turn and carried out by the commit.
-DONE = b"d"  # processed: record the id for dedup, drop the entry
-RETRY = b"r"  # failed: back to the head of the mailbox, attempts + 1 (then the error text)
-KEEP = b"k"  # not run (turn abandoned): back to the head of the mailbox unchanged
-WITHDRAW = b"w"  # re-sent through the delay queue by Retry(delay=...): attempts + 1
-DEAD = b"x"  # dead-lettered; the DLQ record follows the code byte
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that could not be processed, with why: what a turn decides and what the
+    dead-letter queue keeps (``record`` is the stored form, exactly: what redrive and purge
+    match on; empty until stored)."""
+
+    id: str  # "" for bytes that never reached an actor
+    actor: str
+    reason: str
+    attempts: int
+    at_ms: int
+    error: str  # the traceback's last characters, if an exception was the cause
+    entry: bytes
+    record: bytes = b""
+    first_error: str = ""  # the first failure, when it failed more than once
+
+    def encode(self) -> bytes:
+        """The stored record: a msgpack map (other tools read it by field name)."""
+        fields = {
+            "reason": self.reason,
+            "actor": self.actor,
+            "id": self.id,
+            "attempts": self.attempts,
+            "at_ms": self.at_ms,
+            "error": self.error,
+            "first_error": self.first_error,
+            "entry": self.entry,
+        }
+        return bytes(msgpack.packb(fields, use_bin_type=True))
+
+    @classmethod
+    def from_record(cls, record: bytes) -> DeadLetter:
+        r = msgpack.unpackb(record, raw=False)
+        return cls(
+            r["id"],
+            r["actor"],
+            r["reason"],
+            r["attempts"],
+            r["at_ms"],
+            r["error"],
+            r["entry"],
+            record,
+            r.get("first_error", ""),
+        )
+
+
+# One outcome per claimed entry, decided by the turn and carried out by the commit; each
+# adapter encodes them as it needs (the Redis one as a code byte per entry for commit.lua).
+class Outcome:
+    """What becomes of one claimed message."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Done(Outcome):
+    """Processed: its id is recorded for dedup, the entry dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class Keep(Outcome):
+    """Not run (the turn stopped before it): back to the head of the mailbox unchanged."""
+
+
+@dataclass(frozen=True, slots=True)
+class Withdraw(Outcome):
+    """Re-sent through the delay queue (``Retry(delay=...)``): the entry goes, attempts +1
+    travel in the re-sent envelope."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failed(Outcome):
+    """Failed, to be retried: back to the head of the mailbox, attempts + 1, the error kept
+    if it is the message's first."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dead(Outcome):
+    """Dead-lettered: the entry goes to the dead-letter queue with its record."""
+
+    letter: DeadLetter
+
+
+DONE = Done()
+KEEP = Keep()
+WITHDRAW = Withdraw()
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +130,7 @@ class Commit:
     token: str
     fence: int
     state: bytes | None  # None: unchanged
-    actions: list[bytes]
+    actions: list[Outcome]
     ids: list[str] = field(default_factory=list)  # the claimed messages' ids, action order
     outbox: list[Outgoing] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)

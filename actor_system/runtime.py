@@ -18,7 +18,6 @@ import uuid
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
-import msgpack
 from pydantic import BaseModel, ValidationError
 
 from actor_system import replies, stored_state
@@ -47,15 +46,20 @@ from actor_system.errors import (
 )
 from actor_system.metrics import MetricsHook, TurnMetrics
 from actor_system.ports import (
-    DEAD,
     DONE,
     KEEP,
-    RETRY,
     WITHDRAW,
     Backend,
     Claim,
     Clock,
     Commit,
+    Dead,
+    DeadLetter,
+    Done,
+    Failed,
+    Keep,
+    Outcome,
+    Withdraw,
 )
 
 if TYPE_CHECKING:
@@ -150,7 +154,7 @@ class _Turn:
     token: str
     leased_at: float  # monotonic time the lease was last taken or renewed
     budget: Budget
-    actions: list[bytes] = field(default_factory=list)
+    actions: list[Outcome] = field(default_factory=list)
     ran: int = 0  # handlers that succeeded
     lateness: list[float] = field(default_factory=list)
     # The savepoint after the last handler that succeeded: its encoded state (None: nothing
@@ -183,7 +187,7 @@ class _Failure:
 
 
 # What leaves a message settled for its sender: processed, dead-lettered, or re-sent later.
-_SETTLED = (DONE, DEAD, WITHDRAW)
+_SETTLED = (Done, Dead, Withdraw)
 
 # Input that can never be processed: straight to the dead letters, no retry.
 _BAD_INPUT = (DecodeError, MessageTooLarge, UnknownMessageType, ValidationError)
@@ -256,11 +260,11 @@ class Runtime:
                 break  # held elsewhere (that holder goes on), or out of time
             last = committed[-1]
             waiting.difference_update(
-                i for i, a in zip(last.ids, last.actions, strict=False) if a[:1] in _SETTLED
+                i for i, a in zip(last.ids, last.actions, strict=False) if isinstance(a, _SETTLED)
             )
             if last.pause_ms or not waiting:
                 break  # resting out a retry's backoff (a timed wake takes it), or done
-            went_back = any(a[:1] in (RETRY, KEEP) for a in last.actions)
+            went_back = any(isinstance(a, Failed | Keep) for a in last.actions)
             if claimed < self.options.batch and not went_back:
                 report.idle = True  # the mailbox is empty
                 break
@@ -369,7 +373,7 @@ class Runtime:
         self,
         claim: Claim,
         token: str,
-        actions: list[bytes],
+        actions: list[Outcome],
         pause_ms: int = 0,
         actor: ActorType[Any] | None = None,
     ) -> Commit:
@@ -412,6 +416,7 @@ class Runtime:
         index = stop.index
         entry, failed = claim.entries[index]
         attempt = failed + 1  # the envelope's own count is not needed to bound retries here
+        again: Outcome
         if turn.in_caller:
             # A sender's short budget ran out (process=, ask, the ingress): not the handler's
             # fault; a drain runs it with its own budget, no attempt counted.
@@ -421,7 +426,7 @@ class Runtime:
             again = self._dead(claim, entry, attempt, reason, None)
             turn.report.dead_letters += 1
         else:
-            again = RETRY + b"interrupted: the handler ran out of time"
+            again = Failed("interrupted: the handler ran out of time")
         del turn.actions[index:]
         turn.actions += [again] + [KEEP] * (len(claim.entries) - index - 1)
         turn.report.interrupted = 1
@@ -438,7 +443,9 @@ class Runtime:
         """Nothing can run for this actor (unknown type, unreadable state): dead-letter its
         messages with the reason; the stored state is left as it is."""
         reason = f"{type(error).__name__}: {error}"
-        actions = [self._dead(claim, entry, n + 1, reason, None) for entry, n in claim.entries]
+        actions: list[Outcome] = [
+            self._dead(claim, entry, n + 1, reason, None) for entry, n in claim.entries
+        ]
         report = DrainReport(turns=1, dead_letters=len(actions))
         return self._bare(claim, token, actions), report, None
 
@@ -447,14 +454,14 @@ class Runtime:
         message is retried with the error, or dead-lettered at max_attempts."""
         log.error("turn of %s failed: %r", claim.actor, error, exc_info=error)
         report = DrainReport(turns=1)
-        actions = []
+        actions: list[Outcome] = []
         for entry, failed in claim.entries:
             if failed + 1 >= self.options.max_attempts:
                 reason = f"the turn failed {failed + 1} times, last: {_reason(error)}"
                 actions.append(self._dead(claim, entry, failed + 1, reason, error))
                 report.dead_letters += 1
             else:
-                actions.append(RETRY + _error_text(error))
+                actions.append(Failed(_error_text(error)))
                 report.retries += 1
         return self._bare(claim, token, actions), report, None
 
@@ -598,28 +605,28 @@ class Runtime:
             ActorRef.from_key(env.reply), reply, now_s=now_s, idempotency_key=f"reply:{env.id}"
         )
 
-    def _dead_replies(self, actions: list[bytes]) -> tuple[list[tuple[str, bytes]], list[Outgoing]]:
+    def _dead_replies(
+        self, actions: list[Outcome]
+    ) -> tuple[list[tuple[str, bytes]], list[Outgoing]]:
         """Failure replies for the dead-lettered messages that were asked among ``actions``:
         a record under the message id (what ``ask`` and ``reply`` raise HandlerFailed with),
         or a Replied message to the actor that asked."""
         records: list[tuple[str, bytes]] = []
         out: list[Outgoing] = []
         for action in actions:
-            if action[:1] != DEAD:
+            if not isinstance(action, Dead) or not action.letter.id:
                 continue
-            dead = msgpack.unpackb(action[1:], raw=False)
-            if not dead["id"]:
-                continue
+            dead = action.letter
             try:
-                env = decode(dead["entry"])
+                env = decode(dead.entry)
             except DecodeError:
                 continue
             if env.reply is None:
                 continue  # nobody asked: the dead letter itself says why
             if env.reply == "":
-                records.append((dead["id"], replies.encode_failure(dead["reason"])))
+                records.append((dead.id, replies.encode_failure(dead.reason)))
                 continue
-            failed = replies.Replied(id=env.id, ok=False, error=dead["reason"])
+            failed = replies.Replied(id=env.id, ok=False, error=dead.reason)
             try:
                 out.append(self._replied(self.clock.now(), env, failed))
             except (ActorSystemError, ValidationError) as e:
@@ -745,7 +752,7 @@ class Runtime:
 
     def _failed_action(
         self, turn: _Turn, failure: _Failure, entry: bytes, failed: int, outbox: Outbox
-    ) -> bytes:
+    ) -> Outcome:
         env, error = failure.env, failure.error
         attempt = env.attempt + failed
         policy = turn.actor.policy(env.type)
@@ -796,7 +803,7 @@ class Runtime:
         # is not taken again before the retry time (a deferred re-delivery, no sleep).
         turn.pause_ms = math.ceil((turn.now_s + delay_s) * 1000) if delay_s > 0 else 0
         turn.report.retries += 1
-        return RETRY + _error_text(error)
+        return Failed(_error_text(error))
 
     def _resend_later(
         self, turn: _Turn, outbox: Outbox, env: Envelope, delay: float, failed: int
@@ -825,7 +832,7 @@ class Runtime:
 
     def _dead(
         self, claim: Claim, entry: bytes, attempts: int, reason: str, error: BaseException | None
-    ) -> bytes:
+    ) -> Dead:
         prefix = entry[:ID_LENGTH].decode("ascii", "replace")
         mid = prefix if is_message_id(prefix) else ""
         log.error(
@@ -835,17 +842,18 @@ class Runtime:
             reason,
             extra={"actor": claim.actor, "message_id": mid, "attempt": attempts},
         )
-        record = {
-            "reason": reason,
-            "actor": claim.actor,
-            "id": mid,
-            "attempts": attempts,
-            "at_ms": self._now_ms(),
-            "error": _traceback(error, 4000) if error else "",
-            "first_error": claim.first_errors.get(mid, reason),
-            "entry": entry,
-        }
-        return DEAD + bytes(msgpack.packb(record, use_bin_type=True))
+        return Dead(
+            DeadLetter(
+                id=mid,
+                actor=claim.actor,
+                reason=reason,
+                attempts=attempts,
+                at_ms=self._now_ms(),
+                error=_traceback(error, 4000) if error else "",
+                entry=entry,
+                first_error=claim.first_errors.get(mid, reason),
+            )
+        )
 
 
 def _traceback(e: BaseException, limit: int) -> str:
@@ -853,9 +861,9 @@ def _traceback(e: BaseException, limit: int) -> str:
     return "".join(traceback.format_exception(e))[-limit:]
 
 
-def _error_text(e: BaseException) -> bytes:
+def _error_text(e: BaseException) -> str:
     """The first error kept for a message being retried."""
-    return _traceback(e, 2000).encode("utf-8", "replace")
+    return _traceback(e, 2000)
 
 
 def _reason(e: BaseException) -> str:

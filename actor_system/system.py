@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-import msgpack
 from pydantic import BaseModel
 
 from actor_system import replies, stored_state
@@ -21,7 +20,7 @@ from actor_system.envelope import ID_LENGTH, Outgoing, check_message_id
 from actor_system.errors import ActorBusy, ActorSystemError, ConfigError, InvalidSend
 from actor_system.metrics import EmfMetrics
 from actor_system.options import Options
-from actor_system.ports import Commit
+from actor_system.ports import Commit, DeadLetter
 from actor_system.runtime import DrainReport, Runtime
 from actor_system.worker import Worker
 
@@ -40,36 +39,6 @@ _WAKE_MS = 30_000
 
 ENV_PREFIX = "ACTOR_SYSTEM_"
 _REDIS_SCHEMES = ("redis", "rediss", "unix", "fakeredis")
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A message that could not be processed, with why."""
-
-    id: str
-    actor: str
-    reason: str
-    attempts: int
-    at_ms: int
-    error: str
-    entry: bytes
-    record: bytes  # the stored record, exactly: what redrive and purge match on
-    first_error: str = ""  # the first failure, when it failed more than once
-
-    @classmethod
-    def from_record(cls, record: bytes) -> DeadLetter:
-        r = msgpack.unpackb(record, raw=False)
-        return cls(
-            r["id"],
-            r["actor"],
-            r["reason"],
-            r["attempts"],
-            r["at_ms"],
-            r["error"],
-            r["entry"],
-            record,
-            r.get("first_error", ""),
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from actor_system.adapters.redis.backend import RedisBackend
 from actor_system.adapters.s3 import Retained, StateObject, WriteConflict
 from actor_system.envelope import ID_LENGTH, Outgoing, purge_message, purge_version
 from actor_system.errors import DecodeError
-from actor_system.ports import DONE, KEEP, Claim, Commit
+from actor_system.ports import DONE, KEEP, Claim, Commit, Outcome
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -272,7 +272,7 @@ class CompositeBackend(RedisBackend):
         turn = self._turns.pop((c.actor, c.token), None)
         if turn is None:  # begin did not see this turn: write nothing, give it back
             log.error("commit of %s without its S3 read; batch abandoned", c.actor)
-            keep = [KEEP] * len(c.actions)
+            keep: list[Outcome] = [KEEP] * len(c.actions)
             nothing = self._redis_commit(c, None, keep, [], [], replies=[])
             return nothing, _S3Turn(None, False, []), None
         actions = iter(c.actions)
@@ -333,7 +333,7 @@ class CompositeBackend(RedisBackend):
     def _redis_commit(
         c: Commit,
         marker: bytes | None,
-        actions: list[bytes],
+        actions: list[Outcome],
         outbox: list[Outgoing],
         cancels: list[str],
         replies: list[tuple[str, bytes]] | None = None,

@@ -9,7 +9,6 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import msgpack
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
@@ -18,7 +17,17 @@ from actor_system.adapters.redis.clock import RedisClock
 from actor_system.adapters.redis.keys import Keys
 from actor_system.clock import SystemClock
 from actor_system.errors import BackendError, ConfigError, DecodeError
-from actor_system.ports import Claim, Commit
+from actor_system.ports import (
+    Claim,
+    Commit,
+    Dead,
+    DeadLetter,
+    Done,
+    Failed,
+    Keep,
+    Outcome,
+    Withdraw,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -354,7 +363,7 @@ class RedisBackend:
                 c.done_max,
                 o.prefix,
                 len(c.actions),
-                *c.actions,
+                *[_action(a) for a in c.actions],
                 len(c.outbox),
                 *self._deliveries(c.outbox),
             ]
@@ -620,14 +629,20 @@ class RedisBackend:
 
 def dead_record(reason: str, raw: bytes, now_ms: int) -> bytes:
     """A dead-letter record for bytes that never reached an actor (no actor, no id)."""
-    record = {
-        "reason": reason,
-        "actor": "",
-        "id": "",
-        "attempts": 0,
-        "at_ms": now_ms,
-        "error": "",
-        "first_error": reason,
-        "entry": raw,
-    }
-    return bytes(msgpack.packb(record, use_bin_type=True))
+    return DeadLetter("", "", reason, 0, now_ms, "", raw, first_error=reason).encode()
+
+
+def _action(outcome: Outcome) -> bytes:
+    """An outcome as commit.lua takes it: a code byte, then the error text or the record."""
+    match outcome:
+        case Done():
+            return b"d"
+        case Keep():
+            return b"k"
+        case Withdraw():
+            return b"w"
+        case Failed(error=error):
+            return b"r" + error.encode("utf-8", "replace")
+        case Dead(letter=letter):
+            return b"x" + letter.encode()
+    raise TypeError(f"not an outcome: {outcome!r}")

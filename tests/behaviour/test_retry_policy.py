@@ -270,7 +270,7 @@ def test_an_async_handler_interrupted_by_the_budget_never_resumes_later(
 def test_an_actor_popped_before_its_retry_pause_is_not_taken_early(
     url: str, clock: ManualClock
 ) -> None:
-    from actor_system.ports import RETRY, Commit
+    from actor_system.ports import Commit, Failed
 
     actor = make_actor("race")
     system = ActorSystem.from_url(url, actors=[actor], clock=clock)
@@ -284,7 +284,7 @@ def test_an_actor_popped_before_its_retry_pause_is_not_taken_early(
     system.send(ref, Call(text="m2"))  # arrives during X's turn: the actor is ready again
     popped_y, _ = backend.poll(now, 10, 30_000)  # worker Y pops it
     assert popped_y == [ref.key]
-    retry = Commit(claim.actor, "X", claim.fence, None, [RETRY + b"boom"], pause_ms=now + 10_000)
+    retry = Commit(claim.actor, "X", claim.fence, None, [Failed("boom")], pause_ms=now + 10_000)
     assert backend.commit([retry], now) == [0]  # X's message failed: the actor rests 10 s
     assert backend.begin(popped_y, "Y", 30_000, 10, now + 1) == [None]  # Y must not take it
     clock.advance(11)
