@@ -41,7 +41,7 @@ from tests.chaos.run import NOTHING_LEFT, leftovers
 from tests.integration.workers import worker_args
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ACTORS = 8
 PER_ACTOR = 100  # messages per ingress process and actor

@@ -6,7 +6,7 @@ import pytest
 
 from tests.chaos.run import NOTHING_LEFT, parser, run
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.mark.timeout(300)

@@ -191,6 +191,7 @@ def test_crash_between_s3_put_and_redis_commit_applies_nothing_twice(
     assert fresh.state(counter.ref("dest")).count == 16
 
 
+@pytest.mark.slow
 def test_sigkilled_workers_with_s3_state_lose_nothing(redis_url: str, aws: Any) -> None:
     import random
 
@@ -300,6 +301,7 @@ def test_twenty_minute_delay_hops_and_is_never_early(redis_url: str, aws: Any) -
     assert system.backend.delay.pending() == 0
 
 
+@pytest.mark.slow
 def test_real_sqs_delay_hops_deliver_on_time(redis_url: str, aws: Any) -> None:
     """Real time: moto keeps each hop invisible for its DelaySeconds (1 s here); the last
     one ends within `near` (2 s), and the sorted set delivers on the millisecond."""
@@ -606,6 +608,7 @@ def test_sqs_outage_keeps_deferred_messages_in_redis_on_time(
     boto3.client("sqs").create_queue(QueueName=aws.queue)  # for the fixture's clean-up
 
 
+@pytest.mark.slow
 def test_sigkilled_workers_with_an_sqs_delay_queue_deliver_each_message_once(
     redis_url: str, aws: Any
 ) -> None:

@@ -14,7 +14,7 @@ from tests.actors import Add, actors, counter
 from tests.integration.workers import start_worker
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ACTORS = 50
 PER_ACTOR = 100

@@ -16,7 +16,7 @@ from actor_system.testing import LambdaHarness
 from tests.actors import Add, Slow, Timed, actors, counter, probe
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = str(Path(__file__).resolve().parents[2])
 

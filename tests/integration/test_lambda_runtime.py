@@ -18,7 +18,7 @@ from tests.runtime_api import RuntimeApiFunction
 
 pytest.importorskip("awslambdaric")
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = str(Path(__file__).resolve().parents[2])
 DRAIN = "tests.lambda_app.handler"

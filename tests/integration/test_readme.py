@@ -37,6 +37,7 @@ def test_readme_starts_with_the_setup_and_test_commands() -> None:
     assert (ROOT / ".ci" / "run").read_text().count("\npytest\n") == 1
 
 
+@pytest.mark.slow  # npm ci and the Serverless package need downloads; the bench takes a while
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("command", [c for c in shell_commands() if c not in SETUP])
 def test_readme_shell_command_runs(command: str, redis_url: str) -> None:

@@ -26,7 +26,7 @@ from tests.waiting import wait_until
 from tests.wake_actors import Bump, Hold, tally
 from tests.wake_actors import actors as wake_actors
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = str(Path(__file__).resolve().parents[2])
 DRAIN_APP = "tests.lambda_app:handler"
