@@ -68,7 +68,11 @@ _LANDED_MS = 3_600_000
 # How long a cancel is remembered, so that a cancel retried after its answer was lost (a
 # reset connection) still answers True.
 _CANCEL_RECEIPT_MS = 3_600_000
-_LOOK_AGAIN_MS = 5_000  # every shard is promoted at least this often, whatever the epoch
+_LOOK_AGAIN_MS = 5_000
+# Tries of a pipeline whose connection reset (a lost answer); a refused connection fails
+# each at once, a silent one after the socket timeout (each try after the first then waits
+# for a connect, at most the connect timeout).
+_TRIES_ON_RESET = 3  # every shard is promoted at least this often, whatever the epoch
 
 
 # Until keys are partitioned by hash slot, every script touches keys of many slots.
@@ -193,8 +197,8 @@ class RedisBackend:
         """Run scripts in one pipelined round trip; reload them once if Redis lost them."""
         if not calls:
             return []
-        lost = False
-        for _ in range(3):
+        lost = 0
+        for _ in range(_TRIES_ON_RESET + 2):
             try:
                 if not self._sha:
                     self._load_scripts()
@@ -208,11 +212,12 @@ class RedisBackend:
             except RedisConnectionError as e:
                 # The connection broke: the scripts may have run and only their answers been
                 # lost. Each is safe to run again with the same arguments (a poll's and a
-                # begin's token finds what the first run took), so one more try, on a new
-                # connection, costs a round trip instead of stranding a lease.
-                if lost:
+                # begin's token finds what the first run took), so another try, on a new
+                # connection, costs a round trip instead of stranding a lease. A few: the
+                # new connection's own handshake may be cut too.
+                lost += 1
+                if lost >= _TRIES_ON_RESET:
                     raise BackendError(f"Redis {what} failed: {type(e).__name__}: {e}") from e
-                lost = True
             except RedisError as e:
                 raise BackendError(f"Redis {what} failed: {type(e).__name__}: {e}") from e
         raise BackendError(f"Redis {what} failed: scripts could not be loaded")
