@@ -135,8 +135,9 @@ class Commit:
     outbox: list[Outgoing] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
     state_is_default: bool = False  # the state equals the model's defaults: nothing to keep
-    # How long and how many processed ids the actor's type keeps for dedup; 0: the commit
-    # records no ids and leaves the set as it is (a release, a recovery).
+    # How long and how many processed ids the actor's type keeps for dedup. The ids of Done
+    # and Dead outcomes are recorded whatever these say; 0 leaves the set's trim and expiry
+    # as they are (a commit that records no ids: a release, a recovery).
     done_window_ms: int = 0
     done_max: int = 0
     pause_ms: int = 0  # > 0: the actor is not taken again before this time (retry backoff)
@@ -219,13 +220,20 @@ class DelayQueue(Protocol):
     """Deferred messages by due time."""
 
     def cancel(self, message_id: str) -> bool:
-        """Remove a not-yet-promoted deferred message; False if unknown or already promoted."""
+        """Cancel a deferred message not yet delivered: True if it was pending (and for an
+        hour after, to a retried cancel), False if unknown or already delivered. A delay
+        queue that cannot look a message up (SQS) answers True for an id it cannot rule out,
+        and drops the message when it lands."""
 
     def next_due_ms(self) -> int | None:
-        """The earliest due time pending, if any."""
+        """The earliest due time of the messages this store delivers itself (the Redis sorted
+        set), if any: a drain arms its timed wake from it. Messages held by an external
+        delay queue (SQS, Scheduler) are not counted: that queue brings them back near
+        their due time, and they count from then."""
 
     def pending(self) -> int:
-        """How many deferred messages wait."""
+        """How many deferred messages wait, wherever they are held; an SQS queue counts a
+        cancelled message until it lands at its due time and is dropped."""
 
     def accept_deferred(self, bodies: Sequence[str | dict[str, Any]], now_ms: int) -> int:
         """Land deferred-message bodies that came back from another delay queue (SQS, a
@@ -253,7 +261,8 @@ class Inspector(Protocol):
     """Read-only views for operators."""
 
     def deferred(self, limit: int = 100, actor: str | None = None) -> list[tuple[str, str, int]]:
-        """Pending deferred messages as (id, actor key, due ms), earliest first."""
+        """Pending deferred messages as (id, actor key, due ms), earliest first: those in
+        the Redis sorted set (an external delay queue's are counted by ``stats`` only)."""
 
     def stats(self) -> dict[str, Any]:
         """Counts: ready actors, leases, mailbox depths, in-flight, deferred, dead letters."""

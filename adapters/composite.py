@@ -15,6 +15,7 @@ message will wake after Redis lost everything.
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -47,7 +48,8 @@ _RECOVER_CHUNK = 100  # actors per begin and commit round trip in recover
 _OFFLOAD_SCAN = 100  # staged messages read per shard per offload
 _SWEEP_EVERY_MS = 5_000  # look for messages a crashed process staged but did not move out
 _DAY_MS = 24 * 3600 * 1000
-_BACK_OFF_MS = 30_000  # after an AWS error, before moving or receiving messages again
+_BACK_OFF_MS = 30_000
+_FORGET_TURN_MS = 3_600_000  # after an AWS error, before moving or receiving messages again
 
 
 @dataclass(slots=True)
@@ -61,8 +63,10 @@ class _S3Turn:
     resend: list[Outgoing] = field(default_factory=list)  # sent by unacknowledged commits
     recancel: list[str] = field(default_factory=list)  # cancelled by them
     rereply: list[tuple[str, bytes]] = field(default_factory=list)  # their replies
+    began_ms: int = 0  # when begin read it: a turn never committed is forgotten after an hour
     purge: int | None = None  # a purge message for this tombstone version was claimed
     purged: bool = False  # the commit ends the actor in Redis: remove its object after
+    missing: bool = False  # its commit came without a begin here: given back, not written
 
     @property
     def etag(self) -> str | None:
@@ -131,7 +135,11 @@ class CompositeBackend(RedisBackend):
             # Redis keeps only the acknowledged S3 version: it may go with an idle actor's
             # other keys (an object ahead of no marker re-sends only within its window).
             self.state_ttl_ms = int(options.done_window_s * 1000)
+        # The S3 reads of turns begun and not yet committed, by (actor, token): several
+        # callers may run turns on one backend at once (a drain, a send that processes in
+        # the caller, a delete), each under its own token.
         self._turns: dict[tuple[str, str], _S3Turn] = {}
+        self._turns_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._received_at = -(2**62)
         self._receive_more = False
@@ -166,7 +174,11 @@ class CompositeBackend(RedisBackend):
         store = self.state_store
         if store is None:
             return claims
-        self._turns = {k: t for k, t in self._turns.items() if k[1] == token}
+        with self._turns_lock:
+            # Turns begun and never committed (their caller failed in between) go after an
+            # hour: longer than any turn, however often it renews its lease.
+            old = now_ms - _FORGET_TURN_MS
+            self._turns = {k: t for k, t in self._turns.items() if t.began_ms > old}
         live = [c for c in claims if c is not None]
         objects = self._map(lambda c: store.read(c.actor), live)
         broken = [o for o in objects if isinstance(o, Exception) and not isinstance(o, DecodeError)]
@@ -193,7 +205,10 @@ class CompositeBackend(RedisBackend):
             # A corrupt object: hand the runtime its bytes, which it cannot decode either,
             # so the messages are dead-lettered with the reason; nothing is written.
             assert isinstance(obj, DecodeError)
-            self._turns[(claim.actor, token)] = _S3Turn(None, False, claim.entries)
+            with self._turns_lock:
+                self._turns[(claim.actor, token)] = _S3Turn(
+                    None, False, claim.entries, began_ms=now_ms
+                )
             return Claim(
                 claim.actor, claim.fence, obj.raw or b"\xc1", 0, claim.entries,
                 claim.recovered, claim.duplicates, claim.first_errors,
@@ -215,7 +230,9 @@ class CompositeBackend(RedisBackend):
             assert self.state_store is not None
             window_ms = self.state_store.window_ms
             turn.replay(_unacknowledged(obj, acked, claim.entries, window_ms, now_ms))
-        self._turns[(claim.actor, token)] = turn
+        turn.began_ms = now_ms
+        with self._turns_lock:
+            self._turns[(claim.actor, token)] = turn
         return Claim(
             claim.actor,
             claim.fence,
@@ -240,7 +257,9 @@ class CompositeBackend(RedisBackend):
         outcome = dict(zip([id(w[0]) for w in writes], puts, strict=True))
         final: list[Commit] = []
         lost: set[int] = set()
-        for i, (c, _, _) in enumerate(plans):
+        for i, (c, turn, _) in enumerate(plans):
+            if turn.missing and self._receipt(c) is None:
+                lost.add(i)  # its messages go back unprocessed: the caller must know
             put = outcome.get(id(c))
             if isinstance(put, Exception):
                 if isinstance(put, WriteConflict):
@@ -269,12 +288,13 @@ class CompositeBackend(RedisBackend):
         """The Redis commit of a turn (actions for every claimed entry, the sends of
         unacknowledged commits, the acknowledged S3 version) and the S3 object to write
         first, if any."""
-        turn = self._turns.pop((c.actor, c.token), None)
+        with self._turns_lock:
+            turn = self._turns.pop((c.actor, c.token), None)
         if turn is None:  # begin did not see this turn: write nothing, give it back
             log.error("commit of %s without its S3 read; batch abandoned", c.actor)
             keep: list[Outcome] = [KEEP] * len(c.actions)
             nothing = self._redis_commit(c, None, keep, [], [], replies=[])
-            return nothing, _S3Turn(None, False, []), None
+            return nothing, _S3Turn(None, False, [], missing=True), None
         actions = iter(c.actions)
         full = [DONE if pos in turn.skipped else next(actions) for pos in range(len(turn.entries))]
         obj = turn.obj
@@ -312,6 +332,16 @@ class CompositeBackend(RedisBackend):
         new = obj.successor(c.state, mine, window_ms)
         marker = _MARKER + str(new.version).encode()
         return self._redis_commit(c, marker, full, outbox, cancels, replies), turn, new
+
+    def _receipt(self, c: Commit) -> int | None:
+        """The version a commit under this token already wrote (its answer was lost and it
+        is run again without a begin), from the lease's receipt; None if it wrote nothing."""
+        token, version = self._call(
+            "commit", self.client.hmget, self.keys.actor(c.actor, "lease"), "t", "c"
+        )
+        if token is None or token.decode() != c.token or version is None:
+            return None
+        return int(version)
 
     @staticmethod
     def _purges(c: Commit, turn: _S3Turn) -> bool:
@@ -387,7 +417,8 @@ class CompositeBackend(RedisBackend):
         claims = [c for c in self.begin(actors, token, self.options.lease_ms, 0, now_ms) if c]
         resent = 0
         for c in claims:
-            turn = self._turns[(c.actor, token)]
+            with self._turns_lock:
+                turn = self._turns[(c.actor, token)]
             resent += bool(turn.resend or turn.recancel or turn.rereply)
             if c.recovered:
                 # A dead holder's messages went back to the mailbox unclaimed: leave the
