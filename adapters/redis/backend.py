@@ -569,7 +569,7 @@ class RedisBackend:
         depths: dict[str, int] = {}
         inflight: dict[str, int] = {}
         for suffix, into in (("mb", depths), ("inflight", inflight)):
-            names = list(self.client.scan_iter(match=f"{k.prefix}:{{*}}:{suffix}", count=1000))
+            names = self._call("stats", self._scan, f"{k.prefix}:{{*}}:{suffix}")
             pipe = self.client.pipeline(transaction=False)
             for name in names:
                 pipe.llen(name)
@@ -586,6 +586,9 @@ class RedisBackend:
             "next_due_ms": self.next_due_ms(),
             "dead_letters": self.dead_letter_count(),
         }
+
+    def _scan(self, match: str) -> list[bytes]:
+        return list(self.client.scan_iter(match=match, count=1000))
 
     # -- DeadLetters ----------------------------------------------------------------------
 

@@ -61,6 +61,27 @@ def test_user_mistakes_are_one_line_and_exit_2(redis_url: str) -> None:
     assert "unknown URL scheme 'redsi'" in bad.stderr
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("stats",),
+        ("state", "counter", "a"),
+        ("send", "counter", "a", "Add", '{"n": 1}'),
+        ("deferred", "list"),
+        ("deferred", "cancel", "f" * 32),
+        ("dlq", "list"),
+        ("dlq", "show", "f" * 32),
+        ("delete", "counter", "a", "--yes"),
+    ],
+)
+def test_an_unreachable_redis_is_one_line_and_exit_2(args: tuple[str, ...]) -> None:
+    done = cli("redis://127.0.0.1:1/0", *args, ok=False)
+    assert done.returncode == 2, done.stderr
+    assert "Connection refused" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
 def test_deferred_list_and_cancel(redis_url: str) -> None:
     mid = cli(redis_url, "send", "counter", "d", "Add", '{"n": 1}', "--delay", "600").stdout
     at = (datetime.now(UTC) + timedelta(days=30)).replace(microsecond=0, tzinfo=None)
