@@ -311,7 +311,9 @@ def main() -> None:
         f"(batch 100), {us['trickle']['round_trips_per_turn']:.2f} per turn (trickle); CPU "
         f"{us['backlog_100']['cpu_us_per_msg']:.1f} us/message (batch 100), "
         f"{us['trickle']['cpu_us_per_msg']:.1f} (trickle); async def handlers "
-        f"{us['backlog_100_async']['cpu_us_per_msg']:.1f} us/message (batch 100)"
+        f"{us['backlog_100_async']['cpu_us_per_msg']:.1f} us/message (batch 100); Redis "
+        f"time in commands {us['backlog_100']['redis_us_per_msg']:.2f} us/message (batch "
+        f"100), {us['trickle']['redis_us_per_msg']:.2f} (trickle)"
     )
     scale = us["delay_scale"]
     print(

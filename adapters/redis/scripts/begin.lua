@@ -61,26 +61,41 @@ while true do
 end
 local st = redis.call('HMGET', KEYS[5], 'd', 'v')
 local out = {fence, st[1] or '', tonumber(st[2] or '0'), recovered, 0}
+-- The batch in a few calls whatever its size (each Redis call costs about a microsecond):
+-- entries already processed (a copy) are dropped, so a turn may claim fewer than the batch
+-- while more wait; the commit then marks the actor ready again.
 local batch = tonumber(ARGV[4])
-local claimed = 0
-local dups = 0
-while claimed < batch do
-  local e = redis.call('LPOP', KEYS[3])
-  if not e then
-    break
-  end
-  local id = string.sub(e, 1, 32)
-  if redis.call('ZSCORE', KEYS[7], id) then
-    dups = dups + 1
-    redis.call('HDEL', KEYS[6], id)
-    redis.call('HDEL', KEYS[9], id)
+local popped = batch > 0 and redis.call('LPOP', KEYS[3], batch) or false
+if not popped then
+  return out
+end
+local ids = {}
+for i, e in ipairs(popped) do
+  ids[i] = string.sub(e, 1, 32)
+end
+local seen = chunked('ZMSCORE', KEYS[7], ids)
+local kept, kept_ids, dup_ids = {}, {}, {}
+for i, e in ipairs(popped) do
+  if seen[i] then
+    dup_ids[#dup_ids + 1] = ids[i]
   else
-    redis.call('RPUSH', KEYS[4], e)
-    out[#out + 1] = e
-    out[#out + 1] = tonumber(redis.call('HGET', KEYS[6], id) or '0')
-    out[#out + 1] = redis.call('HGET', KEYS[9], id) or ''
-    claimed = claimed + 1
+    kept[#kept + 1] = e
+    kept_ids[#kept_ids + 1] = ids[i]
   end
 end
-out[5] = dups
+if #dup_ids > 0 then
+  chunked('HDEL', KEYS[6], dup_ids)
+  chunked('HDEL', KEYS[9], dup_ids)
+end
+if #kept > 0 then
+  chunked('RPUSH', KEYS[4], kept)
+  local att = chunked('HMGET', KEYS[6], kept_ids)
+  local err = chunked('HMGET', KEYS[9], kept_ids)
+  for i, e in ipairs(kept) do
+    out[#out + 1] = e
+    out[#out + 1] = tonumber(att[i] or '0')
+    out[#out + 1] = err[i] or ''
+  end
+end
+out[5] = #dup_ids
 return out

@@ -37,15 +37,18 @@ if n ~= #inflight then
   return redis.error_reply('in-flight list holds ' .. #inflight .. ' entries, commit has ' .. n)
 end
 local back = {}
+-- Done and dead-lettered ids go into the dedup set, theirs and withdrawn ones' attempts and
+-- errors out, each in one call for the whole batch.
+local done_args, gone = {}, {}
 for i = 1, n do
   local action = ARGV[9 + i]
   local code = string.sub(action, 1, 1)
   local e = inflight[i]
   local id = string.sub(e, 1, 32)
   if code == 'd' or code == 'x' then
-    redis.call('ZADD', KEYS[6], now, id)
-    redis.call('HDEL', KEYS[5], id)
-    redis.call('HDEL', KEYS[10], id)
+    done_args[#done_args + 1] = now
+    done_args[#done_args + 1] = id
+    gone[#gone + 1] = id
     if code == 'x' then
       redis.call('LPUSH', KEYS[9], string.sub(action, 2))
     end
@@ -55,11 +58,17 @@ for i = 1, n do
     back[#back + 1] = e
   elseif code == 'w' then
     -- the re-sent copy in the outbox carries the raised attempt in its envelope
-    redis.call('HDEL', KEYS[5], id)
-    redis.call('HDEL', KEYS[10], id)
+    gone[#gone + 1] = id
   else
     back[#back + 1] = e
   end
+end
+if #done_args > 0 then
+  chunked('ZADD', KEYS[6], done_args)
+end
+if #gone > 0 then
+  chunked('HDEL', KEYS[5], gone)
+  chunked('HDEL', KEYS[10], gone)
 end
 for i = #back, 1, -1 do
   redis.call('LPUSH', KEYS[2], back[i])

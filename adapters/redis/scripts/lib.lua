@@ -34,6 +34,24 @@
 -- Scripts that fan out to other actors build those keys from P (single-node Redis).
 local unpack = unpack or table.unpack
 
+-- One command over many arguments, in chunks that Lua's unpack can take; the replies of a
+-- command that answers one value per argument (ZMSCORE, HMGET) are joined in order. A
+-- false in a reply (nil) is kept at its place.
+local CHUNK = 1000
+local function chunked(cmd, key, args)
+  local out = {}
+  for first = 1, #args, CHUNK do
+    local last = math.min(first + CHUNK - 1, #args)
+    local r = redis.call(cmd, key, unpack(args, first, last))
+    if type(r) == 'table' then
+      for i = 1, last - first + 1 do
+        out[first + i - 1] = r[i]
+      end
+    end
+  end
+  return out
+end
+
 local function akey(prefix, actor, suffix)
   return prefix .. ':{' .. actor .. '}:' .. suffix
 end
