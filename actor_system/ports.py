@@ -225,6 +225,12 @@ class DelayQueue(Protocol):
         queue that cannot look a message up (SQS) answers True for an id it cannot rule out,
         and drops the message when it lands."""
 
+    def known_due_ms(self) -> int | None:
+        """The earliest due time this process already knows of, without a round trip (what
+        its last poll learnt, 0 when it must look again; None: nothing is due). A drain
+        sizes its rounds by it, so that a message due soon is promoted by the next poll, not
+        after a long round."""
+
     def next_due_ms(self) -> int | None:
         """The earliest due time of the messages this store delivers itself (the Redis sorted
         set), if any: a drain arms its timed wake from it. Messages held by an external

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from actor_system import replies, stored_state
+from actor_system import replies, stored_state, tracing
 from actor_system.actor import ActorRef, ActorType, Context, Handler, Registry, utc
 from actor_system.budget import timeout_guard
 from actor_system.envelope import (
@@ -65,6 +65,7 @@ from actor_system.ports import (
 if TYPE_CHECKING:
     from collections.abc import Coroutine
     from datetime import datetime, timedelta
+    from types import EllipsisType
 
     from actor_system.budget import Budget
     from actor_system.options import Options
@@ -106,6 +107,7 @@ class Outbox:
         self.items: list[Outgoing] = []
         self.cancels: list[str] = []
         self.deleted = False  # the running handler called ctx.delete()
+        self.traced = False  # the turn is traced: sends carry the current span's context
 
     def delete(self) -> None:
         self.deleted = True
@@ -132,6 +134,7 @@ class Outbox:
             at=at,
             idempotency_key=idempotency_key,
             reply=None if reply_to is None else reply_to.key,
+            trace=... if self.traced else None,
         )
         self.items.append(item)
         return item.id
@@ -166,6 +169,7 @@ class _Turn:
     pause_ms: int = 0  # the actor is not taken again before this time (a retry's backoff)
     deleted: bool = False  # a handler that succeeded called ctx.delete(): the actor ends
     in_caller: bool = False  # run by a sender (run_actor) on its short budget, not a drain
+    trace: tracing.Turn | None = None  # the turn's span, when tracing is on
     report: DrainReport = field(default_factory=DrainReport)
     # Stored fields the state model does not declare: every commit writes them back.
     unknown: dict[str, Any] = field(default_factory=dict)
@@ -217,6 +221,7 @@ class Runtime:
         self._async: dict[Handler, bool] = {}  # handler -> async def, asked once
         self._rng = random.Random()  # jitter of retry delays
         self.slowest_commit_s = 0.0  # the longest commit round trip (sizes Lambda's margin)
+        self._turn_s = 0.0  # an actor's turn, wall time (moving average): sizes rounds
         self._unfinished: str | None = None  # the token of a round a backend error cut short
 
     def _now_ms(self) -> int:
@@ -232,14 +237,29 @@ class Runtime:
         # so what it took is not left reserved to nobody until the lease expires.
         token = self._unfinished or uuid.uuid4().hex
         self._unfinished = token
+        now_ms = self._now_ms()
         actors, report.promoted = self.backend.poll(
-            self._now_ms(), opts.actors_per_round, opts.lease_ms, awake_ms, token
+            now_ms, self._round_size(now_ms), opts.lease_ms, awake_ms, token
         )
         if actors:
             report.idle = False
+            started = time.monotonic()
             self._turns(actors, budget, report, token=token)
+            per_actor = (time.monotonic() - started) / len(actors)
+            self._turn_s = per_actor if not self._turn_s else 0.8 * self._turn_s + 0.2 * per_actor
         self._unfinished = None
         return report
+
+    def _round_size(self, now_ms: int) -> int:
+        """How many ready actors a round takes: ``actors_per_round``, fewer when a deferred
+        message is due before so many turns would end (each round's poll promotes what is
+        due, so a round that ends by then keeps the message on time under a backlog)."""
+        size = self.options.actors_per_round
+        due = self.backend.known_due_ms()
+        if due is None or not self._turn_s:
+            return size
+        room_s = (due - now_ms) / 1000
+        return max(1, min(size, int(room_s / self._turn_s)))
 
     def run_actor(
         self, actor: str, budget: Budget, ids: set[str]
@@ -490,12 +510,17 @@ class Runtime:
         turn.in_caller = in_caller
         turn.report.turns = 1
         outbox = Outbox(self.registry, turn.now_s)
+        turn.trace = self.registry.tracing.turn(claim.actor, ref.type, claim.entries)
+        outbox.traced = turn.trace is not None
         try:
             failure = self._run_handlers(turn, loaded.state, outbox)
+            if failure is not None:
+                self._after_failure(turn, failure, outbox)
         except _Interrupted as stop:
             return self._interrupted(turn, stop, outbox), turn.report, None
-        if failure is not None:
-            self._after_failure(turn, failure, outbox)
+        finally:
+            if turn.trace is not None:
+                turn.trace.end(turn.report)
         metrics = TurnMetrics(
             actor_type=ref.type,
             actor=claim.actor,
@@ -535,6 +560,9 @@ class Runtime:
             outbox.deleted = False
             ctx: Context[Any] = Context(state, turn.ref, env.id, env.attempt + failed, now, outbox)
             limit_s = turn.actor.policy(env.type).time_limit_s
+            # The handler's span (tracing on) is current while it runs: its sends carry it.
+            span = None if turn.trace is None else turn.trace.handler(env, ctx.attempt, turn.now_s)
+            error: BaseException | None = None
             started = time.monotonic()
             try:
                 if self._is_async(fn):
@@ -546,11 +574,17 @@ class Runtime:
                 saved = stored_state.encode(turn.actor, state, turn.unknown)
                 reply = self._reply(turn, env, result, outbox)
             except BudgetExhausted as e:
+                error = e
                 raise _Interrupted(index, env) from e
             except TimeLimitExceeded as e:
-                return _Failure(index, env, TimeoutError(str(e)))
+                error = TimeoutError(str(e))
+                return _Failure(index, env, error)
             except Exception as e:
+                error = e
                 return _Failure(index, env, e)
+            finally:
+                if span is not None:
+                    span.end(error)
             turn.saved = (saved, len(outbox.items), len(outbox.cancels))
             if reply is not None:
                 turn.replies.append((env.id, reply))
@@ -597,12 +631,23 @@ class Runtime:
         )
         return None
 
-    def _replied(self, now_s: float, env: Envelope, reply: replies.Replied) -> Outgoing:
+    def _replied(
+        self,
+        now_s: float,
+        env: Envelope,
+        reply: replies.Replied,
+        trace: dict[str, str] | EllipsisType | None = ...,
+    ) -> Outgoing:
         """The Replied message for the actor that asked; its id is derived from the asked
-        message's, so a copy is dropped like any other."""
+        message's, so a copy is dropped like any other. ``trace``: the trace it continues
+        (by default the current span's: the handler's that replies)."""
         assert env.reply
         return self.registry.prepare(
-            ActorRef.from_key(env.reply), reply, now_s=now_s, idempotency_key=f"reply:{env.id}"
+            ActorRef.from_key(env.reply),
+            reply,
+            now_s=now_s,
+            idempotency_key=f"reply:{env.id}",
+            trace=trace,
         )
 
     def _dead_replies(
@@ -628,7 +673,8 @@ class Runtime:
                 continue
             failed = replies.Replied(id=env.id, ok=False, error=dead.reason)
             try:
-                out.append(self._replied(self.clock.now(), env, failed))
+                # In the trace of the failed message: the asker's handler continues it.
+                out.append(self._replied(self.clock.now(), env, failed, env.trace))
             except (ActorSystemError, ValidationError) as e:
                 log.error("the failure of %s cannot be replied to %s: %s", env.id, env.reply, e)
         return records, out
@@ -819,6 +865,7 @@ class Runtime:
             message_id=env.id,
             attempt=env.attempt + failed + 1,
             reply=env.reply,  # whoever asked still gets the reply of the copy
+            trace=env.trace,  # and it stays in the trace it was sent in
         )
         outbox.items.append(again)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -30,10 +31,13 @@ def ensure(names: list[str]) -> dict[str, Path]:
         spec = " ".join(SPECS[name])
         if marker.exists() and marker.read_text() == spec:
             continue
+        # Quoted: unquoted, ">=0.26" became a redirection to a file named "=0.26".
+        pins = " ".join(shlex.quote(p) for p in SPECS[name])
         cmd = (
-            f"{sys.executable} -m venv --clear {VENVS / name} && "
-            f"{python_of(name)} -m pip install -q --disable-pip-version-check {spec} && "
-            f"echo -n '{spec}' > {marker}"
+            f"{shlex.quote(sys.executable)} -m venv --clear {shlex.quote(str(VENVS / name))} && "
+            f"{shlex.quote(str(python_of(name)))} -m pip install -q "
+            f"--disable-pip-version-check {pins} && "
+            f"printf %s {shlex.quote(spec)} > {shlex.quote(str(marker))}"
         )
         pending.append((name, subprocess.Popen(["bash", "-c", cmd])))
     for name, proc in pending:

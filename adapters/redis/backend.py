@@ -513,6 +513,12 @@ class RedisBackend:
             totals = [t + int(c) for t, c in zip(totals, counts, strict=True)]
         return totals[0], totals[1], totals[2]
 
+    def known_due_ms(self) -> int | None:
+        if any(d is None for d in self._shard_due):
+            return 0  # a shard to look at again (a producer sent an earlier due time): now
+        known = [d for d in self._shard_due if d != _NOTHING_DUE]
+        return min(known) if known else None
+
     def next_due_ms(self) -> int | None:
         """The earliest time something becomes due: a deferred message, or an actor waiting
         out a retry's backoff (P:paused)."""

@@ -33,6 +33,7 @@ class Queue:
     enqueue_deferred: Callable[[Sequence[float]], None]  # one job per due time (epoch s)
     worker_cmd: Callable[[], list[str]]
     timing: str  # how the queue times deferred jobs
+    settings: str  # how the worker is configured here, and the documentation's advice behind it
 
 
 def client() -> redis.Redis:
@@ -116,6 +117,31 @@ def lateness(q: Queue, n: int, spread_s: float) -> dict[str, float]:
     return summarize(samples, n) | {"samples": samples}
 
 
+def lateness_under_backlog(q: Queue, backlog_n: int, n: int, spread_s: float) -> dict[str, float]:
+    """Deferred jobs due while one worker drains ``backlog_n`` immediate jobs: how late they
+    run when the worker is busy (a queue that promotes due jobs behind its backlog, or
+    only between batches, shows it here). Jobs not run within 30 s of the last due time
+    count as lost for this measurement."""
+    r = client()
+    r.flushall()
+    q.enqueue_batched(backlog_n)
+    proc = start_worker(q)
+    try:
+        deadline = time.monotonic() + 60
+        while int(r.get("bench:count") or 0) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the worker is draining
+        start = time.time() + 0.5
+        q.enqueue_deferred([start + spread_s * i / n for i in range(n)])
+        deadline = start + spread_s + 30
+        while r.llen("bench:late") < n and time.time() < deadline:
+            time.sleep(0.05)
+        drained = int(r.get("bench:count") or 0)
+    finally:
+        stop_worker(proc)
+    samples = sorted(float(x) for x in r.lrange("bench:late", 0, -1))
+    return summarize(samples, n) | {"backlog": backlog_n, "backlog_done_by_then": drained}
+
+
 def summarize(samples: Sequence[float], n: int) -> dict[str, float]:
     k = len(samples)
 
@@ -136,14 +162,17 @@ def summarize(samples: Sequence[float], n: int) -> dict[str, float]:
 
 def main(q: Queue) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["enqueue", "backlog", "lateness"])
+    parser.add_argument("scenario", choices=["enqueue", "backlog", "lateness", "lateness_backlog"])
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--spread", type=float, default=2.0)
+    parser.add_argument("--backlog", type=int, default=50_000)
     args = parser.parse_args()
     if args.scenario == "enqueue":
         out = enqueue_rate(q, args.n)
     elif args.scenario == "backlog":
-        out = backlog(q, args.n)
+        out = backlog(q, args.n) | {"settings": q.settings}
+    elif args.scenario == "lateness_backlog":
+        out = lateness_under_backlog(q, args.backlog, args.n, args.spread)
     else:
         out = lateness(q, args.n, args.spread) | {"timing": q.timing}
     json.dump(out, sys.stdout)

@@ -52,6 +52,7 @@ QUEUE = Queue(
         "8",
     ],
     timing="holds delayed messages in worker memory until due (in-process delay queue)",
+    settings="one process, 8 threads (the default), prefetch 2 per thread (the default)",
 )
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ QUEUE = Queue(
         "--quiet",
     ],
     timing="scheduler polls for due jobs (about once a second), forks a process per job",
+    settings="one worker with its scheduler, the default forking worker (rq's production default)",
 )
 
 if __name__ == "__main__":

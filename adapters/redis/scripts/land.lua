@@ -19,7 +19,8 @@ for i = 4, #ARGV, 5 do
     dropped = dropped + 1
   else
     if tonumber(due) <= now then
-      delivered = delivered + deliver(ARGV[1], KEYS[1], ARGV[2], ARGV[i], id, '', 0, ARGV[i + 4])
+      delivered = delivered + deliver(ARGV[1], KEYS[1], timely(due), ARGV[i], id, '', 0,
+                                     ARGV[i + 4])
     else
       deliver(ARGV[1], KEYS[1], ARGV[2], ARGV[i], id, due, ARGV[i + 3], ARGV[i + 4])
       waiting = waiting + 1

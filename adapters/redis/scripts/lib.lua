@@ -90,11 +90,21 @@ local function wake(prefix)
   redis.call('LTRIM', prefix .. ':wake', 0, 63)
 end
 
+-- The ready time of an actor whose deferred message came due: far ahead of every actor
+-- made ready by an immediate send (the ready set is served oldest first), in due order among
+-- themselves, so that a backlog of immediate messages does not make timed ones late.
+local TIMELY_MS = 1099511627776  -- 2^40 ms, about 35 years
+local function timely(due)
+  return tonumber(due) - TIMELY_MS
+end
+
 local function mark_ready(prefix, ready, now, actor)
   if redis.call('ZSCORE', prefix .. ':paused', actor) then
     return  -- waiting out a retry's backoff: poll makes it ready when that ends
   end
-  if redis.call('ZADD', ready, 'NX', now, actor) == 1 then
+  -- LT: an actor already ready keeps the earlier of the two times (the ready set is served
+  -- oldest first); 1 only when it was not ready.
+  if redis.call('ZADD', ready, 'LT', now, actor) == 1 then
     wake(prefix)
   end
 end

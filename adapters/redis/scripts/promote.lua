@@ -3,14 +3,18 @@
 -- ARGV[1] now ms  ARGV[2] max messages  ARGV[3] prefix  ARGV[4] shard N
 -- Atomic and idempotent: each id leaves the shard exactly once; processed ids are dropped.
 -- Returns {promoted, earliest due ms left in the shard or -1}.
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+-- An actor whose message came due is taken before those made ready by immediate sends
+-- (timely in lib.lua), in due order.
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0,
+                       ARGV[2])
 local n = 0
-for _, id in ipairs(due) do
+for i = 1, #due, 2 do
+  local id = due[i]
   local v = take_body(ARGV[3], ARGV[4], id)
   redis.call('ZREM', KEYS[1], id)
   if v then
     local nl = string.find(v, '\n', 1, true)
-    n = n + deliver(ARGV[3], KEYS[2], ARGV[1], string.sub(v, 1, nl - 1), id, '', 0,
+    n = n + deliver(ARGV[3], KEYS[2], timely(due[i + 1]), string.sub(v, 1, nl - 1), id, '', 0,
                     id .. string.sub(v, nl + 1))
   end
 end
