@@ -1,37 +1,120 @@
 """The ``actor-system`` console script: send, inspect and steer actors without writing Python.
 
 Every command takes ``--url`` (or ``ACTOR_SYSTEM_REDIS_URL``) and, where it needs the actor
-types, ``--app module[:name]`` (or ``ACTOR_SYSTEM_APP``). ``--json`` prints JSON.
+types, ``--app module[:name]`` (or ``ACTOR_SYSTEM_APP``). ``--json`` prints JSON. A user or
+connection error is one line on stderr and exit code 2 (``--verbose``: its traceback).
 """
 
 from __future__ import annotations
 
+import ast
 import base64
 import importlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import click
 import msgpack
+from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
+from redis.exceptions import RedisError
 
-from actor_system import logs
+from actor_system import logs, stored_state
 from actor_system.actor import ActorRef, ActorType
-from actor_system.errors import ActorSystemError, ConfigError, InvalidSend
+from actor_system.envelope import Envelope, decode
+from actor_system.errors import (
+    ActorSystemError,
+    BackendError,
+    ConfigError,
+    DecodeError,
+    InvalidSend,
+)
 from actor_system.payloads import parse_payload
 from actor_system.system import ENV_PREFIX, ActorSystem
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from pydantic import BaseModel
+
+    from actor_system.ports import DeadLetter
+    from actor_system.system import Deferred
+
+
+class CommandError(Exception):
+    """A command line this CLI refuses: one line on stderr, exit code 2."""
+
+
+# What a command reports in one line and exit code 2; anything else is a bug (a traceback).
+USER_ERRORS = (ActorSystemError, ValidationError, CommandError, RedisError)
+_SHOWN_PROBLEMS = 3  # validation problems named in a line
+_REASON_WIDTH = 80  # characters of a dead letter's reason in the dlq list table
+
+
+def problems(errors: Sequence[Mapping[str, Any]], shown: int = _SHOWN_PROBLEMS) -> str:
+    """pydantic's errors as ``field: message`` items on one line, the first ``shown`` of
+    them."""
+    items = [f"{_dotted(e.get('loc', ())) or '(value)'}: {e.get('msg', '')}" for e in errors]
+    more = f"; and {len(items) - shown} more" if len(items) > shown else ""
+    return "; ".join(items[:shown]) + more
+
+
+def _dotted(loc: Iterable[Any]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def describe(e: BaseException) -> str:
+    """An error in one line: a validation error as its problems, text on one line."""
+    if isinstance(e, ValidationError):
+        text = f"invalid {e.title}: {problems(e.errors(include_url=False), 10)}"
+    elif isinstance(e, ActorSystemError | CommandError):
+        text = readable(str(e))
+    elif isinstance(e, RedisError):
+        text = f"Redis failed: {type(e).__name__}: {e}"
+    else:
+        text = f"{type(e).__name__}: {e}"
+    return re.sub(r"\s*\n\s*", " ", text.strip())
+
+
+# A dead letter's reason as the runtime words a payload that fails validation: pydantic's
+# errors as a Python list of dicts. Only their locations and messages are read back.
+_LISTED = re.compile(r"(payload fails validation for \S+: )(\[\{.*\}\])", re.DOTALL)
+_LOC_MSG = re.compile(
+    r"'loc': \((?P<loc>[^)]*)\), 'msg': (?P<msg>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")"
+)
+
+
+def readable(text: str) -> str:
+    """``text`` with a listed validation failure (a dead letter's reason) as ``field:
+    message`` items, as ``problems`` words them; other text as it is."""
+    match = _LISTED.search(text)
+    found = list(_LOC_MSG.finditer(match.group(2))) if match else []
+    if match is None or not found:
+        return text
+    errors = [{"loc": _loc(m["loc"]), "msg": _literal(m["msg"])} for m in found]
+    return text[: match.start(2)] + problems(errors, 10) + text[match.end(2) :]
+
+
+def _loc(text: str) -> tuple[Any, ...]:
+    parts = _literal(f"({text})")
+    return parts if isinstance(parts, tuple) else (text,)
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def load_actors(spec: str) -> list[ActorType[Any]]:
@@ -42,7 +125,9 @@ def load_actors(spec: str) -> list[ActorType[Any]]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ConfigError(f"cannot import actor module {module_name!r}: {e}") from None
+        raise ConfigError(f"cannot import actor module {module_name!r}: {e}") from e
+    except Exception as e:  # the app's own code failed as it was imported
+        raise ConfigError(f"cannot import actor module {module_name!r}: {describe(e)}") from e
     value = getattr(module, attr or "actors", None)
     if isinstance(value, ActorType):
         return [value]
@@ -54,13 +139,22 @@ def load_actors(spec: str) -> list[ActorType[Any]]:
 class Settings:
     """The global options, and the system built from them on first use."""
 
-    def __init__(self, url: str | None, app: str | None, as_json: bool) -> None:
+    def __init__(self, url: str | None, app: str | None, as_json: bool, verbose: bool) -> None:
         self.url = url
         self.app = app
         self.json = as_json
+        self.verbose = verbose
         self._system: ActorSystem | None = None
 
-    def system(self, *, needs_app: bool = False, **options: Any) -> ActorSystem:
+    def system(
+        self,
+        *,
+        needs_app: bool = False,
+        writes: bool = False,
+        options: Mapping[str, Any] | None = None,
+    ) -> ActorSystem:
+        """The system of the global options; ``writes``: the command writes to Redis, which
+        an in-process fakeredis would forget as the command exits."""
         if self._system is None:
             if needs_app and not self.app:
                 raise ConfigError(
@@ -70,7 +164,9 @@ class Settings:
             env = dict(os.environ)
             if self.url:
                 env[f"{ENV_PREFIX}REDIS_URL"] = self.url
-            for name, value in options.items():
+            if writes:
+                _refuse_in_process(env.get(f"{ENV_PREFIX}REDIS_URL", ""))
+            for name, value in (options or {}).items():
                 if value is not None:
                     env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
             actors = load_actors(self.app) if self.app else []
@@ -86,11 +182,28 @@ class Settings:
         elif rows is not None:
             click.echo(table(headers, rows))
         elif isinstance(data, dict):
-            width = max((len(k) for k in data), default=0)
-            for key, value in data.items():
-                click.echo(f"{key:<{width}}  {value}")
+            click.echo(aligned(data))
         else:
             click.echo(data)
+
+
+def _refuse_in_process(url: str) -> None:
+    if urlsplit(url).scheme != "fakeredis":
+        return
+    command = click.get_current_context().command_path.partition(" ")[2]
+    raise CommandError(
+        f"fakeredis:// lives in this process: what {command} writes would vanish when the "
+        "command exits; use a redis:// URL"
+    )
+
+
+def aligned(data: Mapping[str, Any]) -> str:
+    """``key  value`` lines, values aligned; a value's further lines indented under it."""
+    width = max((len(k) for k in data), default=0)
+    indent = "\n" + " " * (width + 2)
+    return "\n".join(
+        f"{key:<{width}}  {indent.join(str(value).splitlines())}" for key, value in data.items()
+    )
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -117,13 +230,18 @@ pass_settings = click.make_pass_decorator(Settings)
 
 
 class Group(click.Group):
-    """Turns our errors into one line on stderr and exit code 2, never a traceback."""
+    """Turns a user or connection error into one line on stderr and exit code 2 (with
+    ``--verbose``, its traceback); click's usage errors keep click's own form."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ActorSystemError as e:
-            click.echo(f"actor-system: {e}", err=True)
+        except USER_ERRORS as e:
+            settings = ctx.find_object(Settings)
+            if settings is not None and settings.verbose:
+                click.echo("".join(traceback.format_exception(e)).rstrip(), err=True)
+            else:
+                click.echo(f"actor-system: {describe(e)}", err=True)
             ctx.exit(2)
 
 
@@ -131,7 +249,8 @@ class Group(click.Group):
 @click.option(
     "--url",
     envvar=f"{ENV_PREFIX}REDIS_URL",
-    help="Redis URL: redis://, rediss:// or fakeredis:// [env ACTOR_SYSTEM_REDIS_URL]",
+    help="Redis URL: redis://, rediss:// or fakeredis:// (in this process: commands that "
+    "write refuse it) [env ACTOR_SYSTEM_REDIS_URL]",
 )
 @click.option(
     "--app",
@@ -147,7 +266,12 @@ class Group(click.Group):
     show_default=True,
     help="log line format",
 )
-@click.option("-v", "--verbose", is_flag=True, help="log at INFO (default WARNING)")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="log at INFO (default WARNING); an error prints its full traceback",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -159,7 +283,7 @@ def main(
 ) -> None:
     """Send to, inspect and run actors of an actor-system application."""
     logs.configure(log_format, 20 if verbose else 30)
-    ctx.obj = Settings(url, app, as_json)
+    ctx.obj = Settings(url, app, as_json, verbose)
 
 
 @main.command()
@@ -194,9 +318,10 @@ def send(
 ) -> None:
     """Send MESSAGE_TYPE with a JSON payload to actor TYPE/ID; prints the message id.
 
+    JSON is the payload itself, - to read it from stdin, or @PATH to read it from a file.
     A payload field the message type does not know is an error that names it (a typo would
     otherwise be dropped and the field's default sent); --lenient ignores such fields."""
-    system = s.system(needs_app=True)
+    system = s.system(needs_app=True, writes=True)
     msg = _message(system, type_name, message_type, payload, lenient)
     if at_ is not None and at_.tzinfo is None:
         at_ = at_.replace(tzinfo=UTC)
@@ -225,11 +350,12 @@ def ask(
     idempotency_key: str | None,
     lenient: bool,
 ) -> None:
-    """Send MESSAGE_TYPE to actor TYPE/ID and print the handler's reply as JSON.
+    """Send MESSAGE_TYPE to actor TYPE/ID and print the handler's reply as JSON (JSON: the
+    payload, - for stdin or @PATH for a file, as for send).
 
     The turn runs here when it can, else a drain's commit is awaited. A message that is
     dead-lettered, or no reply within --timeout, is an error (exit code 2) naming why."""
-    system = s.system(needs_app=True)
+    system = s.system(needs_app=True, writes=True)
     msg = _message(system, type_name, message_type, payload, lenient)
     value = system.ask(
         ActorRef(type_name, actor_id), msg, timeout=timeout, idempotency_key=idempotency_key
@@ -244,10 +370,25 @@ def _message(
     unless ``lenient``)."""
     model, _ = system.registry.get(type_name).resolve(message_type)
     try:
-        data = json.loads(payload)
+        data = json.loads(payload_text(payload))
     except ValueError as e:
         raise InvalidSend(f"invalid {message_type} payload: not JSON: {e}") from None
     return parse_payload(model, data, strict=not lenient)
+
+
+def payload_text(arg: str) -> str:
+    """A payload argument's JSON: ``-`` reads stdin, ``@PATH`` a file, else the argument."""
+    if arg == "-":
+        return click.get_text_stream("stdin").read()
+    if not arg.startswith("@"):
+        return arg
+    path = arg[1:]
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise CommandError(f"cannot read payload file {path!r}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise CommandError(f"payload file {path!r} is not UTF-8: {e}") from e
 
 
 @main.command()
@@ -259,10 +400,12 @@ def delete(s: Settings, type_name: str, actor_id: str, yes: bool) -> None:
     """End actor TYPE/ID: its state and every key of it go (messages still queued start it
     anew from the default state). Needs no --app."""
     ref = ActorRef(type_name, actor_id)
+    system = s.system(writes=True)
     if not yes:
         click.confirm(f"delete actor {ref.key} and its state?", abort=True)
-    had = s.system().delete(ref)
-    s.out({"deleted": ref.key, "had_state": had} if s.json else f"deleted {ref.key}")
+    had = system.delete(ref)
+    note = "" if had else " (it had no stored state)"
+    s.out({"deleted": ref.key, "had_state": had} if s.json else f"deleted {ref.key}{note}")
 
 
 @main.command()
@@ -288,13 +431,45 @@ def reply(s: Settings, message_id: str, timeout: float) -> None:
 def state(s: Settings, type_name: str, actor_id: str, raw: bool) -> None:
     """Print the committed state of actor TYPE/ID as JSON (migrated to the current version).
 
-    A state this deploy cannot read is a one-line error; --raw shows what is stored."""
+    An actor with no stored state prints its default state and says so on stderr; with
+    --json the output is {"actor", "exists", "state"}. A state this deploy cannot read is a
+    one-line error; --raw shows what is stored."""
     ref = ActorRef(type_name, actor_id)
     system = s.system(needs_app=not raw)
     if raw:
         click.echo(json.dumps(jsonable(system.raw_state(ref)), sort_keys=True))
-    else:
-        click.echo(system.state(ref).model_dump_json())
+        return
+    actor = system.registry.get(ref.type)
+    data, _ = system.backend.load_state(ref.key)
+    value, exists = _decoded(ref, actor, data), data is not None
+    if s.json:
+        found = {"actor": ref.key, "exists": exists, "state": value.model_dump(mode="json")}
+        click.echo(json.dumps(found))
+        return
+    click.echo(value.model_dump_json())
+    if not exists:
+        click.echo(
+            f"actor-system: actor {ref.key} has no stored state (printed: its default)", err=True
+        )
+
+
+def _decoded(ref: ActorRef, actor: ActorType[Any], data: bytes | None) -> BaseModel:
+    """The stored state (the default if ``data`` is None); one that does not fit the model
+    is one line naming the actor and the first problems."""
+    try:
+        state: BaseModel = stored_state.decode(actor, data).state
+        return state
+    except stored_state.StateInvalid as e:
+        if not e.errors:
+            raise CommandError(f"{e} (actor {ref.key}; state --raw prints it)") from e
+        raise CommandError(
+            f"stored state of actor type {actor.name!r} (version {e.version}) does not "
+            f"validate against {actor.state_type.__name__}: the state stored for actor "
+            f"{ref.key} does not fit the current model ({problems(e.errors)}); state --raw "
+            "prints it"
+        ) from e
+    except DecodeError as e:
+        raise CommandError(f"{e} (actor {ref.key})") from e
 
 
 def jsonable(value: Any) -> Any:
@@ -323,15 +498,69 @@ def deferred() -> None:
 
 
 @deferred.command("list")
-@click.option("--actor", help="only this actor (TYPE/ID)")
+@click.option(
+    "--actor",
+    metavar="KEY",
+    help="only this actor (TYPE/ID), or the actors whose key starts with KEY (TYPE, TYPE/)",
+)
 @click.option("--limit", type=int, default=100, show_default=True)
 @pass_settings
 def deferred_list(s: Settings, actor: str | None, limit: int) -> None:
-    """Pending deferred messages, earliest first."""
-    ref = ActorRef.from_key(actor) if actor else None
-    rows = s.system().deferred(limit, ref)
-    data = [{"id": d.id, "actor": d.actor, "due": d.due.isoformat()} for d in rows]
-    s.out(data, [(d["id"], d["actor"], d["due"]) for d in data], ("ID", "ACTOR", "DUE (UTC)"))
+    """Pending deferred messages, earliest first, with their message types."""
+    system = s.system()
+    rows = _deferred(system, actor, limit)
+    types = message_types(system, [d.id for d in rows])
+    data = [
+        {"id": d.id, "actor": d.actor, "type": t, "due": d.due.isoformat()}
+        for d, t in zip(rows, types, strict=True)
+    ]
+    s.out(
+        data,
+        [(d["id"], d["actor"], d["type"], d["due"]) for d in data],
+        ("ID", "ACTOR", "TYPE", "DUE (UTC)"),
+    )
+
+
+def _deferred(system: ActorSystem, actor: str | None, limit: int) -> list[Deferred]:
+    """A full key (TYPE/ID) is one actor's; anything else is a key prefix, looked for among
+    the earliest ``limit * 100`` of each delay shard, as the backend does for one actor."""
+    if not actor:
+        return system.deferred(limit)
+    kind, _, actor_id = actor.partition("/")
+    if actor_id:
+        return system.deferred(limit, ActorRef(kind, actor_id))
+    found = system.deferred(limit * 100)
+    return [d for d in found if d.actor.startswith(actor)][:limit]
+
+
+def message_types(system: ActorSystem, ids: Sequence[str]) -> list[str]:
+    """The message type of each deferred message ("?" where it cannot be read). The
+    Inspector port answers none, so the bodies are read where the Redis adapter keeps them
+    (``Keys.delay_msg``, and the bucket of the rule before ids carried their target)."""
+    from actor_system.adapters.redis import RedisBackend
+
+    backend = system.backend
+    if not ids or not isinstance(backend, RedisBackend):
+        return ["?"] * len(ids)
+    k = backend.keys
+    pipe = backend.client.pipeline(transaction=False)
+    for mid in ids:
+        pipe.hget(k.delay_msg(k.shard_of(mid), mid), mid)
+        pipe.hget(k.old_delay_msg(k.old_shard_of(mid), mid), mid)
+    try:
+        got = pipe.execute()
+    except RedisError as e:
+        raise BackendError(f"Redis deferred bodies failed: {type(e).__name__}: {e}") from e
+    bodies = [new or old for new, old in zip(got[0::2], got[1::2], strict=True)]
+    return [_type_of(mid, body) for mid, body in zip(ids, bodies, strict=True)]
+
+
+def _type_of(message_id: str, body: bytes | None) -> str:
+    """A stored body is ``target \\n entry without its id``."""
+    try:
+        return decode(message_id.encode() + (body or b"").partition(b"\n")[2]).type
+    except DecodeError:
+        return "?"
 
 
 @deferred.command("cancel")
@@ -339,7 +568,7 @@ def deferred_list(s: Settings, actor: str | None, limit: int) -> None:
 @pass_settings
 def deferred_cancel(s: Settings, message_id: str) -> None:
     """Cancel a deferred message that is not yet due."""
-    if not s.system().cancel(message_id):
+    if not s.system(writes=True).cancel(message_id):
         raise InvalidSend(f"no pending deferred message {message_id} (delivered or unknown)")
     s.out({"cancelled": message_id} if s.json else f"cancelled {message_id}")
 
@@ -348,8 +577,7 @@ def deferred_cancel(s: Settings, message_id: str) -> None:
 @pass_settings
 def recover(s: Settings) -> None:
     """After Redis lost writes: send again what S3-state actors sent and Redis lost."""
-    system = s.system(needs_app=False)
-    s.out({"actors_resent": system.recover()})
+    s.out({"actors_resent": s.system(writes=True).recover()})
 
 
 @main.group()
@@ -373,30 +601,98 @@ def dlq_list(s: Settings, limit: int) -> None:
         }
         for d in dead
     ]
-    rows = [(d.id or "-", d.actor, d.attempts, iso(d.at_ms), d.reason[:80]) for d in dead]
+    rows = [
+        (d.id or "-", d.actor or "-", d.attempts, iso(d.at_ms), summary(d.reason)) for d in dead
+    ]
     s.out(data, rows, ("ID", "ACTOR", "ATTEMPTS", "AT (UTC)", "REASON"))
+
+
+def summary(reason: str) -> str:
+    """A reason's first line, cut to the table's width."""
+    lines = readable(reason).strip().splitlines() or [""]
+    first = lines[0]
+    if len(first) > _REASON_WIDTH:
+        return first[: _REASON_WIDTH - 3] + "..."
+    return first + " ..." if len(lines) > 1 else first
 
 
 @dlq.command("show")
 @click.argument("message_id")
+@click.option("--raw", is_flag=True, help="also print the entry's bytes (hex)")
 @pass_settings
-def dlq_show(s: Settings, message_id: str) -> None:
-    """One dead letter in full: reason, attempts, error, the raw entry."""
+def dlq_show(s: Settings, message_id: str, raw: bool) -> None:
+    """One dead letter in full: why (reason, attempts, errors) and its message (type,
+    target, payload as JSON, attempt, sent and due times). The entry's bytes are printed
+    with --raw, or when they do not decode; --json always has them ("entry", hex)."""
     d = s.system().dead_letter(message_id)
     if d is None:
         raise InvalidSend(f"no dead letter with id {message_id}")
-    s.out(
-        {
-            "id": d.id,
-            "actor": d.actor,
-            "attempts": d.attempts,
-            "at": iso(d.at_ms),
-            "reason": d.reason,
-            "first_error": d.first_error,
-            "error": d.error,
-            "entry": d.entry.hex(),
+    try:
+        env: Envelope | None = decode(d.entry)
+        undecodable = ""
+    except DecodeError as e:
+        env, undecodable = None, str(e)
+    if s.json:
+        s.out(_dead_json(d, env, undecodable))
+    else:
+        s.out(_dead_text(d, env, undecodable, raw))
+
+
+def _dead_json(d: DeadLetter, env: Envelope | None, undecodable: str) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "actor": d.actor,
+        "attempts": d.attempts,
+        "at": iso(d.at_ms),
+        "reason": d.reason,
+        "first_error": d.first_error,
+        "error": d.error,
+        "envelope": None if env is None else _envelope(env),
+        "decode_error": undecodable or None,
+        "entry": d.entry.hex(),
+    }
+
+
+def _envelope(env: Envelope) -> dict[str, Any]:
+    return {
+        "id": env.id,
+        "type": env.type,
+        "target": env.target,
+        "payload": jsonable(env.payload),
+        "attempt": env.attempt,
+        "sent_at": iso(env.sent_at_ms),
+        "due_at": None if env.due_at_ms is None else iso(env.due_at_ms),
+        "reply": env.reply,
+    }
+
+
+def _dead_text(d: DeadLetter, env: Envelope | None, undecodable: str, raw: bool) -> dict[str, Any]:
+    lines: dict[str, Any] = {
+        "id": d.id or "-",
+        "actor": d.actor or "-",
+        "at": iso(d.at_ms),
+        "attempts": d.attempts,
+        "reason": readable(d.reason),
+    }
+    if env is None:
+        lines["message"] = f"undecodable: {undecodable}"
+    else:
+        lines |= {
+            "message": env.type,
+            "target": env.target,
+            "payload": json.dumps(jsonable(env.payload)),
+            "attempt": env.attempt,
+            "sent": iso(env.sent_at_ms),
+            "due": iso(env.due_at_ms),
         }
-    )
+        if env.reply is not None:
+            lines["reply to"] = env.reply or "its asker"
+    if d.first_error not in ("", d.reason, d.error):
+        lines["first error"] = readable(d.first_error)
+    lines["error"] = readable(d.error) or "-"
+    if raw or env is None:
+        lines["entry"] = d.entry.hex()
+    return lines
 
 
 def _each_dead(
@@ -431,7 +727,7 @@ def _progress(items: Sequence[Any], label: str) -> Any:
 @pass_settings
 def dlq_redrive(s: Settings, message_id: str | None, every: bool) -> None:
     """Put dead letters back in their actors' mailboxes with a fresh attempt count."""
-    _each_dead(s, message_id, every, "redriven", s.system().redrive)
+    _each_dead(s, message_id, every, "redriven", s.system(writes=True).redrive)
 
 
 @dlq.command("purge")
@@ -441,9 +737,10 @@ def dlq_redrive(s: Settings, message_id: str | None, every: bool) -> None:
 @pass_settings
 def dlq_purge(s: Settings, message_id: str | None, every: bool, yes: bool) -> None:
     """Delete dead letters for good."""
+    system = s.system(writes=True)
     if every and not yes and not click.confirm("Delete every dead letter?", err=True):
         raise click.Abort
-    _each_dead(s, message_id, every, "purged", s.system().purge)
+    _each_dead(s, message_id, every, "purged", system.purge)
 
 
 @main.command()
@@ -464,7 +761,7 @@ def worker(
     """Drain until SIGTERM or SIGINT (each stops after its current round)."""
     options = {"batch": batch, "lease_ms": lease_ms, "max_attempts": max_attempts}
     if concurrency == 1:
-        report = s.system(needs_app=True, **options).worker().run()
+        report = s.system(needs_app=True, options=options).worker().run()
         totals = {
             "turns": report.turns,
             "messages": report.messages,
@@ -472,7 +769,7 @@ def worker(
             "retries": report.retries,
         }
     else:
-        s.system(needs_app=True, **options)  # fail here, once, on bad settings
+        s.system(needs_app=True, options=options)  # fail here, once, on bad settings
         totals = _run_children(s, concurrency, options)
     s.out(totals)
 

@@ -4,33 +4,54 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import msgpack
 import pytest
+from pydantic import BaseModel
 
-from actor_system import ActorSystem
-from tests.actors import Add, Boom, Note, actors, counter, logger
+from actor_system import ActorSystem, ActorType, Context
+from actor_system.ports import DeadLetter
+from tests.actors import Add, Boom, CounterState, Note, actors, counter, logger
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
 EXE = shutil.which("actor-system") or "actor-system"
+UNKNOWN_ID = "f" * 32
+UNREACHABLE = "redis://127.0.0.1:1/0"
+ISO_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00")
 
 
-def cli(url: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+def cli(
+    url: str, *args: str, ok: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
         [EXE, "--url", url, "--app", "tests.actors", *args],
         capture_output=True,
         text=True,
         timeout=60,
+        input=stdin,
     )
     if ok:
         assert done.returncode == 0, done.stderr
     return done
+
+
+def error_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The one line a failed command prints (exit code 2, nothing on stdout)."""
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("actor-system: ")
+    return lines[0]
 
 
 def test_send_then_state_round_trip(redis_url: str) -> None:
@@ -42,44 +63,265 @@ def test_send_then_state_round_trip(redis_url: str) -> None:
 
 def test_user_mistakes_are_one_line_and_exit_2(redis_url: str) -> None:
     cases = [
-        (("send", "counter", "a", "Add", '{"n": "x"}'), "invalid Add payload"),
-        (("send", "ghost", "a", "Add", "{}"), "'ghost' is not registered"),
-        (("send", "counter", "a", "Nope", "{}"), "no handler for message type 'Nope'"),
-        (("send", "counter", "a", "Add", '{"n": 1}', "--delay", "-5"), "must be a finite"),
-        (("deferred", "cancel", "f" * 32), "no pending deferred message"),
-        (("dlq", "show", "f" * 32), "no dead letter with id"),
-        (("dlq", "redrive"), "either a MESSAGE_ID or --all"),
+        (
+            ("send", "counter", "a", "Nope", "{}"),
+            "actor type 'counter' has no handler for message type 'Nope' (known: Add)",
+        ),
+        (
+            ("send", "counter", "a", "Add", '{"n": 1}', "--delay", "-5"),
+            "delay=-5.0 must be a finite number of seconds >= 0",
+        ),
+        (
+            ("deferred", "cancel", UNKNOWN_ID),
+            f"no pending deferred message {UNKNOWN_ID} (delivered or unknown)",
+        ),
+        (("dlq", "show", UNKNOWN_ID), f"no dead letter with id {UNKNOWN_ID}"),
+        (("dlq", "redrive"), "redriven takes either a MESSAGE_ID or --all"),
+        (("reply", "xyz"), "'xyz' is not a message id (32 lowercase hex digits)"),
     ]
     for args, message in cases:
-        done = cli(redis_url, *args, ok=False)
-        assert done.returncode == 2, (args, done.stderr)
-        assert message in done.stderr
-        assert "Traceback" not in done.stderr
-        assert len(done.stderr.strip().splitlines()) == 1
-    bad = subprocess.run([EXE, "--url", "redsi://x", "stats"], capture_output=True, text=True)
-    assert bad.returncode == 2
-    assert "unknown URL scheme 'redsi'" in bad.stderr
+        assert error_line(cli(redis_url, *args, ok=False)) == f"actor-system: {message}", args
 
 
-@pytest.mark.parametrize(
-    "args",
+# Every command that talks to Redis (worker retries an unreachable one: it is left out there).
+REDIS_COMMANDS = [
+    ("stats",),
+    ("state", "counter", "a"),
+    ("state", "--raw", "counter", "a"),
+    ("send", "counter", "a", "Add", '{"n": 1}'),
+    ("ask", "counter", "a", "Add", '{"n": 1}'),
+    ("delete", "counter", "a", "--yes"),
+    ("reply", UNKNOWN_ID),
+    ("recover",),
+    ("deferred", "list"),
+    ("deferred", "cancel", UNKNOWN_ID),
+    ("dlq", "list"),
+    ("dlq", "show", UNKNOWN_ID),
+    ("dlq", "redrive", "--all"),
+    ("dlq", "purge", "--all", "--yes"),
+]
+NOT_AN_INT = "n: Input should be a valid integer, unable to parse string as an integer"
+GHOST = "actor type 'ghost' is not registered with this system (known: counter, logger, probe)"
+ERROR_CASES = (
     [
-        ("stats",),
-        ("state", "counter", "a"),
-        ("send", "counter", "a", "Add", '{"n": 1}'),
-        ("deferred", "list"),
-        ("deferred", "cancel", "f" * 32),
-        ("dlq", "list"),
-        ("dlq", "show", "f" * 32),
-        ("delete", "counter", "a", "--yes"),
-    ],
+        pytest.param(
+            "redsi://x", args, "unknown URL scheme 'redsi' in 'redsi://x'", id=f"scheme-{args[0]}"
+        )
+        for args in [*REDIS_COMMANDS, ("worker",)]
+    ]
+    + [
+        pytest.param(UNREACHABLE, args, "Connection refused.", id=f"unreachable-{args[0]}")
+        for args in REDIS_COMMANDS
+    ]
+    + [
+        pytest.param("", args, GHOST, id=f"ghost-{args[0]}")
+        for args in [
+            ("send", "ghost", "a", "Add", '{"n": 1}'),
+            ("ask", "ghost", "a", "Add", '{"n": 1}'),
+            ("state", "ghost", "a"),
+        ]
+    ]
+    + [
+        pytest.param(
+            "",
+            (verb, "counter", "a", "Add", '{"n": "x"}'),
+            f"invalid Add payload: {NOT_AN_INT}",
+            id=f"payload-{verb}",
+        )
+        for verb in ("send", "ask")
+    ]
 )
-def test_an_unreachable_redis_is_one_line_and_exit_2(args: tuple[str, ...]) -> None:
-    done = cli("redis://127.0.0.1:1/0", *args, ok=False)
-    assert done.returncode == 2, done.stderr
-    assert "Connection refused" in done.stderr
-    assert "Traceback" not in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("url", "args", "message"), ERROR_CASES)
+def test_every_command_error_is_one_line_and_exit_2(
+    url: str, args: tuple[str, ...], message: str, redis_url: str
+) -> None:
+    line = error_line(cli(url or redis_url, *args, ok=False))
+    if url == UNREACHABLE:  # each command names the call that failed
+        assert line.startswith("actor-system: Redis "), line
+        assert line.endswith(
+            f"failed: ConnectionError: Error 111 connecting to 127.0.0.1:1. {message}"
+        )
+    elif url:
+        assert line.startswith(f"actor-system: {message}"), line
+    else:
+        assert line == f"actor-system: {message}"
+
+
+def test_verbose_prints_the_traceback_instead(redis_url: str) -> None:
+    done = cli(redis_url, "--verbose", "send", "ghost", "a", "Add", "{}", ok=False)
+    assert done.returncode == 2
+    assert done.stderr.startswith("Traceback (most recent call last):\n")
+    assert done.stderr.rstrip().splitlines()[-1] == f"actor_system.errors.UnknownActorType: {GHOST}"
+    assert "actor-system: " not in done.stderr
+
+
+def plant_state(redis_url: str, key: str, mapping: dict[str, object]) -> None:
+    """Store state bytes straight into Redis, as an older deploy would have left them."""
+    system = ActorSystem.from_url(redis_url, actors=actors)
+    name = system.backend.keys.actor(key, "state")  # type: ignore[attr-defined]
+    data = msgpack.packb(mapping, use_bin_type=True)
+    system.backend.client.hset(name, mapping={"d": data, "v": 1})  # type: ignore[attr-defined]
+    system.close()
+
+
+def test_a_stored_state_that_no_longer_fits_is_one_line(redis_url: str) -> None:
+    plant_state(redis_url, "counter/bad", {"count": "x" * 500, "seen": [1, 2, 3], "_v": 1})
+    line = error_line(cli(redis_url, "state", "counter", "bad", ok=False))
+    assert line == (
+        "actor-system: stored state of actor type 'counter' (version 1) does not validate "
+        "against CounterState: the state stored for actor counter/bad does not fit the current "
+        "model (count: Input should be a valid integer, unable to parse string as an integer; "
+        "seen.0: Input should be a valid string; seen.1: Input should be a valid string; and 1 "
+        "more); state --raw prints it"
+    )
+    raw = json.loads(cli(redis_url, "state", "--raw", "counter", "bad").stdout)
+    assert raw == {"count": "x" * 500, "seen": [1, 2, 3], "_v": 1}
+    verbose = cli(redis_url, "--verbose", "state", "counter", "bad", ok=False)
+    assert verbose.returncode == 2
+    assert "stored_state.StateInvalid: stored state of actor type 'counter'" in verbose.stderr
+    assert verbose.stderr.rstrip().splitlines()[-1] == f"actor_system.cli.CommandError: {line[14:]}"
+
+
+class Older:
+    """The models of an older deploy: its Add took n as text."""
+
+    class Add(BaseModel):
+        n: str
+
+
+older_counter = ActorType("counter", state=CounterState)
+
+
+@older_counter.handler
+def older_add(ctx: Context[CounterState], msg: Older.Add) -> None:
+    pass
+
+
+def test_validation_errors_are_field_message_items(redis_url: str, tmp_path: Path) -> None:
+    bad = cli(redis_url, "send", "counter", "a", "Add", '{"n": "x", "work_ms": "y"}', ok=False)
+    assert error_line(bad) == (
+        f"actor-system: invalid Add payload: {NOT_AN_INT}; "
+        "work_ms: Input should be a valid number, unable to parse string as a number"
+    )
+    # A pydantic error raised by the app itself as it is imported
+    (tmp_path / "badapp.py").write_text(
+        "from pydantic import BaseModel\n"
+        "class Item(BaseModel):\n    n: int\n    m: int\n"
+        "Item.model_validate({'n': 'x'})\n"
+    )
+    done = subprocess.run(
+        [EXE, "--url", redis_url, "--app", "badapp", "stats"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert error_line(done) == (
+        f"actor-system: cannot import actor module 'badapp': invalid Item: {NOT_AN_INT}; "
+        "m: Field required"
+    )
+    # A message that fails validation where it is processed: the runtime's reason lists
+    # pydantic's errors as Python dicts; the CLI prints them as items.
+    sender = ActorSystem.from_url(redis_url, actors=[older_counter])
+    mid = sender.send(older_counter.ref("v"), Older.Add(n="x"))
+    ActorSystem.from_url(redis_url, actors=actors).run_until_idle()
+    row = cli(redis_url, "dlq", "list").stdout.splitlines()[2]
+    assert row.endswith(
+        "payload fails validation for Add: n: Input should be a valid integer, unable ..."
+    )
+    shown = cli(redis_url, "dlq", "show", mid).stdout
+    assert f"reason    payload fails validation for Add: {NOT_AN_INT}\n" in shown
+    assert "[{" not in shown
+
+
+def test_dlq_show_prints_the_decoded_message(redis_url: str) -> None:
+    system = ActorSystem.from_url(redis_url, actors=actors, max_attempts=1)
+    mid = system.send(logger.ref("x"), Boom(times=1))
+    system.run_until_idle()
+    dead = system.dead_letter(mid)
+    assert dead is not None
+    text = cli(redis_url, "dlq", "show", mid).stdout
+    lines = text.splitlines()
+    assert lines[:5] == [
+        f"id        {mid}",
+        "actor     logger/x",
+        f"at        {lines[2][10:]}",
+        "attempts  1",
+        "reason    failed 1 times, last: RuntimeError: boom on attempt 1",
+    ]
+    assert ISO_MS.fullmatch(lines[2][10:])
+    assert lines[5:10] == [
+        "message   Boom",
+        "target    logger/x",
+        'payload   {"times": 1}',
+        "attempt   1",
+        f"sent      {lines[9][10:]}",
+    ]
+    assert ISO_MS.fullmatch(lines[9][10:])
+    assert lines[10] == "due       -"
+    assert lines[11] == "error     " + dead.error.splitlines()[0]
+    assert lines[-1] == "          RuntimeError: boom on attempt 1"
+    assert "entry" not in text
+    raw = cli(redis_url, "dlq", "show", "--raw", mid).stdout.splitlines()
+    assert raw[:-1] == lines
+    assert raw[-1] == f"entry     {dead.entry.hex()}"
+    data = json.loads(cli(redis_url, "--json", "dlq", "show", mid).stdout)
+    assert data["envelope"] == {
+        "id": mid,
+        "type": "Boom",
+        "target": "logger/x",
+        "payload": {"times": 1},
+        "attempt": 1,
+        "sent_at": lines[9][10:],
+        "due_at": None,
+        "reply": None,
+    }
+    assert data["entry"] == dead.entry.hex()
+    assert data["decode_error"] is None
+    assert data["reason"] == dead.reason
+    system.close()
+
+
+def push_dead_letter(redis_url: str, dead: DeadLetter) -> None:
+    """A dead letter stored as the runtime stores one."""
+    system = ActorSystem.from_url(redis_url, actors=actors)
+    system.backend.client.lpush(system.backend.keys.dlq, dead.encode())  # type: ignore[attr-defined]
+    system.close()
+
+
+def test_dlq_show_of_an_undecodable_entry_shows_the_reason_and_the_bytes(redis_url: str) -> None:
+    now_ms = int(time.time() * 1000)
+    push_dead_letter(
+        redis_url, DeadLetter(UNKNOWN_ID, "counter/x", "undecodable entry", 1, now_ms, "", b"junk")
+    )
+    lines = cli(redis_url, "dlq", "show", UNKNOWN_ID).stdout.splitlines()
+    assert lines[3:] == [
+        "attempts  1",
+        "reason    undecodable entry",
+        "message   undecodable: entry of 4 bytes is too short to hold an envelope",
+        "error     -",
+        f"entry     {b'junk'.hex()}",
+    ]
+    data = json.loads(cli(redis_url, "--json", "dlq", "show", UNKNOWN_ID).stdout)
+    assert data["envelope"] is None
+    assert data["decode_error"] == "entry of 4 bytes is too short to hold an envelope"
+    assert data["entry"] == b"junk".hex()
+
+
+def test_dlq_list_shows_the_first_line_of_a_reason(redis_url: str) -> None:
+    now_ms = int(time.time() * 1000)
+    for mid, reason in (("a" * 32, "first line\nsecond line\nthird"), ("b" * 32, "y" * 200)):
+        push_dead_letter(redis_url, DeadLetter(mid, "counter/x", reason, 1, now_ms, "", b""))
+    lines = cli(redis_url, "dlq", "list").stdout.splitlines()
+    assert len(lines) == 4  # header, rule, two rows
+    assert lines[2].startswith("b" * 32)
+    assert lines[2].endswith("  " + "y" * 77 + "...")
+    assert lines[3].startswith("a" * 32)
+    assert lines[3].endswith("  first line ...")
+    listed = json.loads(cli(redis_url, "--json", "dlq", "list").stdout)
+    assert [d["reason"] for d in listed] == ["y" * 200, "first line\nsecond line\nthird"]
 
 
 def test_deferred_list_and_cancel(redis_url: str) -> None:
@@ -94,6 +336,103 @@ def test_deferred_list_and_cancel(redis_url: str) -> None:
     assert "counter/d" in cli(redis_url, "deferred", "list").stdout  # the table form
     cli(redis_url, "deferred", "cancel", mid.strip())
     assert len(json.loads(cli(redis_url, "--json", "deferred", "list").stdout)) == 1
+
+
+def test_deferred_list_shows_types_and_takes_a_key_prefix(redis_url: str) -> None:
+    system = ActorSystem.from_url(redis_url, actors=actors)
+    ids = [
+        system.send(counter.ref("o1"), Add(n=1), delay=600),
+        system.send(logger.ref("l1"), Note(text="x"), delay=700),
+        system.send(counter.ref("o2"), Add(n=2), delay=800),
+    ]
+    system.close()
+    listed = json.loads(cli(redis_url, "--json", "deferred", "list").stdout)
+    assert [(d["id"], d["actor"], d["type"]) for d in listed] == [
+        (ids[0], "counter/o1", "Add"),
+        (ids[1], "logger/l1", "Note"),
+        (ids[2], "counter/o2", "Add"),
+    ]
+    table = cli(redis_url, "deferred", "list").stdout.splitlines()
+    assert table[0].split() == ["ID", "ACTOR", "TYPE", "DUE", "(UTC)"]
+    assert table[3].split()[:3] == [ids[1], "logger/l1", "Note"]
+
+    def actors_of(key: str) -> list[str]:
+        out = cli(redis_url, "--json", "deferred", "list", "--actor", key).stdout
+        return [d["actor"] for d in json.loads(out)]
+
+    assert actors_of("counter") == ["counter/o1", "counter/o2"]
+    assert actors_of("counter/") == ["counter/o1", "counter/o2"]
+    assert actors_of("count") == ["counter/o1", "counter/o2"]
+    assert actors_of("counter/o2") == ["counter/o2"]
+    assert actors_of("counter/o") == []  # a full key: no actor counter/o
+    assert actors_of("logger") == ["logger/l1"]
+    assert actors_of("ghost") == []
+
+
+def test_payloads_from_stdin_and_files(redis_url: str, tmp_path: Path) -> None:
+    add = tmp_path / "add.json"
+    add.write_text('{"n": 5}')
+    cli(redis_url, "send", "counter", "p", "Add", "-", stdin='{"n": 2}')
+    cli(redis_url, "send", "counter", "p", "Add", f"@{add}")
+    asked = cli(redis_url, "ask", "counter", "p", "Add", f"@{add}")
+    assert json.loads(asked.stdout) is None  # the handler returns nothing
+    ActorSystem.from_url(redis_url, actors=actors).run_until_idle()
+    assert json.loads(cli(redis_url, "state", "counter", "p").stdout)["count"] == 12
+    nope = tmp_path / "nope.json"
+    missing = cli(redis_url, "send", "counter", "p", "Add", f"@{nope}", ok=False)
+    assert error_line(missing) == (
+        f"actor-system: cannot read payload file '{nope}': No such file or directory"
+    )
+    empty = cli(redis_url, "send", "counter", "p", "Add", "-", ok=False, stdin="")
+    assert error_line(empty) == (
+        "actor-system: invalid Add payload: not JSON: Expecting value: line 1 column 1 (char 0)"
+    )
+
+
+def test_state_of_an_actor_without_stored_state(redis_url: str) -> None:
+    none = cli(redis_url, "state", "counter", "nobody")
+    assert none.stdout == '{"count":0,"seen":[]}\n'
+    assert none.stderr == (
+        "actor-system: actor counter/nobody has no stored state (printed: its default)\n"
+    )
+    as_json = cli(redis_url, "--json", "state", "counter", "nobody")
+    assert json.loads(as_json.stdout) == {
+        "actor": "counter/nobody",
+        "exists": False,
+        "state": {"count": 0, "seen": []},
+    }
+    assert as_json.stderr == ""
+    system = ActorSystem.from_url(redis_url, actors=actors)
+    mid = system.send(counter.ref("some"), Add(n=3))
+    system.run_until_idle()
+    some = cli(redis_url, "state", "counter", "some")
+    assert (json.loads(some.stdout), some.stderr) == ({"count": 3, "seen": [mid]}, "")
+    found = json.loads(cli(redis_url, "--json", "state", "counter", "some").stdout)
+    assert found == {"actor": "counter/some", "exists": True, "state": {"count": 3, "seen": [mid]}}
+
+
+WRITES = {
+    "send": ("send", "counter", "a", "Add", '{"n": 1}'),
+    "ask": ("ask", "counter", "a", "Add", '{"n": 1}'),
+    "delete": ("delete", "counter", "a", "--yes"),
+    "recover": ("recover",),
+    "deferred cancel": ("deferred", "cancel", UNKNOWN_ID),
+    "dlq redrive": ("dlq", "redrive", "--all"),
+    "dlq purge": ("dlq", "purge", "--all", "--yes"),
+}
+
+
+@pytest.mark.parametrize("command", WRITES)
+def test_commands_that_write_refuse_fakeredis(command: str) -> None:
+    assert error_line(cli("fakeredis://", *WRITES[command], ok=False)) == (
+        f"actor-system: fakeredis:// lives in this process: what {command} writes would "
+        "vanish when the command exits; use a redis:// URL"
+    )
+
+
+def test_commands_that_only_read_take_fakeredis() -> None:
+    assert json.loads(cli("fakeredis://", "--json", "stats").stdout)["mailbox_messages"] == 0
+    assert json.loads(cli("fakeredis://", "--json", "dlq", "list").stdout) == []
 
 
 def test_dead_letters_list_show_redrive_purge(redis_url: str) -> None:
