@@ -16,8 +16,11 @@ from pydantic import BaseModel
 from actor_system.envelope import Envelope, Outgoing, check_size, due_ms, encode, new_id
 from actor_system.errors import ConfigError, InvalidSend, UnknownActorType, UnknownMessageType
 from actor_system.policy import RetryPolicy
+from actor_system.tracing import Tracing
 
 if typing.TYPE_CHECKING:
+    from types import EllipsisType
+
     from actor_system.options import Options
 
 S = TypeVar("S", bound=BaseModel)
@@ -343,8 +346,12 @@ def _message_annotation(
 class Registry:
     """The actor types of one system, and the encoding of outgoing messages."""
 
-    def __init__(self, actors: Iterable[ActorType[Any]], options: Options) -> None:
+    def __init__(
+        self, actors: Iterable[ActorType[Any]], options: Options, tracing: Tracing | None = None
+    ) -> None:
         self.options = options
+        # Sends made while a span is current carry its trace context (when tracing is on).
+        self.tracing = tracing or Tracing()
         self._types: dict[str, ActorType[Any]] = {}
         for actor in actors:
             if not isinstance(actor, ActorType):
@@ -377,11 +384,13 @@ class Registry:
         message_id: str | None = None,
         attempt: int = 1,
         reply: str | None = None,
+        trace: dict[str, str] | EllipsisType | None = ...,
     ) -> Outgoing:
         """Validate and encode one send; raises before anything reaches a backend.
 
         ``reply``: who wants the handler's reply (Envelope.reply); an actor key must name an
-        actor type that handles ``Replied``."""
+        actor type that handles ``Replied``. ``trace``: the trace context it carries
+        (Envelope.trace); by default the current span's, when tracing is on."""
         if not isinstance(ref, ActorRef):
             raise InvalidSend(f"target must be an ActorRef (use actor.ref(id)), got {ref!r}")
         if not isinstance(msg, BaseModel):
@@ -408,6 +417,7 @@ class Registry:
             sent_at_ms=int(now_s * 1000),
             due_at_ms=due,
             reply=reply,
+            trace=self.tracing.carrier() if trace is ... else trace,
         )
         entry = encode(env)
         check_size(entry, self.options.max_message_bytes, f"message {env.type} to {target}")

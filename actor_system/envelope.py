@@ -2,8 +2,9 @@
 
 On the wire a mailbox entry is the 32-character hex message id followed by the msgpack body
 [format version, target, type, payload, attempt, sent-at ms, due-at ms] and, for a message
-whose sender wants its reply, an eighth field (see Envelope.reply), so that Lua scripts read
-the id (for de-duplication) without decoding msgpack.
+whose sender wants its reply, an eighth field (see Envelope.reply), and for a message sent
+within a trace a ninth (see Envelope.trace; the eighth is then nil if nobody wants the reply),
+so that Lua scripts read the id (for de-duplication) without decoding msgpack.
 
 A message id is 128 bits in hex: 48 bits of send time in ms and a 16-bit sequence (so that
 ids from one sender sort in send order: the delay queue breaks ties of equal due times by
@@ -32,12 +33,15 @@ from actor_system.errors import DecodeError, InvalidSend, MessageTooLarge
 
 FORMAT_VERSION = 1
 ID_LENGTH = 32
-_FIELDS = 7  # an eighth, the reply field, is written only when it is set
+_FIELDS = 7  # an eighth, the reply field, and a ninth, the trace, are written only when set
 _HEX_ID = re.compile(rb"[0-9a-f]{32}")
 # The one message type of the runtime's own, never a handler's (a model name cannot hold
 # ':'): it removes an ended actor's S3 object once its replay window has passed.
 PURGE_TYPE = "actor-system:purge"
 _HEX_ID_STR = re.compile(r"[0-9a-f]{32}")
+# A traceparent is 55 characters (version 00 of W3C Trace Context); a tracestate longer than
+# 512 is one that OpenTelemetry's propagator drops: longer values are not a trace context.
+MAX_TRACE_CHARS = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,10 @@ class Envelope:
     # returns one), "" a caller waiting on Redis (system.ask: a reply is always stored),
     # "type/id" an actor, which gets it as a Replied message.
     reply: str | None = None
+    # The W3C trace context of the send (``traceparent``, and ``tracestate`` when there is
+    # one), when it was made within a trace (see actor_system.tracing); None otherwise. On
+    # the wire: the ninth field, [traceparent] or [traceparent, tracestate].
+    trace: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +139,10 @@ def encode(env: Envelope) -> bytes:
         env.sent_at_ms,
         env.due_at_ms,
     ]
-    if env.reply is not None:
+    if env.reply is not None or env.trace is not None:
         fields.append(env.reply)
+    if env.trace is not None:
+        fields.append(_trace_field(env.trace))
     body: bytes = msgpack.packb(fields, use_bin_type=True)
     return env.id.encode("ascii") + body
 
@@ -148,12 +158,15 @@ def decode(raw: bytes) -> Envelope:
         fields = msgpack.unpackb(raw[ID_LENGTH:], raw=False, strict_map_key=True)
     except Exception as e:  # msgpack raises several unrelated exception types
         raise DecodeError(f"undecodable msgpack: {type(e).__name__}: {e}", raw) from e
-    # Fields after the eighth are ignored: a later format may add some, and a deploy that
-    # predates them must still run the message (the first seven keep their meaning).
+    # Fields after the ninth are ignored: a later format may add some, and a deploy that
+    # predates them must still run the message (the first seven keep their meaning; a deploy
+    # that predates the ninth, the trace, ignores it).
     if not isinstance(fields, list) or len(fields) < _FIELDS:
         raise DecodeError(f"envelope is not an array of at least {_FIELDS} fields", raw)
     version, target, mtype, payload, attempt, sent_at, due_at = fields[:_FIELDS]
     reply = fields[_FIELDS] if len(fields) > _FIELDS else None
+    # A trace context that is not well formed is ignored, never a reason to dead-letter.
+    trace = _trace_of(fields[_FIELDS + 1]) if len(fields) > _FIELDS + 1 else None
     if version != FORMAT_VERSION:
         raise DecodeError(f"unsupported envelope format version {version!r}", raw)
     checks = (
@@ -168,7 +181,25 @@ def decode(raw: bytes) -> Envelope:
     if not all(checks):
         raise DecodeError("envelope fields have wrong types", raw)
     mid = prefix.decode("ascii")
-    return Envelope(mid, target, mtype, payload, attempt, sent_at, due_at, reply)
+    return Envelope(mid, target, mtype, payload, attempt, sent_at, due_at, reply, trace)
+
+
+def _trace_field(trace: dict[str, str]) -> list[str]:
+    """The ninth field: [traceparent], or [traceparent, tracestate] when there is one."""
+    state = trace.get("tracestate")
+    return [trace["traceparent"], state] if state else [trace["traceparent"]]
+
+
+def _trace_of(field: object) -> dict[str, str] | None:
+    """The trace context of a ninth field; None for anything that is not one (its values
+    are checked when a trace is continued from them: actor_system.tracing)."""
+    if not isinstance(field, list) or not 1 <= len(field) <= 2:
+        return None
+    if not all(isinstance(v, str) and 0 < len(v) <= MAX_TRACE_CHARS for v in field):
+        return None
+    if len(field) == 1:
+        return {"traceparent": field[0]}
+    return {"traceparent": field[0], "tracestate": field[1]}
 
 
 def due_ms(

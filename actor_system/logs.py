@@ -1,4 +1,5 @@
-"""Structured logging: one JSON object per line, with aws-lambda-powertools' field names."""
+"""Structured logging: one JSON object per line, with aws-lambda-powertools' field names, and
+the ``trace_id`` and ``span_id`` of the current OpenTelemetry span when there is one."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from actor_system import tracing
 
 # Per-invocation fields (set by the Lambda entry point), added to every record.
 _request: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
@@ -58,6 +61,9 @@ class JsonFormatter(logging.Formatter):
         for name in CONTEXT_FIELDS:
             if name in record.__dict__:
                 out[name] = record.__dict__[name]
+        ids = tracing.log_ids()  # the current OpenTelemetry span's, if any (a handler's)
+        if ids is not None:
+            out["trace_id"], out["span_id"] = ids
         if record.exc_info:
             out["exception_name"] = record.exc_info[0].__name__ if record.exc_info[0] else ""
             out["exception"] = self.formatException(record.exc_info)

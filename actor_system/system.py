@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
-from actor_system import replies, stored_state
+from actor_system import replies, stored_state, tracing
 from actor_system.actor import ActorRef, ActorType, Registry, message_name
 from actor_system.budget import Budget
 from actor_system.envelope import ID_LENGTH, Outgoing, check_message_id
@@ -22,11 +22,14 @@ from actor_system.metrics import EmfMetrics
 from actor_system.options import Options
 from actor_system.ports import Commit, DeadLetter
 from actor_system.runtime import DrainReport, Runtime
+from actor_system.tracing import Tracing
 from actor_system.worker import Worker
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
     from datetime import timedelta
+
+    from opentelemetry.trace import TracerProvider
 
     from actor_system.metrics import MetricsHook
     from actor_system.ports import Backend, Clock, Continuation, Waker
@@ -62,12 +65,14 @@ class ActorSystem:
         options: Options | None = None,
         on_turn: MetricsHook | None = None,
         waker: Waker | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.options = options or Options()
         # Starts a drain when a send finds the system at rest (Lambda); None: drains run on
         # their own (workers) or only on their schedule.
         self.waker = waker
-        self.registry = Registry(actors, self.options)
+        # OpenTelemetry: this provider's tracer, else the global provider's once one is set.
+        self.registry = Registry(actors, self.options, Tracing(tracer_provider))
         self.backend = backend
         # One time authority for every process: the store's (Redis TIME), unless the caller
         # drives time itself (ManualClock in tests).
@@ -85,6 +90,7 @@ class ActorSystem:
         clock: Clock | None = None,
         on_turn: MetricsHook | None = None,
         waker: Waker | None = None,
+        tracer_provider: TracerProvider | None = None,
         **options: Any,
     ) -> ActorSystem:
         """Connect to ``redis://``, ``rediss://`` or the embedded ``fakeredis://``.
@@ -93,8 +99,9 @@ class ActorSystem:
         ``delay="scheduler://group?target=<arn>&role=<arn>"`` keeps far-future deferred
         messages in SQS or EventBridge Scheduler (boto3 is imported only then). Redis is the
         default for both (``None``). ``waker`` starts a drain when a send finds the system at
-        rest (see ``actor_system.adapters.aws.waker_from_url``). Other keyword arguments are
-        ``Options`` fields (``batch=``, ``lease_ms=``, ...).
+        rest (see ``actor_system.adapters.aws.waker_from_url``). ``tracer_provider``: the
+        OpenTelemetry provider of this system's spans (default: the global one, when set).
+        Other keyword arguments are ``Options`` fields (``batch=``, ``lease_ms=``, ...).
         """
         scheme = urlsplit(url).scheme if isinstance(url, str) else ""
         if scheme not in _REDIS_SCHEMES:
@@ -104,7 +111,15 @@ class ActorSystem:
             )
         opts = Options.from_mapping(options)
         backend = _backend(url, opts, state, delay)
-        return cls(backend, actors=actors, clock=clock, options=opts, on_turn=on_turn, waker=waker)
+        return cls(
+            backend,
+            actors=actors,
+            clock=clock,
+            options=opts,
+            on_turn=on_turn,
+            waker=waker,
+            tracer_provider=tracer_provider,
+        )
 
     @classmethod
     def from_env(
@@ -182,19 +197,30 @@ class ActorSystem:
         cannot finish in that time to one. Without it, a send that finds the system at rest
         starts a drain through the waker, when there is one.
         """
-        item = self.registry.prepare(
-            ref, msg, now_s=self.clock.now(), delay=delay, at=at, idempotency_key=idempotency_key
-        )
-        self._deliver([item], self._process_s(process))
+        with self.registry.tracing.sending(msg) as span:
+            item = self.registry.prepare(
+                ref,
+                msg,
+                now_s=self.clock.now(),
+                delay=delay,
+                at=at,
+                idempotency_key=idempotency_key,
+            )
+            if span is not None:
+                tracing.sent(span, [item])
+            self._deliver([item], self._process_s(process))
         return item.id
 
     def send_many(
         self, messages: Sequence[tuple[ActorRef, BaseModel]], *, process: bool | float = False
     ) -> list[str]:
         """Send several immediate messages in one round trip; returns their ids in order."""
-        now_s = self.clock.now()
-        items = [self.registry.prepare(ref, msg, now_s=now_s) for ref, msg in messages]
-        self._deliver(items, self._process_s(process))
+        with self.registry.tracing.sending(messages) as span:
+            now_s = self.clock.now()
+            items = [self.registry.prepare(ref, msg, now_s=now_s) for ref, msg in messages]
+            if span is not None:
+                tracing.sent(span, items)
+            self._deliver(items, self._process_s(process))
         return [i.id for i in items]
 
     def ask(
@@ -214,10 +240,13 @@ class ActorSystem:
         message id, for ``reply``) after ``timeout`` seconds. A resend with the same
         ``idempotency_key`` gets the first reply.
         """
-        item = self._asked(ref, msg, timeout, idempotency_key)
-        data = self.await_reply(item, timeout)
-        model = self.registry.get(ref.type).reply_model(message_name(type(msg)))
-        return replies.value_of(item.id, data, model)
+        with self.registry.tracing.sending(msg) as span:
+            item = self._asked(ref, msg, timeout, idempotency_key)
+            if span is not None:
+                tracing.sent(span, [item])
+            data = self.await_reply(item, timeout)
+            model = self.registry.get(ref.type).reply_model(message_name(type(msg)))
+            return replies.value_of(item.id, data, model)
 
     def _asked(
         self, ref: ActorRef, msg: BaseModel, timeout: float, idempotency_key: str | None

@@ -516,7 +516,7 @@ class RedisBackend:
     def known_due_ms(self) -> int | None:
         if any(d is None for d in self._shard_due):
             return 0  # a shard to look at again (a producer sent an earlier due time): now
-        known = [d for d in self._shard_due if d != _NOTHING_DUE]
+        known = [d for d in self._shard_due if d is not None and d != _NOTHING_DUE]
         return min(known) if known else None
 
     def next_due_ms(self) -> int | None:

@@ -75,3 +75,68 @@ def test_truncated_envelopes_raise_decode_error(tail: bytes) -> None:
     for cut in (33, len(full) // 2, len(full) - 1):
         with pytest.raises(DecodeError):
             decode(full[:cut])
+
+
+_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def body_of(entry: bytes) -> list[object]:
+    fields: list[object] = msgpack.unpackb(entry[32:], raw=False)
+    return fields
+
+
+@pytest.mark.parametrize(
+    ("reply", "trace", "tail"),
+    [
+        (None, None, []),
+        ("", None, [""]),
+        (None, {"traceparent": _TRACEPARENT}, [None, [_TRACEPARENT]]),
+        ("t/2", {"traceparent": _TRACEPARENT}, ["t/2", [_TRACEPARENT]]),
+        (
+            None,
+            {"traceparent": _TRACEPARENT, "tracestate": "congo=t61rcWkgMzE"},
+            [None, [_TRACEPARENT, "congo=t61rcWkgMzE"]],
+        ),
+    ],
+)
+def test_the_reply_and_trace_fields_are_written_only_when_set(
+    reply: str | None, trace: dict[str, str] | None, tail: list[object]
+) -> None:
+    env = make(reply=reply, trace=trace)
+    entry = encode(env)
+    assert body_of(entry)[7:] == tail
+    assert decode(entry) == env
+
+
+def test_a_trace_costs_its_traceparent_and_four_bytes() -> None:
+    plain = make()
+    traced = make(id=plain.id, trace={"traceparent": _TRACEPARENT})
+    assert len(encode(traced)) - len(encode(plain)) == len(_TRACEPARENT) + 4
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        None,
+        42,
+        _TRACEPARENT,
+        [],
+        [42],
+        [_TRACEPARENT, 7],
+        [_TRACEPARENT, "a=b", "c=d"],
+        [""],
+        ["x" * 513],
+        [_TRACEPARENT, "x" * 513],
+        {"traceparent": _TRACEPARENT},
+    ],
+)
+def test_a_malformed_trace_field_is_ignored(field: object) -> None:
+    env = make(reply="t/2")
+    raw = env.id.encode() + msgpack.packb([*body_of(encode(env)), field])
+    assert decode(raw) == env
+
+
+def test_fields_after_the_ninth_are_ignored() -> None:
+    env = make(trace={"traceparent": _TRACEPARENT})
+    raw = env.id.encode() + msgpack.packb([*body_of(encode(env)), "a later field", 1])
+    assert decode(raw) == env
