@@ -23,9 +23,10 @@ sends, deferred or not, and its replies continue its trace.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,7 @@ from actor_system.envelope import MAX_TRACE_CHARS, decode
 from actor_system.errors import DecodeError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from opentelemetry.context import Context as OtelContext
     from opentelemetry.propagators.textmap import TextMapPropagator
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
 
     from actor_system.envelope import Envelope, Outgoing
     from actor_system.runtime import DrainReport
+
+log = logging.getLogger("actor_system")
+
 
 SYSTEM = "actor-system"
 _API = "opentelemetry.trace"  # imported by whoever configures a provider
@@ -88,11 +92,16 @@ class Tracing:
         from opentelemetry.trace import SpanKind
 
         name = _message_type(what)
-        return tracer.start_as_current_span(
-            f"{SYSTEM} send {name}" if name else f"{SYSTEM} send",
-            kind=SpanKind.PRODUCER,
-            attributes={"messaging.system": SYSTEM, "messaging.operation.type": "send"},
-        )
+        try:
+            span = tracer.start_as_current_span(
+                f"{SYSTEM} send {name}" if name else f"{SYSTEM} send",
+                kind=SpanKind.PRODUCER,
+                attributes={"messaging.system": SYSTEM, "messaging.operation.type": "send"},
+            )
+        except Exception:
+            log.exception("tracing a send failed; it goes without a span")
+            return _NOTHING
+        return _guarded(span)
 
     def turn(
         self, actor: str, actor_type: str, entries: Sequence[tuple[bytes, int]]
@@ -101,7 +110,12 @@ class Tracing:
         tracer = self.tracer()
         if tracer is None:
             return None
-        return Turn(tracer, actor, actor_type, entries)
+        try:
+            return Turn(tracer, actor, actor_type, entries)
+        except Exception:
+            # A broken provider or sampler must not fail the turn: it runs untraced.
+            log.exception("tracing a turn of %s failed; it runs without a span", actor)
+            return None
 
 
 def sent(span: Span, items: Sequence[Outgoing]) -> None:
@@ -157,9 +171,17 @@ class Turn:
         self._token = context.attach(set_span_in_context(self.span))
         self._handler: Handling | None = None
 
-    def handler(self, env: Envelope, attempt: int, now_s: float) -> Handling:
+    def handler(self, env: Envelope, attempt: int, now_s: float) -> Handling | None:
         """The span of one handler call, current until its ``end``: a child of the context
-        the message was sent in, else of the turn."""
+        the message was sent in, else of the turn; None if the tracer fails (the handler
+        runs untraced)."""
+        try:
+            return self._handler_span(env, attempt, now_s)
+        except Exception:
+            log.exception("tracing a handler of %s failed; it runs without a span", self.actor)
+            return None
+
+    def _handler_span(self, env: Envelope, attempt: int, now_s: float) -> Handling:
         from opentelemetry.trace import Link, SpanKind
 
         parent = self._context_of(env.trace)
@@ -216,18 +238,21 @@ class Turn:
         that is not an Exception ends with it)."""
         from opentelemetry import context
 
-        if self._handler is not None:
-            self._handler.end(None)
-        if self.span.is_recording():
-            self.span.set_attributes(
-                {
-                    "actor_system.messages": report.messages,
-                    "actor_system.retries": report.retries,
-                    "actor_system.dead_letters": report.dead_letters,
-                }
-            )
-        context.detach(self._token)
-        self.span.end()
+        try:
+            if self._handler is not None:
+                self._handler.end(None)
+            if self.span.is_recording():
+                self.span.set_attributes(
+                    {
+                        "actor_system.messages": report.messages,
+                        "actor_system.retries": report.retries,
+                        "actor_system.dead_letters": report.dead_letters,
+                    }
+                )
+            context.detach(self._token)
+            self.span.end()
+        except Exception:  # the turn is done: a failing exporter must not undo it
+            log.exception("ending the span of a turn of %s failed", self.actor)
 
 
 class Handling:
@@ -248,12 +273,37 @@ class Handling:
         from opentelemetry import context
         from opentelemetry.trace import Status, StatusCode
 
-        if error is not None:
-            self.span.record_exception(error)
-            self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-        context.detach(self._token)
-        self._token = None
-        self.span.end()
+        token, self._token = self._token, None
+        try:
+            if error is not None:
+                self.span.record_exception(error)
+                self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+            context.detach(token)
+            self.span.end()
+        except Exception:  # the handler is done: a failing exporter must not undo it
+            log.exception("ending the span of a handler failed")
+
+
+@contextmanager
+def _guarded(span: AbstractContextManager[Span]) -> Iterator[Span | None]:
+    """``span`` as a context, except that a tracer failing to start or end it costs the
+    send its span, never the send."""
+    try:
+        entered = span.__enter__()
+    except Exception:
+        log.exception("tracing a send failed; it goes without a span")
+        yield None
+        return
+    try:
+        yield entered
+    except BaseException as e:
+        if not span.__exit__(type(e), e, e.__traceback__):
+            raise
+    else:
+        try:
+            span.__exit__(None, None, None)
+        except Exception:
+            log.exception("ending the span of a send failed")
 
 
 def current_carrier() -> dict[str, str] | None:

@@ -48,8 +48,8 @@ _RECOVER_CHUNK = 100  # actors per begin and commit round trip in recover
 _OFFLOAD_SCAN = 100  # staged messages read per shard per offload
 _SWEEP_EVERY_MS = 5_000  # look for messages a crashed process staged but did not move out
 _DAY_MS = 24 * 3600 * 1000
-_BACK_OFF_MS = 30_000
-_FORGET_TURN_MS = 3_600_000  # after an AWS error, before moving or receiving messages again
+_BACK_OFF_MS = 30_000  # after an AWS error, before moving or receiving messages again
+_FORGET_TURN_MS = 3_600_000  # a turn begun and never committed is forgotten after this
 
 
 @dataclass(slots=True)
@@ -278,7 +278,7 @@ class CompositeBackend(RedisBackend):
         ended = [
             (c.actor, t.etag)
             for (c, t, _), r in zip(plans, results, strict=True)
-            if t.purged and r is not None
+            if t.purged and r is not None and t.etag is not None
         ]
         for actor, etag in ended:
             store.remove(actor, etag)

@@ -48,8 +48,6 @@ REPLAY_WINDOW_S = 60.0
 # S3 answers a conditional PUT that lost with 412; one racing another in flight may get 409.
 _LOST_RACE = frozenset(("PreconditionFailed", "ConditionalRequestConflict"))
 _HEX = frozenset("0123456789abcdef")
-# What an S3 without conditional deletes may answer to one.
-_NO_CONDITION = frozenset(("NotImplemented", "InvalidArgument"))
 
 log = logging.getLogger("actor_system")
 
@@ -261,23 +259,22 @@ class S3StateStore:
             raise as_aws_error("PutObject", self.where(actor), e) from e
         return str(put["ETag"])
 
-    def remove(self, actor: str, etag: str | None) -> bool:
-        """Delete the object if it is still at ``etag``; returns whether it went. Never
-        raises: a failure leaves the object, which reads as the actor's default state (a
-        tombstone), and is logged."""
+    def remove(self, actor: str, etag: str) -> bool:
+        """Delete the object if it is still at ``etag`` (a conditional DeleteObject); returns
+        whether it went. Never raises: a failure leaves the object, which reads as the
+        actor's default state (a tombstone), and is logged. An S3 or a botocore without
+        conditional deletes leaves it too: an unconditional delete could take a newer
+        version another holder wrote since (the caller no longer holds the lease)."""
         from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
-        condition = {"IfMatch": etag} if etag is not None else {}
         where = self.where(actor)
         try:
-            try:
-                self.client.delete_object(Bucket=self.bucket, Key=self.key(actor), **condition)
-            except (ParamValidationError, ClientError) as e:
-                # An older botocore or an S3 without conditional deletes: the caller holds
-                # the actor's lease, so no holder writes the object meanwhile.
-                if isinstance(e, ClientError) and error_code(e) not in _NO_CONDITION:
-                    raise
-                self.client.delete_object(Bucket=self.bucket, Key=self.key(actor))
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(actor), IfMatch=etag)
+        except ParamValidationError as e:
+            log.error(
+                "removing %s needs a botocore with conditional deletes; it stays: %s", where, e
+            )
+            return False
         except (ClientError, BotoCoreError) as e:
             if error_code(e) in _LOST_RACE:
                 log.warning("%s was written again before its removal; it stays", where)

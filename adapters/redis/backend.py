@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from actor_system.adapters.redis.clock import RedisClock
 from actor_system.adapters.redis.keys import Keys
@@ -68,11 +68,11 @@ _LANDED_MS = 3_600_000
 # How long a cancel is remembered, so that a cancel retried after its answer was lost (a
 # reset connection) still answers True.
 _CANCEL_RECEIPT_MS = 3_600_000
-_LOOK_AGAIN_MS = 5_000
+_LOOK_AGAIN_MS = 5_000  # every shard is promoted at least this often, whatever the epoch
 # Tries of a pipeline whose connection reset (a lost answer); a refused connection fails
 # each at once, a silent one after the socket timeout (each try after the first then waits
 # for a connect, at most the connect timeout).
-_TRIES_ON_RESET = 3  # every shard is promoted at least this often, whatever the epoch
+_TRIES_ON_RESET = 3
 
 
 # Until keys are partitioned by hash slot, every script touches keys of many slots.
@@ -105,12 +105,14 @@ def client_from_url(url: str) -> tuple[redis.Redis, bool]:
             # in seconds, not after the OS's minutes of SYN retries, and one that stops
             # answering fails a call in 10 s: a Lambda invocation can still answer before
             # its deadline. ?socket_connect_timeout= / ?socket_timeout= in the URL win.
+            # TCP keepalive only where there is TCP: a unix socket's connection takes none.
+            tcp = {"socket_keepalive": True} if scheme != "unix" else {}
             client = redis.Redis.from_url(
                 url,
                 health_check_interval=30,
-                socket_keepalive=True,
                 socket_connect_timeout=_CONNECT_TIMEOUT_S,
                 socket_timeout=_SOCKET_TIMEOUT_S,
+                **tcp,
             )
         except ValueError as e:
             raise ConfigError(f"invalid Redis URL: {e}") from None
@@ -183,13 +185,21 @@ class RedisBackend:
     # -- plumbing -------------------------------------------------------------------------
 
     def _load_scripts(self) -> None:
-        if self.blocking and self.client.info("cluster").get("cluster_enabled"):
+        if self.blocking and self._cluster_enabled():
             # Before any script runs: on a cluster some would fail after writing part of
             # their effects.
             raise ConfigError(f"{CLUSTER_UNSUPPORTED} (the server reports cluster_enabled:1)")
         # All or nothing: a connection lost halfway must not leave some scripts unknown.
         loaded = {name: self.client.script_load(source) for name, source in self._source.items()}
         self._sha = loaded
+
+    def _cluster_enabled(self) -> bool:
+        """Whether the server runs in cluster mode. A user whose ACL denies INFO (often
+        ``-@dangerous``), or a server that renamed it, is taken as a single node."""
+        try:
+            return bool(self.client.info("cluster").get("cluster_enabled"))
+        except ResponseError:
+            return False
 
     def _run(
         self, calls: Sequence[tuple[str, Sequence[Any], Sequence[Any]]], what: str
@@ -207,8 +217,9 @@ class RedisBackend:
                     pipe.evalsha(self._sha[name], len(keys), *keys, *args)
                 return pipe.execute()
             except NoScriptError:
-                # Every script is missing after a restart or SCRIPT FLUSH, so none ran.
-                self._sha.clear()
+                # Every script is missing after a restart or SCRIPT FLUSH, so none ran. A new
+                # dict, not clear(): another thread may be reading this one.
+                self._sha = {}
             except RedisConnectionError as e:
                 # The connection broke: the scripts may have run and only their answers been
                 # lost. Each is safe to run again with the same arguments (a poll's and a

@@ -127,3 +127,21 @@ def clock_dt(clock: ManualClock, seconds: float):
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(clock.now() + seconds, UTC)
+
+
+def test_a_due_deferred_message_goes_ahead_of_recent_sends_not_of_old_ones(
+    make_system, clock: ManualClock
+) -> None:
+    """The ready set serves the oldest first, and an actor whose deferred message came due
+    counts as ready a minute before its due time: ahead of a backlog sent since, behind
+    anything that has waited longer (timed messages cannot starve immediate ones)."""
+    system = make_system(counter)
+    old, timed, recent = counter.ref("old"), counter.ref("timed"), counter.ref("recent")
+    now_ms = round(clock.now() * 1000)
+    system.send(old, Add(n=1))  # ready since now
+    system.send(timed, Add(n=1), delay=120)
+    clock.advance(100)
+    system.send(recent, Add(n=1))  # ready since now + 100 s
+    clock.advance(20)  # the deferred message is due: ready as of now + 60 s
+    order = [system.backend.poll(now_ms + 120_000, 1, 30_000)[0] for _ in range(3)]
+    assert order == [["counter/old"], ["counter/timed"], ["counter/recent"]]

@@ -505,3 +505,31 @@ def test_a_global_provider_set_after_import_turns_tracing_on() -> None:
         ],
         "log": ["before", "after"],
     }
+
+
+class _BrokenTracer:
+    """A tracer whose every span fails to start, like a misconfigured sampler."""
+
+    def start_span(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("sampler exploded")
+
+    start_as_current_span = start_span
+
+
+class _BrokenProvider(TracerProvider):
+    def get_tracer(self, *args: Any, **kwargs: Any) -> Any:
+        return _BrokenTracer()
+
+
+def test_a_failing_tracer_does_not_fail_the_turn(
+    url: str, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    system = ActorSystem.from_url(
+        url, actors=[logger], clock=clock, tracer_provider=_BrokenProvider()
+    )
+    system.send_many([(logger.ref("b"), Note(text="one")), (logger.ref("b"), Note(text="two"))])
+    report = system.run_until_idle()
+    assert (report.messages, report.dead_letters, report.retries) == (2, 0, 0)
+    assert system.state(logger.ref("b")).log == ["one", "two"]  # type: ignore[attr-defined]
+    assert "runs without a span" in caplog.text
+    system.close()

@@ -43,6 +43,14 @@ def acl_server(tmp_path: Path):
         "~*",
         "&*",
         "+@all",
+        "--user",
+        "app",
+        "on",
+        ">app-pass",
+        "~*",
+        "&*",
+        "+@all",
+        "-@dangerous",  # a common application user: no INFO, CONFIG, KEYS, DEBUG, ...
     )
     server.proc = subprocess.Popen(server.args, stdout=subprocess.DEVNULL)
     yield server
@@ -83,6 +91,17 @@ def test_acl_user_and_password_come_from_the_url(
     assert "wrong-pass" not in str(info.value)
     assert "s3cret-pass" not in caplog.text
     assert "wrong-pass" not in caplog.text
+    # A user denied INFO (and the rest of @dangerous) runs the system all the same: the
+    # cluster check is skipped for it, nothing else needs those commands.
+    app = ActorSystem.from_url(
+        f"redis://app:app-pass@127.0.0.1:{acl_server.port}/0", actors=[counter]
+    )
+    app.send(counter.ref("app"), Add(n=3))
+    app.send(counter.ref("app"), Add(n=1), delay=0.01)
+    wait_until(
+        lambda: app.run_until_idle().messages == 0 and app.state(counter.ref("app")).count == 4
+    )  # type: ignore[attr-defined]
+    assert app.stats()["dead_letters"] == 0
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a cert")

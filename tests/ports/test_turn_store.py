@@ -412,3 +412,19 @@ def test_the_first_reply_of_an_id_stays(ports: Ports) -> None:
 
 def test_wait_reply_for_an_unknown_id_times_out_with_none(ports: Ports) -> None:
     assert ports.backend.wait_reply("f" * 32, 0.05) is None
+
+
+def test_a_batch_of_copies_is_followed_by_the_next(ports: Ports) -> None:
+    """Copies of a processed message at the head of the mailbox do not make a turn claim
+    nothing while a new message waits behind them."""
+    first, new = ports.message("a", 1), ports.message("a", 2)
+    ports.push(first, first, first)  # three copies before any is processed
+    claim = ports.begin("counter/a", "t1", batch=1)
+    assert ids(claim) == [first.id]
+    assert claim is not None
+    assert ports.commit(claim, "t1", [DONE]) is not None
+    ports.push(new)
+    again = ports.begin("counter/a", "t2", batch=1)
+    assert ids(again) == [new.id]
+    assert again is not None
+    assert again.duplicates == 2

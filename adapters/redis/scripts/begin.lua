@@ -61,31 +61,38 @@ while true do
 end
 local st = redis.call('HMGET', KEYS[5], 'd', 'v')
 local out = {fence, st[1] or '', tonumber(st[2] or '0'), recovered, 0}
--- The batch in a few calls whatever its size (each Redis call costs about a microsecond):
--- entries already processed (a copy) are dropped, so a turn may claim fewer than the batch
--- while more wait; the commit then marks the actor ready again.
+-- The batch in a few calls whatever its size (each Redis call costs about a microsecond).
+-- Entries already processed (copies) are dropped; a batch of nothing but copies is followed
+-- by the next, so that a turn claims something while the mailbox holds anything new.
 local batch = tonumber(ARGV[4])
-local popped = batch > 0 and redis.call('LPOP', KEYS[3], batch) or false
-if not popped then
-  return out
-end
-local ids = {}
-for i, e in ipairs(popped) do
-  ids[i] = string.sub(e, 1, 32)
-end
-local seen = chunked('ZMSCORE', KEYS[7], ids)
-local kept, kept_ids, dup_ids = {}, {}, {}
-for i, e in ipairs(popped) do
-  if seen[i] then
-    dup_ids[#dup_ids + 1] = ids[i]
-  else
-    kept[#kept + 1] = e
-    kept_ids[#kept_ids + 1] = ids[i]
+local kept, kept_ids, dups = {}, {}, 0
+for _ = 1, 16 do
+  local popped = batch > 0 and redis.call('LPOP', KEYS[3], batch) or false
+  if not popped then
+    break
   end
-end
-if #dup_ids > 0 then
-  chunked('HDEL', KEYS[6], dup_ids)
-  chunked('HDEL', KEYS[9], dup_ids)
+  local ids = {}
+  for i, e in ipairs(popped) do
+    ids[i] = string.sub(e, 1, 32)
+  end
+  local seen = chunked('ZMSCORE', KEYS[7], ids)
+  local dup_ids = {}
+  for i, e in ipairs(popped) do
+    if seen[i] then
+      dup_ids[#dup_ids + 1] = ids[i]
+    else
+      kept[#kept + 1] = e
+      kept_ids[#kept_ids + 1] = ids[i]
+    end
+  end
+  if #dup_ids > 0 then
+    chunked('HDEL', KEYS[6], dup_ids)
+    chunked('HDEL', KEYS[9], dup_ids)
+    dups = dups + #dup_ids
+  end
+  if #kept > 0 or #popped < batch then
+    break
+  end
 end
 if #kept > 0 then
   chunked('RPUSH', KEYS[4], kept)
@@ -97,5 +104,5 @@ if #kept > 0 then
     out[#out + 1] = err[i] or ''
   end
 end
-out[5] = #dup_ids
+out[5] = dups
 return out

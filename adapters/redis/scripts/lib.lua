@@ -1,6 +1,7 @@
 -- Shared helpers, prepended to every script when it is loaded.
 -- Key schema (P = prefix, A = actor key "type/id", N = delay shard):
---   P:ready              zset  A -> ms it became ready
+--   P:ready              zset  A -> ms it became ready (a minute earlier for a deferred
+--                              message that came due: timely below)
 --   P:wake               list  wake-up tokens for idle workers (BLPOP), at most 64
 --   P:leases             zset  A -> lease expiry ms, from the moment poll pops A (so an
 --                              actor popped by a drainer that then dies is recovered)
@@ -90,10 +91,12 @@ local function wake(prefix)
   redis.call('LTRIM', prefix .. ':wake', 0, 63)
 end
 
--- The ready time of an actor whose deferred message came due: far ahead of every actor
--- made ready by an immediate send (the ready set is served oldest first), in due order among
--- themselves, so that a backlog of immediate messages does not make timed ones late.
-local TIMELY_MS = 1099511627776  -- 2^40 ms, about 35 years
+-- The ready time of an actor whose deferred message came due: a minute before its due time.
+-- The ready set is served oldest first, so it goes ahead of the actors made ready by
+-- immediate sends in the last minute (a backlog does not make timed messages late), in due
+-- order among themselves, and behind any that has waited longer (deferred messages due
+-- faster than they are drained cannot starve immediate ones).
+local TIMELY_MS = 60000
 local function timely(due)
   return tonumber(due) - TIMELY_MS
 end
