@@ -379,7 +379,7 @@ def _message(
 def payload_text(arg: str) -> str:
     """A payload argument's JSON: ``-`` reads stdin, ``@PATH`` a file, else the argument."""
     if arg == "-":
-        return click.get_text_stream("stdin").read()
+        return sys.stdin.read()
     if not arg.startswith("@"):
         return arg
     path = arg[1:]
