@@ -133,6 +133,7 @@ ERROR_CASES = (
 )
 
 
+@pytest.mark.slow  # 34 subprocesses: with the slow suites
 @pytest.mark.parametrize(("url", "args", "message"), ERROR_CASES)
 def test_every_command_error_is_one_line_and_exit_2(
     url: str, args: tuple[str, ...], message: str, redis_url: str
