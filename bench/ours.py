@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +92,9 @@ def throughput(
     }
 
 
-def lateness(port: int, messages: int, spread_s: float) -> dict[str, Any]:
-    """Deferred messages due uniformly over ``spread_s``, drained by a live worker process."""
-    redis.Redis(port=port).flushall()
-    system = make_system(port)
+@contextmanager
+def _cli_worker(port: int) -> Iterator[None]:
+    """An ``actor-system worker`` process on the benchmark's Redis, stopped by SIGTERM."""
     env = {**os.environ, "ACTOR_SYSTEM_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
     worker = subprocess.Popen(
         [sys.executable, "-m", "actor_system.cli", "--json", "--app", "bench.actors", "worker"],
@@ -101,24 +102,38 @@ def lateness(port: int, messages: int, spread_s: float) -> dict[str, Any]:
         env=env,
         stdout=subprocess.DEVNULL,
     )
-    samples: list[float] = []
     try:
-        time.sleep(1.5)  # the worker is up and idle
-        refs = [timer.ref(str(i)) for i in range(20)]
-        start = time.time() + 1.0
-        for i in range(messages):
-            due = start + spread_s * i / messages
-            system.send(refs[i % 20], Due(due=due), delay=due - time.time())
-        deadline = time.time() + spread_s + 30
-        while time.time() < deadline:
-            samples = [x for r in refs for x in system.state(r).samples]  # type: ignore[attr-defined]
-            if len(samples) >= messages:
-                break
-            time.sleep(0.2)
+        yield
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
-    samples.sort()
+
+
+def _timed(system: ActorSystem, messages: int, start: float, spread_s: float) -> list[float]:
+    """Send ``messages`` deferred messages due uniformly over ``spread_s`` from ``start``
+    (over 20 timer actors) and wait for them, up to 30 s after the last due time (as the job
+    queues' scenarios do); how late each ran, sorted."""
+    refs = [timer.ref(str(i)) for i in range(20)]
+    for i in range(messages):
+        due = start + spread_s * i / messages
+        system.send(refs[i % 20], Due(due=due), delay=due - time.time())
+    samples: list[float] = []
+    deadline = start + spread_s + 30
+    while time.time() < deadline:
+        samples = [x for r in refs for x in system.state(r).samples]  # type: ignore[attr-defined]
+        if len(samples) >= messages:
+            break
+        time.sleep(0.2)
+    return sorted(samples)
+
+
+def lateness(port: int, messages: int, spread_s: float) -> dict[str, Any]:
+    """Deferred messages due uniformly over ``spread_s``, drained by a live worker process."""
+    redis.Redis(port=port).flushall()
+    system = make_system(port)
+    with _cli_worker(port):
+        time.sleep(1.5)  # the worker is up and idle
+        samples = _timed(system, messages, time.time() + 1.0, spread_s)
     return {
         **summarize(samples, messages),
         "samples": samples,
@@ -134,40 +149,17 @@ def lateness_under_backlog(
     delay a deferred message by about one round, not by the backlog. As the job queues'
     scenario of the same name: messages not run within 30 s of the last due time are lost
     for the measurement."""
-    client = redis.Redis(port=port)
-    client.flushall()
+    redis.Redis(port=port).flushall()
     system = make_system(port)
     refs = [counter.ref(str(i)) for i in range(100)]
     for i in range(0, backlog_n, 1000):
         system.send_many([(refs[j % 100], Inc()) for j in range(i, min(i + 1000, backlog_n))])
-    env = {**os.environ, "ACTOR_SYSTEM_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "actor_system.cli", "--json", "--app", "bench.actors", "worker"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
-    samples: list[float] = []
-    timers = [timer.ref(str(i)) for i in range(20)]
-    try:
+    with _cli_worker(port):
         deadline = time.monotonic() + 60
         while system.state(refs[0]).count == 0 and time.monotonic() < deadline:  # type: ignore[attr-defined]
             time.sleep(0.01)  # the worker is draining
-        start = time.time() + 0.5
-        for i in range(messages):
-            due = start + spread_s * i / messages
-            system.send(timers[i % 20], Due(due=due), delay=due - time.time())
-        deadline = start + spread_s + 30
-        while time.time() < deadline:
-            samples = [x for r in timers for x in system.state(r).samples]  # type: ignore[attr-defined]
-            if len(samples) >= messages:
-                break
-            time.sleep(0.2)
+        samples = _timed(system, messages, time.time() + 0.5, spread_s)
         drained = sum(system.state(r).count for r in refs)  # type: ignore[attr-defined]
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(30)
-    samples.sort()
     return {**summarize(samples, messages), "backlog": backlog_n, "backlog_done_by_then": drained}
 
 

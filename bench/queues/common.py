@@ -99,21 +99,29 @@ def backlog(q: Queue, n: int) -> dict[str, float]:
     return {"msgs_per_s": (done - first[1]) / elapsed if elapsed > 0 else 0.0, "done": done}
 
 
+def timed(q: Queue, r: redis.Redis, n: int, start: float, spread_s: float) -> None:
+    """Enqueue ``n`` deferred jobs due uniformly over ``spread_s`` from ``start`` and wait
+    until they ran, up to 30 s after the last due time."""
+    q.enqueue_deferred([start + spread_s * i / n for i in range(n)])
+    deadline = start + spread_s + 30
+    while r.llen("bench:late") < n and time.time() < deadline:
+        time.sleep(0.05)
+
+
+def late_samples(r: redis.Redis) -> list[float]:
+    return sorted(float(x) for x in r.lrange("bench:late", 0, -1))
+
+
 def lateness(q: Queue, n: int, spread_s: float) -> dict[str, float]:
     r = client()
     r.flushall()
     proc = start_worker(q)
     try:
         time.sleep(1.5)  # the worker is up and idle
-        start = time.time() + 1.0
-        dues = [start + spread_s * i / n for i in range(n)]
-        q.enqueue_deferred(dues)
-        deadline = start + spread_s + 30
-        while r.llen("bench:late") < n and time.time() < deadline:
-            time.sleep(0.05)
+        timed(q, r, n, time.time() + 1.0, spread_s)
     finally:
         stop_worker(proc)
-    samples = sorted(float(x) for x in r.lrange("bench:late", 0, -1))
+    samples = late_samples(r)
     return summarize(samples, n) | {"samples": samples}
 
 
@@ -130,16 +138,11 @@ def lateness_under_backlog(q: Queue, backlog_n: int, n: int, spread_s: float) ->
         deadline = time.monotonic() + 60
         while int(r.get("bench:count") or 0) == 0 and time.monotonic() < deadline:
             time.sleep(0.01)  # the worker is draining
-        start = time.time() + 0.5
-        q.enqueue_deferred([start + spread_s * i / n for i in range(n)])
-        deadline = start + spread_s + 30
-        while r.llen("bench:late") < n and time.time() < deadline:
-            time.sleep(0.05)
+        timed(q, r, n, time.time() + 0.5, spread_s)
         drained = int(r.get("bench:count") or 0)
     finally:
         stop_worker(proc)
-    samples = sorted(float(x) for x in r.lrange("bench:late", 0, -1))
-    return summarize(samples, n) | {"backlog": backlog_n, "backlog_done_by_then": drained}
+    return summarize(late_samples(r), n) | {"backlog": backlog_n, "backlog_done_by_then": drained}
 
 
 def summarize(samples: Sequence[float], n: int) -> dict[str, float]:
