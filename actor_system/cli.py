@@ -34,7 +34,6 @@ from actor_system.actor import ActorRef, ActorType
 from actor_system.envelope import Envelope, decode
 from actor_system.errors import (
     ActorSystemError,
-    BackendError,
     ConfigError,
     DecodeError,
     InvalidSend,
@@ -508,11 +507,9 @@ def deferred() -> None:
 def deferred_list(s: Settings, actor: str | None, limit: int) -> None:
     """Pending deferred messages, earliest first, with their message types."""
     system = s.system()
-    rows = _deferred(system, actor, limit)
-    types = message_types(system, [d.id for d in rows])
     data = [
-        {"id": d.id, "actor": d.actor, "type": t, "due": d.due.isoformat()}
-        for d, t in zip(rows, types, strict=True)
+        {"id": d.id, "actor": d.actor, "type": d.type, "due": d.due.isoformat()}
+        for d in _deferred(system, actor, limit)
     ]
     s.out(
         data,
@@ -531,36 +528,6 @@ def _deferred(system: ActorSystem, actor: str | None, limit: int) -> list[Deferr
         return system.deferred(limit, ActorRef(kind, actor_id))
     found = system.deferred(limit * 100)
     return [d for d in found if d.actor.startswith(actor)][:limit]
-
-
-def message_types(system: ActorSystem, ids: Sequence[str]) -> list[str]:
-    """The message type of each deferred message ("?" where it cannot be read). The
-    Inspector port answers none, so the bodies are read where the Redis adapter keeps them
-    (``Keys.delay_msg``, and the bucket of the rule before ids carried their target)."""
-    from actor_system.adapters.redis import RedisBackend
-
-    backend = system.backend
-    if not ids or not isinstance(backend, RedisBackend):
-        return ["?"] * len(ids)
-    k = backend.keys
-    pipe = backend.client.pipeline(transaction=False)
-    for mid in ids:
-        pipe.hget(k.delay_msg(k.shard_of(mid), mid), mid)
-        pipe.hget(k.old_delay_msg(k.old_shard_of(mid), mid), mid)
-    try:
-        got = pipe.execute()
-    except RedisError as e:
-        raise BackendError(f"Redis deferred bodies failed: {type(e).__name__}: {e}") from e
-    bodies = [new or old for new, old in zip(got[0::2], got[1::2], strict=True)]
-    return [_type_of(mid, body) for mid, body in zip(ids, bodies, strict=True)]
-
-
-def _type_of(message_id: str, body: bytes | None) -> str:
-    """A stored body is ``target \\n entry without its id``."""
-    try:
-        return decode(message_id.encode() + (body or b"").partition(b"\n")[2]).type
-    except DecodeError:
-        return "?"
 
 
 @deferred.command("cancel")

@@ -266,9 +266,12 @@ class DeadLetters(Protocol):
 class Inspector(Protocol):
     """Read-only views for operators."""
 
-    def deferred(self, limit: int = 100, actor: str | None = None) -> list[tuple[str, str, int]]:
-        """Pending deferred messages as (id, actor key, due ms), earliest first: those in
-        the Redis sorted set (an external delay queue's are counted by ``stats`` only)."""
+    def deferred(
+        self, limit: int = 100, actor: str | None = None
+    ) -> list[tuple[str, str, int, str]]:
+        """Pending deferred messages as (id, actor key, due ms, message type; "?" where the
+        stored message cannot be read), earliest first: those in the Redis sorted set (an
+        external delay queue's are counted by ``stats`` only)."""
 
     def stats(self) -> dict[str, Any]:
         """Counts: ready actors, leases, mailbox depths, in-flight, deferred, dead letters."""

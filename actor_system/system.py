@@ -51,6 +51,7 @@ class Deferred:
     id: str
     actor: str
     due: datetime
+    type: str = "?"  # the message type; "?" where the stored message cannot be read
 
 
 class ActorSystem:
@@ -460,7 +461,8 @@ class ActorSystem:
         """Pending deferred messages, earliest first (of one actor with ``actor``)."""
         rows = self.backend.deferred(limit, None if actor is None else actor.key)
         return [
-            Deferred(mid, key, datetime.fromtimestamp(due / 1000, UTC)) for mid, key, due in rows
+            Deferred(mid, key, datetime.fromtimestamp(due / 1000, UTC), kind)
+            for mid, key, due, kind in rows
         ]
 
     def stats(self) -> dict[str, Any]:

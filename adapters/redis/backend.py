@@ -16,6 +16,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from actor_system.adapters.redis.clock import RedisClock
 from actor_system.adapters.redis.keys import Keys
 from actor_system.clock import SystemClock
+from actor_system.envelope import decode
 from actor_system.errors import BackendError, ConfigError, DecodeError
 from actor_system.ports import (
     Claim,
@@ -549,9 +550,12 @@ class RedisBackend:
             pipe.zcard(self.keys.delay_due(s))
         return int(sum(self._call("pending", pipe.execute)))
 
-    def deferred(self, limit: int = 100, actor: str | None = None) -> list[tuple[str, str, int]]:
-        """Pending deferred messages as (id, actor key, due ms), earliest first; with ``actor``,
-        only that actor's (found among the earliest ``limit * 100`` of each shard)."""
+    def deferred(
+        self, limit: int = 100, actor: str | None = None
+    ) -> list[tuple[str, str, int, str]]:
+        """Pending deferred messages as (id, actor key, due ms, message type), earliest
+        first; with ``actor``, only that actor's (found among the earliest ``limit * 100`` of
+        each shard)."""
         scan = limit if actor is None else limit * 100
         pipe = self.client.pipeline(transaction=False)
         for s in range(self.keys.delay_shards):
@@ -564,9 +568,9 @@ class RedisBackend:
         out = []
         for rows, vals in zip(shards, values, strict=True):
             for (mid, due), value in zip(rows, vals, strict=False):
-                target = value.partition(b"\n")[0].decode() if value else "?"
-                if actor is None or target == actor:
-                    out.append((mid.decode(), target, int(due)))
+                target, _, body = value.partition(b"\n") if value else (b"?", b"", b"")
+                if actor is None or target.decode() == actor:
+                    out.append((mid.decode(), target.decode(), int(due), _type_of(mid, body)))
         return sorted(out, key=lambda r: r[2])[:limit]
 
     def _bodies(self, rows: Sequence[tuple[int, str]]) -> list[bytes | None]:
@@ -650,6 +654,15 @@ class RedisBackend:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _type_of(message_id: bytes, body: bytes) -> str:
+    """The message type of a stored deferred body (the entry without its id); "?" if it
+    cannot be read."""
+    try:
+        return decode(message_id + body).type
+    except DecodeError:
+        return "?"
 
 
 def dead_record(reason: str, raw: bytes, now_ms: int) -> bytes:

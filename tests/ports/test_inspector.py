@@ -54,11 +54,11 @@ def test_deferred_lists_pending_messages_earliest_first(ports: Ports) -> None:
         assert ports.backend.stats()["deferred_elsewhere"] == 2
         return
     assert ports.backend.deferred() == [
-        (early.id, "counter/b", t0 + 10_000),
-        (late.id, "counter/a", t0 + 20_000),
+        (early.id, "counter/b", t0 + 10_000, "Add"),
+        (late.id, "counter/a", t0 + 20_000, "Add"),
     ]
-    assert ports.backend.deferred(limit=1) == [(early.id, "counter/b", t0 + 10_000)]
-    assert ports.backend.deferred(actor="counter/a") == [(late.id, "counter/a", t0 + 20_000)]
+    assert ports.backend.deferred(limit=1) == [(early.id, "counter/b", t0 + 10_000, "Add")]
+    assert ports.backend.deferred(actor="counter/a") == [(late.id, "counter/a", t0 + 20_000, "Add")]
 
 
 def test_deferred_is_empty_once_delivered_or_cancelled(ports: Ports) -> None:
