@@ -38,6 +38,7 @@ _HEX_ID = re.compile(rb"[0-9a-f]{32}")
 # The one message type of the runtime's own, never a handler's (a model name cannot hold
 # ':'): it removes an ended actor's S3 object once its replay window has passed.
 PURGE_TYPE = "actor-system:purge"
+_PURGE_MARK = PURGE_TYPE.encode()  # a cheap test before decoding an entry
 _HEX_ID_STR = re.compile(r"[0-9a-f]{32}")
 # A traceparent is 55 characters (version 00 of W3C Trace Context); a tracestate longer than
 # 512 is one that OpenTelemetry's propagator drops: longer values are not a trace context.
@@ -258,7 +259,7 @@ def purge_message(target: str, version: int, now_ms: int, due_ms: int) -> Outgoi
 
 def purge_version(entry: bytes) -> int | None:
     """The tombstone version a purge entry is for; None for every other entry."""
-    if PURGE_TYPE.encode() not in entry:
+    if _PURGE_MARK not in entry:
         return None
     try:
         env = decode(entry)

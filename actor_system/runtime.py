@@ -25,13 +25,13 @@ from actor_system.actor import ActorRef, ActorType, Context, Handler, Registry, 
 from actor_system.budget import timeout_guard
 from actor_system.envelope import (
     ID_LENGTH,
+    PURGE_TYPE,
     Envelope,
     Outgoing,
     check_message_id,
     check_size,
     decode,
     is_message_id,
-    purge_version,
 )
 from actor_system.errors import (
     ActorSystemError,
@@ -541,17 +541,19 @@ class Runtime:
         seen: set[str] = set()
         now = utc(turn.now_s)
         for index, (entry, failed) in enumerate(turn.claim.entries):
-            if purge_version(entry) is not None:
-                # An S3 backend removes the object of an ended actor with it; without state in
-                # S3 (the system was moved off it) there is nothing to remove.
-                turn.actions.append(DONE)
-                continue
             try:
-                env, msg, fn = self._open(turn, entry)
+                opened = self._open(turn, entry)
             except _BAD_INPUT as e:
                 turn.actions.append(self._dead(turn.claim, entry, failed + 1, _reason(e), None))
                 turn.report.dead_letters += 1
                 continue
+            if opened is None:
+                # The runtime's own purge message: an S3 backend removes the object of an
+                # ended actor with it; without state in S3 (the system was moved off it)
+                # there is nothing to remove.
+                turn.actions.append(DONE)
+                continue
+            env, msg, fn = opened
             if env.id in seen:
                 turn.actions.append(DONE)
                 turn.report.duplicates += 1
@@ -765,8 +767,9 @@ class Runtime:
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
 
-    def _open(self, turn: _Turn, entry: bytes) -> tuple[Envelope, BaseModel, Handler]:
-        """Decode an entry and validate its payload; raises one of _BAD_INPUT."""
+    def _open(self, turn: _Turn, entry: bytes) -> tuple[Envelope, BaseModel, Handler] | None:
+        """Decode an entry and validate its payload; raises one of _BAD_INPUT. None for a
+        purge message (PURGE_TYPE), which has no handler."""
         check_size(entry, self.options.max_message_bytes, "mailbox entry")
         env = decode(entry)
         if env.target != turn.claim.actor:
@@ -775,6 +778,8 @@ class Runtime:
                 f"{turn.claim.actor!r}",
                 entry,
             )
+        if env.type == PURGE_TYPE:
+            return None
         model, fn = turn.actor.resolve(env.type)
         return env, model.model_validate(env.payload), fn
 

@@ -193,3 +193,23 @@ def test_idle_actors_of_a_type_with_idle_ttl_expire_together(url: str) -> None:
     assert system.raw_state(idle) is None
     assert len(system.state(busy).items) >= 5  # type: ignore[attr-defined]
     system.close()
+
+
+def test_a_purge_message_for_an_actor_without_a_tombstone_is_dropped(
+    make_system: Any, clock: ManualClock
+) -> None:
+    """The runtime's own purge message (an S3 delete sends it) has no handler: on a store
+    without the tombstone it names (state in Redis, or the actor started anew) it is done,
+    never a dead letter, and the messages around it run."""
+    from actor_system.envelope import purge_message
+
+    system: ActorSystem = make_system(orders, inboxes)
+    ref = orders.ref("purged")
+    now_ms = round(clock.now() * 1000)
+    system.send(ref, AddItem(item="before"))
+    system.backend.push([purge_message(ref.key, 7, now_ms, now_ms)], now_ms)  # due now
+    system.send(ref, AddItem(item="after"))
+    report = system.run_until_idle()
+    assert (report.messages, report.dead_letters) == (2, 0)
+    assert system.state(ref) == Order(items=["before", "after"])
+    assert system.dead_letters() == []
