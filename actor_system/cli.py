@@ -786,6 +786,37 @@ def stats(s: Settings, watch: float | None, top: int) -> None:
         time.sleep(watch)
 
 
+@main.command()
+@pass_settings
+def migrate(s: Settings) -> None:
+    """Move data of the key layout before partitions (0.x) into the partitioned layout.
+
+    Run it once, with every worker stopped, on the Redis a 0.x deployment used (a single
+    node). A start on such data is refused until then."""
+    from actor_system.adapters.redis.backend import RedisBackend, old_layout
+    from actor_system.adapters.redis.migrate import migrate as move
+
+    system = s.system(writes=True)
+    backend = system.backend
+    if not isinstance(backend, RedisBackend):
+        raise CommandError("migrate works on the Redis stores only")
+    client = backend._client
+    if type(client).__name__ == "RedisCluster" or backend._cluster_enabled():
+        raise CommandError("a Redis Cluster never held the layout before partitions")
+    keys = backend.keys
+    found = client.get(keys.layout)
+    if found is not None and int(found) != keys.partitions:
+        raise CommandError(
+            f"this Redis is laid out in {int(found)} partitions; set "
+            f"{ENV_PREFIX}PARTITIONS={int(found)}"
+        )
+    if not old_layout(client, keys.prefix):
+        s.out({"migrated": False, "reason": "no data of the layout before partitions"})
+        return
+    moved = move(client, keys)
+    s.out({"migrated": True, "partitions": keys.partitions, **vars(moved)})
+
+
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(args: Iterable[str]) -> None:

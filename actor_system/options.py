@@ -14,6 +14,8 @@ class Options:
 
     batch: messages claimed per actor turn. actors_per_round: ready actors taken per round trip.
     lease_ms: how long a turn owns its actor before another drainer may recover it.
+    partitions: how many partitions actors are spread over (a power of two; each is one slot
+    of a Redis Cluster), fixed per deployment.
     done_window_s / done_max: how long and how many processed ids each actor keeps for dedup.
     poll_interval_s: the longest blocking wait of an idle worker.
     reply_ttl_s: how long a handler's reply (and a dead-lettered message's error) is kept
@@ -30,7 +32,7 @@ class Options:
     max_message_bytes: int = 256 * 1024
     max_delay_s: float = 366 * 24 * 3600.0
     max_outbox: int = 1_000
-    delay_shards: int = 16
+    partitions: int = 64
     done_window_s: float = 24 * 3600.0
     done_max: int = 10_000
     poll_interval_s: float = 1.0
@@ -50,7 +52,7 @@ class Options:
             "max_message_bytes",
             "max_delay_s",
             "max_outbox",
-            "delay_shards",
+            "partitions",
             "done_window_s",
             "done_max",
             "poll_interval_s",
@@ -66,6 +68,10 @@ class Options:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
                 raise ConfigError(f"option {name}={value!r} must be a number >= 0")
+        if self.partitions > 16384 or self.partitions & (self.partitions - 1):
+            raise ConfigError(
+                f"option partitions={self.partitions!r} must be a power of two up to 16384"
+            )
         if not self.prefix or any(c in self.prefix for c in "{}: \n"):
             raise ConfigError(f"option prefix={self.prefix!r} must be non-empty without {{}}: ")
 

@@ -467,25 +467,29 @@ class CompositeBackend(RedisBackend):
         self._staged = False
         horizon = now_ms + int(self.delay.near_s * 1000)
         k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        for s in range(k.delay_shards):
-            pipe.zrangebyscore(k.delay_due(s), f"({horizon}", "+inf", 0, _OFFLOAD_SCAN, True)
-        shards = self._call("offload", pipe.execute)
-        rows = [(s, mid.decode(), int(due)) for s, found in enumerate(shards) for mid, due in found]
+        shards = self._pipe(
+            "offload",
+            lambda pipe: [
+                pipe.zrangebyscore(k.due(p), f"({horizon}", "+inf", 0, _OFFLOAD_SCAN, True)
+                for p in range(k.partitions)
+            ],
+        )
+        rows = [(p, mid.decode(), int(due)) for p, found in enumerate(shards) for mid, due in found]
         if not rows:
             return 0
-        values = self._bodies([(s, mid) for s, mid, _ in rows])
+        values = self._bodies([mid for _, mid, _ in rows])
         items = []
         for (_, mid, due), value in zip(rows, values, strict=True):
             if value:
                 target, _, body = value.partition(b"\n")
                 items.append(Outgoing(mid, target.decode(), mid.encode() + body, due))
         taken = set(self.delay.offload(items, now_ms))
-        args: list[Any] = [self.options.prefix]
-        for s, mid, due in rows:
+        by_part: dict[int, list[Any]] = {}
+        for p, mid, due in rows:
             if mid in taken:
-                args += [mid, s, due]
-        moved = int(self._run([("unstage", [k.ready], args)], "unstage")[0]) if taken else 0
+                by_part.setdefault(p, []).extend([mid, due])
+        calls = [("unstage", [k.due(p)], [k.prefix, p, *args]) for p, args in by_part.items()]
+        moved = sum(int(n) for n in self._run(calls, "unstage"))
         if any(len(found) == _OFFLOAD_SCAN for found in shards):
             self._staged = True  # more left than one scan reads
         return moved
@@ -549,7 +553,7 @@ class CompositeBackend(RedisBackend):
             return
         checked = [(h, h.item) for h in due if h.item is not None]
         keys = [self.keys.tomb(item.id) for _, item in checked]
-        tombs = self._call("release", self.client.mget, keys) if keys else []
+        tombs = self._pipe("release", lambda pipe: [pipe.get(key) for key in keys]) if keys else []
         lost = {
             h.receipt: item.id
             for (h, item), tomb in zip(checked, tombs, strict=True)

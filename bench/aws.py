@@ -135,7 +135,7 @@ def state_store(
     out["turn_ms_p50"] = _pct(samples, 0.50)
     out["turn_ms_p99"] = _pct(samples, 0.99)
     r = redis.Redis(port=port)
-    key = f"as:{{{refs[0].key}}}:state"
+    key = system.backend.keys.actor(refs[0].key, "state")
     out["redis_bytes_per_actor_state"] = r.memory_usage(key) or 0
     if state:
         obj = boto3.client("s3").head_object(Bucket=bucket, Key=f"actors/{refs[0].key}")

@@ -93,6 +93,12 @@ class RedisCluster:
                 total += int(client.dbsize())
         return total
 
+    def flush(self) -> None:
+        """Every key of every master gone (scripts stay loaded)."""
+        for node in self.nodes:
+            with redis.Redis(port=node.port) as client:
+                client.flushall()
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()

@@ -155,12 +155,41 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     return redis_server.url
 
 
-@pytest.fixture(params=["fakeredis", "redis"])
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real three-master Redis Cluster on free loopback ports (tests/cluster.py)."""
+    from tests.cluster import RedisCluster, available
+
+    if not available():
+        if os.environ.get("CI"):
+            pytest.fail("redis-server or redis-cli is missing; .ci/run installs them")
+        pytest.skip("redis-server or redis-cli is not installed")
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: Any) -> str:
+    """A flushed cluster, named by one of its nodes (the client finds the others)."""
+    redis_cluster.flush()
+    return str(redis_cluster.urls[0])
+
+
+# The cluster runs with the slow suites: every test again, on three more processes.
+SLOW_CLUSTER = pytest.param("cluster", marks=pytest.mark.slow)
+
+
+@pytest.fixture(params=["fakeredis", "redis", SLOW_CLUSTER])
 def url(request: pytest.FixtureRequest) -> str:
-    """Each behaviour test runs on the embedded fakeredis and on a real redis-server."""
+    """Each behaviour test runs on the embedded fakeredis, on a real redis-server and on a
+    real Redis Cluster."""
     skip_unless_selected(request.param)
     if request.param == "fakeredis":
         return "fakeredis://"
+    if request.param == "cluster":
+        return str(request.getfixturevalue("cluster_url"))
     return str(request.getfixturevalue("redis_url"))
 
 
@@ -169,7 +198,7 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-STORES = ["fakeredis", "redis", "s3", "sqs", "scheduler"]
+STORES: list[Any] = ["fakeredis", "redis", SLOW_CLUSTER, "s3", "sqs", "scheduler"]
 
 
 @pytest.fixture(params=STORES)
@@ -183,6 +212,9 @@ def stores(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
         return
     if kind == "redis":
         yield {"url": request.getfixturevalue("redis_url")}
+        return
+    if kind == "cluster":
+        yield {"url": request.getfixturevalue("cluster_url")}
         return
     request.getfixturevalue("aws_env")
     from tests.aws import AwsResources

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
+from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from actor_system.adapters.redis.clock import RedisClock
 from actor_system.adapters.redis.keys import Keys
 from actor_system.clock import SystemClock
-from actor_system.envelope import decode
+from actor_system.envelope import Outgoing, decode
 from actor_system.errors import BackendError, ConfigError, DecodeError
 from actor_system.ports import (
     Claim,
@@ -33,7 +35,6 @@ from actor_system.ports import (
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from actor_system.envelope import Outgoing
     from actor_system.options import Options
     from actor_system.ports import Clock
 
@@ -41,10 +42,12 @@ log = logging.getLogger("actor_system")
 
 _SCRIPTS = (
     "push",
-    "promote",
+    "signal",
+    "hints",
     "poll",
     "begin",
     "commit",
+    "flushed",
     "renew",
     "cancel",
     "redrive",
@@ -52,12 +55,18 @@ _SCRIPTS = (
     "unstage",
     "awake",
 )
+# Scripts whose answer starts with their signals (lib.lua): applied by the script itself on
+# a single node, returned for signal.lua on a cluster.
+_SIGNALLING = frozenset({"push", "poll", "commit", "land", "redrive"})
 _PUSH_CHUNK = 500  # messages per push script call, to bound one script's run time
-# Due messages moved per poll, split over the shards that have some due: Redis runs a
+# Due messages moved per poll, split over the partitions that have some due: Redis runs a
 # pipeline's scripts back to back, so this bounds how long other clients wait behind one.
 _PROMOTE_PER_POLL = 512
 _FAKE_POLL_S = 0.005
 _NOTHING_DUE = 2**62
+# How long a committer has to deliver its outbox (sends to other partitions, on a cluster)
+# before whoever polls the partition delivers it.
+_OUTBOX_GRACE_MS = 10_000
 _CONNECT_TIMEOUT_S = 2.0
 # A Redis that accepted the connection but stopped answering (a hung or paused server) fails
 # a call after this long instead of holding the drain until Lambda kills it.
@@ -69,38 +78,38 @@ _LANDED_MS = 3_600_000
 # How long a cancel is remembered, so that a cancel retried after its answer was lost (a
 # reset connection) still answers True.
 _CANCEL_RECEIPT_MS = 3_600_000
-_LOOK_AGAIN_MS = 5_000  # every shard is promoted at least this often, whatever the epoch
 # Tries of a pipeline whose connection reset (a lost answer); a refused connection fails
 # each at once, a silent one after the socket timeout (each try after the first then waits
 # for a connect, at most the connect timeout).
 _TRIES_ON_RESET = 3
 
-
-# Until keys are partitioned by hash slot, every script touches keys of many slots.
-CLUSTER_UNSUPPORTED = (
-    "Redis Cluster is not supported yet: its scripts would fail with CROSSSLOT or MOVED, "
-    "some after writing part of their effects. Point the URL at a single node, or at an "
-    "ElastiCache (Redis OSS or Valkey) replication group with cluster mode disabled"
-)
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
-def client_from_url(url: str) -> tuple[redis.Redis, bool]:
+def client_from_url(url: str) -> tuple[Any, bool]:
     """A client for ``redis://``, ``rediss://`` or ``fakeredis://``; the flag says whether the
     server supports blocking waits across processes (fakeredis lives in this process).
-    Raises ConfigError for a URL it cannot use: an unknown scheme or query parameter, or
-    ``?cluster=true``."""
+    ``?cluster=true`` makes a Redis Cluster client (redis-py's ``RedisCluster``, which follows
+    MOVED and ASK); without it, a node that reports ``cluster_enabled:1`` is switched to one at
+    the first call (``RedisBackend``). Raises ConfigError for a URL it cannot use: an unknown
+    scheme or query parameter."""
     parts = urlsplit(url)
     scheme = parts.scheme
     if scheme in ("redis", "rediss", "unix"):
         query = parse_qsl(parts.query)
-        cluster = [v for k, v in query if k == "cluster"]
+        cluster = [v.lower() for k, v in query if k == "cluster"]
+        if cluster and cluster[-1] not in _TRUE + _FALSE:
+            raise ConfigError(f"?cluster= takes true or false, got {cluster[-1]!r}")
         if cluster:
-            if cluster[-1].lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ConfigError(f"?cluster= takes true or false, got {cluster[-1]!r}")
-            if cluster[-1].lower() in ("true", "1", "yes"):
-                raise ConfigError(CLUSTER_UNSUPPORTED)
-            rest = urlencode([(k, v) for k, v in query if k != "cluster"])
-            url = urlunsplit(parts._replace(query=rest))
+            url = urlunsplit(
+                parts._replace(query=urlencode([(k, v) for k, v in query if k != "cluster"]))
+            )
+            if cluster[-1] in _TRUE:
+                if scheme == "unix":
+                    raise ConfigError(
+                        "?cluster=true needs a redis:// or rediss:// URL, not unix://"
+                    )
+                return cluster_client(url), True
         try:
             # A Redis that cannot be reached (a security group, a wrong host) fails a connect
             # in seconds, not after the OS's minutes of SYN retries, and one that stops
@@ -133,11 +142,29 @@ def block_seconds(client: Any) -> float:
     """The longest blocking read on ``client``: 5 s, or half its socket timeout when that is
     shorter (``?socket_timeout=`` in the URL), so that a wait for work ends well before the
     read times out. A longer wait is made of several."""
-    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    holder = getattr(client, "connection_pool", None) or getattr(client, "nodes_manager", None)
+    kwargs = getattr(holder, "connection_kwargs", {})
     timeout = kwargs.get("socket_timeout")
     if isinstance(timeout, int | float) and timeout > 0:
         return min(_BLOCK_S, timeout / 2)
     return _BLOCK_S
+
+
+def cluster_client(url: str) -> RedisCluster:
+    """A Redis Cluster client for a URL naming any node (the others are discovered), with the
+    same timeouts as a single node's; ConfigError for a URL it cannot use."""
+    try:
+        client = RedisCluster.from_url(
+            url,
+            socket_connect_timeout=_CONNECT_TIMEOUT_S,
+            socket_timeout=_SOCKET_TIMEOUT_S,
+            socket_keepalive=True,
+        )
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"invalid Redis Cluster URL: {e}") from None
+    except RedisError as e:
+        raise BackendError(f"Redis Cluster at {url!r} cannot be reached: {e}") from e
+    return client
 
 
 def _check_parameters(client: redis.Redis) -> None:
@@ -159,19 +186,36 @@ def _load_script(name: str) -> str:
 
 
 class RedisBackend:
-    """Mailbox, TurnStore, DelayQueue and DeadLetters on one Redis (or fakeredis) client."""
+    """Mailbox, TurnStore, DelayQueue and DeadLetters on one Redis, Redis Cluster or fakeredis.
 
-    def __init__(self, *, client: redis.Redis, options: Options, blocking: bool = True) -> None:
-        self.client = client
+    The same scripts run on both: each touches one partition's slot (lib.lua). On a single node
+    they run in one pipeline and apply their signals themselves (``fused``); on a cluster a
+    turn's sends to other partitions go through its outbox and signals through signal.lua.
+    """
+
+    def __init__(self, *, client: Any, options: Options, blocking: bool = True) -> None:
+        self._client = client
         self.options = options
-        self.keys = Keys(options.prefix, options.delay_shards)
+        self.keys = Keys(options.prefix, options.partitions)
         self.blocking = blocking
         self._source = {name: _load_script(name) for name in _SCRIPTS}
         self._sha: dict[str, str] = {}
+        self._url: str | None = None
+        self._detected = isinstance(client, RedisCluster) or not blocking
         self.block_s = block_seconds(client)
-        self._shard_due: list[int | None] = [None] * self.keys.delay_shards
-        self._epoch = -1
-        self._looked_at = 0
+        n = self.keys.partitions
+        # When each partition next needs a poll's upkeep (a deferred message comes due, a
+        # lease expires, a backoff ends), as this process last learnt; None: look now.
+        self._next: list[int | None] = [None] * n
+        # The oldest ready time in each partition the last poll left ready actors in: pops go
+        # to the partitions with the oldest first, so that the oldest ready actors are served
+        # first over all partitions (as within one).
+        self._heads: dict[int, int] = {}
+        self._seen_hints: dict[int, int] = {}  # hints to drop (found empty at that generation)
+        self._swept_ms = 0
+        self._last_poll: tuple[str, set[int]] = ("", set())
+        self._signals: list[str] = []  # to apply with the next round trip (cluster)
+        self._lock = threading.Lock()
         # Cancels leave a tombstone this long when deferred messages also live outside Redis.
         self.tombstone_ms = 0
         # How long the actor's state hash outlives its last write (0: for good; S3 state
@@ -181,46 +225,121 @@ class RedisBackend:
     @classmethod
     def from_url(cls, url: str, options: Options) -> RedisBackend:
         client, blocking = client_from_url(url)
-        return cls(client=client, options=options, blocking=blocking)
+        backend = cls(client=client, options=options, blocking=blocking)
+        backend._url = url
+        return backend
+
+    @property
+    def client(self) -> Any:
+        """The client; a single-node client pointed at a cluster node becomes a cluster client
+        at the first call."""
+        if not self._detected:
+            self._detect()
+        return self._client
+
+    @client.setter
+    def client(self, value: Any) -> None:
+        self._client = value
+        self._detected = isinstance(value, RedisCluster) or not self.blocking
+
+    @property
+    def fused(self) -> bool:
+        """Whether scripts may reach every partition's keys (one node): they then run in one
+        pipeline and apply their signals themselves."""
+        return not isinstance(self.client, RedisCluster)
+
+    def _detect(self) -> None:
+        with self._lock:
+            if self._detected:
+                return
+            try:
+                cluster = self._cluster_enabled()
+            except BackendError:
+                # Not reachable yet: the caller's own command fails and says why; the next
+                # call looks again.
+                return
+            if cluster:
+                if self._url is None:
+                    raise ConfigError(
+                        "this Redis is a cluster node: pass a redis.cluster.RedisCluster "
+                        "client, or a URL"
+                    )
+                self._client = cluster_client(self._url)
+            self._detected = True
 
     # -- plumbing -------------------------------------------------------------------------
 
     def _load_scripts(self) -> None:
-        if self.blocking and self._cluster_enabled():
-            # Before any script runs: on a cluster some would fail after writing part of
-            # their effects.
-            raise ConfigError(f"{CLUSTER_UNSUPPORTED} (the server reports cluster_enabled:1)")
-        # All or nothing: a connection lost halfway must not leave some scripts unknown.
+        self._check_layout()
+        # All or nothing: a connection lost halfway must not leave some scripts unknown. On a
+        # cluster, SCRIPT LOAD goes to every primary.
         loaded = {name: self.client.script_load(source) for name, source in self._source.items()}
         self._sha = loaded
+
+    def _check_layout(self) -> None:
+        """The partition count is fixed per deployment (it places every key): the first start
+        records it, and one that differs is refused. Data of the layout before partitions
+        (keys without a partition tag) is refused too, naming the command that moves it."""
+        k, n = self.keys, self.keys.partitions
+        pipe = self.client.pipeline(transaction=False)
+        pipe.setnx(k.layout, n)
+        pipe.get(k.layout)
+        fresh, found = pipe.execute()
+        if int(found) != n:
+            raise ConfigError(
+                f"this Redis (prefix {k.prefix!r}) holds data written with {int(found)} "
+                f"partitions, and this process is set up with {n} (ACTOR_SYSTEM_PARTITIONS): "
+                "the partition count is fixed per deployment"
+            )
+        if fresh and self.fused and old_layout(self.client, k.prefix):
+            self.client.delete(k.layout)
+            raise ConfigError(
+                f"this Redis (prefix {k.prefix!r}) holds data in the key layout of "
+                "actor-system 0.x, before partitions: stop every worker and run "
+                "`actor-system migrate` once to move it"
+            )
 
     def _cluster_enabled(self) -> bool:
         """Whether the server runs in cluster mode. A user whose ACL denies INFO (often
         ``-@dangerous``), or a server that renamed it, is taken as a single node."""
         try:
-            return bool(self.client.info("cluster").get("cluster_enabled"))
+            return bool(self._client.info("cluster").get("cluster_enabled"))
         except ResponseError:
             return False
+        except RedisError as e:
+            raise BackendError(f"Redis connect failed: {type(e).__name__}: {e}") from e
 
     def _run(
-        self, calls: Sequence[tuple[str, Sequence[Any], Sequence[Any]]], what: str
+        self,
+        calls: Sequence[tuple[str, Sequence[Any], Sequence[Any]]],
+        what: str,
+        *,
+        signals_too: bool = True,
     ) -> list[Any]:
-        """Run scripts in one pipelined round trip; reload them once if Redis lost them."""
+        """Run scripts in one pipelined round trip (on a cluster, one per node, in parallel);
+        load them where Redis lost them and run again only those. Signals returned by the
+        scripts (cluster) go with the next round trip (``signals_too``)."""
         if not calls:
             return []
+        calls = list(calls)
+        signals: list[str] = []
+        if signals_too:
+            with self._lock:
+                signals, self._signals = self._signals, []
+        if signals:
+            calls.append(("signal", self.keys.signal_keys()[:4], [self.keys.prefix, 0, *signals]))
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
         lost = 0
-        for _ in range(_TRIES_ON_RESET + 2):
+        for _ in range(_TRIES_ON_RESET + 3):
             try:
                 if not self._sha:
                     self._load_scripts()
                 pipe = self.client.pipeline(transaction=False)
-                for name, keys, args in calls:
-                    pipe.evalsha(self._sha[name], len(keys), *keys, *args)
-                return pipe.execute()
-            except NoScriptError:
-                # Every script is missing after a restart or SCRIPT FLUSH, so none ran. A new
-                # dict, not clear(): another thread may be reading this one.
-                self._sha = {}
+                for i in todo:
+                    name, keys, args = calls[i]
+                    pipe.execute_command("EVALSHA", self._sha[name], len(keys), *keys, *args)
+                answers = pipe.execute(raise_on_error=False)
             except RedisConnectionError as e:
                 # The connection broke: the scripts may have run and only their answers been
                 # lost. Each is safe to run again with the same arguments (a poll's and a
@@ -229,99 +348,293 @@ class RedisBackend:
                 # new connection's own handshake may be cut too.
                 lost += 1
                 if lost >= _TRIES_ON_RESET:
+                    self._keep_signals(signals)
                     raise BackendError(f"Redis {what} failed: {type(e).__name__}: {e}") from e
+                continue
             except RedisError as e:
+                self._keep_signals(signals)
                 raise BackendError(f"Redis {what} failed: {type(e).__name__}: {e}") from e
-        raise BackendError(f"Redis {what} failed: scripts could not be loaded")
+            missing = []
+            for i, answer in zip(todo, answers, strict=True):
+                if isinstance(answer, NoScriptError):
+                    missing.append(i)  # not run: a restarted or new node (failover, reshard)
+                elif isinstance(answer, RedisConnectionError):
+                    missing.append(i)  # its node's connection broke; safe to run again
+                    lost += 1
+                elif isinstance(answer, Exception):
+                    self._keep_signals(signals)
+                    raise BackendError(
+                        f"Redis {what} failed: {type(answer).__name__}: {answer}"
+                    ) from answer
+                else:
+                    results[i] = answer
+            if not missing:
+                break
+            if lost >= _TRIES_ON_RESET:
+                self._keep_signals(signals)
+                raise BackendError(f"Redis {what} failed: connections kept breaking")
+            if any(isinstance(answers[todo.index(i)], NoScriptError) for i in missing):
+                self._sha = {}  # a new dict, not clear(): another thread may be reading it
+            todo = missing
+        else:
+            raise BackendError(f"Redis {what} failed: scripts could not be loaded")
+        if signals:
+            results.pop()
+        out = []
+        fresh: list[str] = []
+        for (name, _, _), answer in zip(calls, results, strict=False):
+            if name in _SIGNALLING:
+                sig = answer[0].decode() if isinstance(answer[0], bytes) else str(answer[0])
+                if len(sig) > 1:
+                    fresh.append(sig)
+                answer = answer[1:]
+            out.append(answer)
+        self._keep_signals(fresh)
+        return out
 
-    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+    def _keep_signals(self, signals: Sequence[str]) -> None:
+        if signals:
+            with self._lock:
+                self._signals.extend(signals)
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except RedisError as e:
             raise BackendError(f"Redis {what} failed: {type(e).__name__}: {e}") from e
+
+    def _pipe(self, what: str, build: Any) -> list[Any]:
+        """Plain commands in one pipelined round trip (on a cluster, one per node)."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            build(pipe)
+            return list(pipe.execute())
+        except RedisError as e:
+            raise BackendError(f"Redis {what} failed: {type(e).__name__}: {e}") from e
+
+    def _signal_now(self, wake_ms: int) -> bool:
+        """Apply pending signals now (a cluster): True if the caller must start a drain."""
+        with self._lock:
+            signals, self._signals = self._signals, []
+        if not signals:
+            return False
+        args = [self.keys.prefix, wake_ms, *signals]
+        try:
+            return bool(self._run_plain("signal", self.keys.signal_keys()[:4], args))
+        except BackendError:
+            self._keep_signals(signals)
+            raise
+
+    def _run_plain(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """One script, without the pending signals (it may be the one applying them)."""
+        return self._run([(name, keys, args)], name, signals_too=False)[0]
 
     def _deliveries(self, items: Sequence[Outgoing]) -> list[Any]:
         args: list[Any] = []
         for item in items:
             due = "" if item.due_ms is None else item.due_ms
-            args += [item.target, item.id, due, self.keys.shard_of(item.id), item.entry]
+            part = self.keys.part_of(item.target)
+            args += [item.target, part, item.id, due, item.entry]
         return args
+
+    def _groups(self, items: Sequence[Outgoing]) -> list[list[Outgoing]]:
+        """Items in chunks a script takes: by partition on a cluster (in order within each)."""
+        if self.fused:
+            return [list(items[i : i + _PUSH_CHUNK]) for i in range(0, len(items), _PUSH_CHUNK)]
+        by_part: dict[int, list[Outgoing]] = {}
+        for item in items:
+            by_part.setdefault(self.keys.part_of(item.target), []).append(item)
+        return [
+            group[i : i + _PUSH_CHUNK]
+            for group in by_part.values()
+            for i in range(0, len(group), _PUSH_CHUNK)
+        ]
+
+    def _parts(self) -> range:
+        return range(self.keys.partitions)
 
     # -- Mailbox --------------------------------------------------------------------------
 
     def push(self, items: Sequence[Outgoing], now_ms: int, wake_ms: int = 0) -> tuple[int, bool]:
+        fused = self.fused
+        inline = "1" if fused else "0"
         calls = [
             (
                 "push",
-                [self.keys.ready, self.keys.awake],
-                [
-                    self.options.prefix,
-                    now_ms,
-                    wake_ms,
-                    *self._deliveries(items[i : i + _PUSH_CHUNK]),
-                ],
+                [self.keys.ready(self.keys.part_of(group[0].target))],
+                [self.keys.prefix, inline, now_ms, wake_ms, *self._deliveries(group)],
             )
-            for i in range(0, len(items), _PUSH_CHUNK)
+            for group in self._groups(items)
         ]
         results = self._run(calls, "push")
-        return sum(int(n) for n, _ in results), any(wake for _, wake in results)
+        n = sum(int(r[0]) for r in results)
+        if fused:
+            return n, any(int(r[1]) for r in results)
+        return n, self._signal_now(wake_ms)
+
+    def _any_ready(self) -> str:
+        """'' on a single node (awake.lua counts), else '1'/'0' counted here."""
+        if self.fused:
+            return ""
+        counts = self._pipe("ready", lambda p: [p.zcard(self.keys.ready(n)) for n in self._parts()])
+        return "1" if any(int(c) for c in counts) else "0"
+
+    def _awake(self, mode: str, wake_ms: int, ready: str) -> bool:
+        k = self.keys
+        args = [k.prefix, mode, wake_ms, ready, k.partitions]
+        return bool(self._run_plain("awake", [k.awake, k.poke], args))
 
     def claim_drain(self, wake_ms: int) -> bool:
         """True if actors are ready and no drain is running or on its way: the caller
-        starts one (P:awake is taken for ``wake_ms``)."""
-        keys = [self.keys.ready, self.keys.awake]
-        return bool(self._run([("awake", keys, ["wake", wake_ms])], "wake")[0])
+        starts one (P:{g}:awake is taken for ``wake_ms``)."""
+        self._signal_now(0)
+        return self._awake("wake", wake_ms, self._any_ready())
 
     def drop_wake(self) -> None:
         """Forget a drain claimed for a wake that could not be sent."""
-        keys = [self.keys.ready, self.keys.awake]
-        self._run([("awake", keys, ["drop", 0])], "wake")
+        self._awake("drop", 0, "0")
 
     def lease_expiry_ms(self) -> int | None:
         """When the earliest lease held expires (a dead holder's actor is recovered then)."""
-        first = self._call("leases", self.client.zrange, self.keys.leases, 0, 0, False, True)
-        return int(first[0][1]) if first else None
+        firsts = self._pipe(
+            "leases",
+            lambda p: [p.zrange(self.keys.leases(n), 0, 0, withscores=True) for n in self._parts()],
+        )
+        found = [int(f[0][1]) for f in firsts if f]
+        return min(found) if found else None
 
     def rest(self) -> bool:
         """A drain that found nothing to do may end: True if no actor is ready (the next
         send then wakes a drain), False if work arrived meanwhile (look again)."""
-        keys = [self.keys.ready, self.keys.awake]
-        return bool(self._run([("awake", keys, ["rest", 0])], "rest")[0])
+        self._signal_now(0)
+        if not self.fused:
+            # Poke cleared before counting: a send that finds the drain still running after
+            # the count pokes it again, and the rest below then looks again.
+            self._call("rest", self.client.delete, self.keys.poke)
+        return self._awake("rest", 0, self._any_ready())
 
     def poll(
         self, now_ms: int, max_actors: int, lease_ms: int, awake_ms: int = 0, token: str = ""
     ) -> tuple[list[str], int]:
         k = self.keys
-        # Only shards whose earliest due time has come (or is unknown) are promoted; the
-        # epoch returned by poll.lua says when another producer made that knowledge stale.
-        shards = [s for s, due in enumerate(self._shard_due) if due is None or due <= now_ms]
-        per_shard = max(16, _PROMOTE_PER_POLL // max(len(shards), 1))
+        hints = self._hints()
+        parts = self._to_poll(now_ms, hints, token)
+        pops = self._share(parts, max_actors)
+        if awake_ms > 0:
+            self._call("poll", self.client.set, k.awake, 1, px=awake_ms)
+        promote = max(16, _PROMOTE_PER_POLL // max(len(parts), 1))
+        actors, promoted, left = self._poll_pass(
+            now_ms, parts, pops, lease_ms, token, promote, hints
+        )
+        # Ready actors where none was known (a hint, a sweep, a message that came due): taken
+        # now, oldest first, so that a poll that returns none means none is ready.
+        # Not those that popped some (under the token, a poll run again returns what it
+        # popped: the second pass would get the first's actors).
+        room = max_actors - len(actors)
+        unpopped = sorted(p for p in left if not pops.get(p))
+        if room > 0 and unpopped:
+            second = self._share(unpopped, room)
+            got, _, _ = self._poll_pass(now_ms, sorted(second), second, lease_ms, token, 0, {})
+            actors += got
+        return actors, promoted
+
+    def _poll_pass(
+        self,
+        now_ms: int,
+        parts: list[int],
+        pops: dict[int, int],
+        lease_ms: int,
+        token: str,
+        promote: int,
+        hints: dict[int, int],
+    ) -> tuple[list[str], int, dict[int, int]]:
+        """One poll.lua per partition in one round trip: (actors popped, messages promoted,
+        ready actors left per partition that has some)."""
+        k = self.keys
+        inline = "1" if self.fused else "0"
         calls: list[tuple[str, Sequence[Any], Sequence[Any]]] = [
             (
-                "promote",
-                [k.delay_due(s), k.ready],
-                [now_ms, per_shard, self.options.prefix, s],
-            )
-            for s in shards
-        ]
-        calls.append(
-            (
                 "poll",
-                [k.leases, k.ready, k.paused],
-                [now_ms, max_actors, self.options.prefix, lease_ms, awake_ms, token],
+                k.poll_keys(p),
+                [
+                    k.prefix,
+                    inline,
+                    p,
+                    now_ms,
+                    pops.get(p, 0),
+                    lease_ms,
+                    token,
+                    promote,
+                    _OUTBOX_GRACE_MS,
+                ],
             )
-        )
-        *promoted, (epoch, *actors) = self._run(calls, "poll")
-        for shard, (_, left) in zip(shards, promoted, strict=True):
-            self._shard_due[shard] = _NOTHING_DUE if left < 0 else int(left)
-        if epoch != self._epoch or now_ms - self._looked_at >= _LOOK_AGAIN_MS:
-            # The epoch only grows, unless Redis lost its last writes (a restart from an
-            # older snapshot, a failover): then it may repeat a value this poller has seen,
-            # so every shard is looked at again now and then whatever the epoch says.
-            self._epoch = epoch
-            self._looked_at = now_ms
-            self._shard_due = [None] * k.delay_shards
-        return [a.decode() for a in actors], sum(n for n, _ in promoted)
+            for p in parts
+        ]
+        results = self._run(calls, "poll")
+        actors: list[str] = []
+        stale: list[str] = []
+        promoted = 0
+        left: dict[int, int] = {}
+        for p, result in zip(parts, results, strict=True):
+            n_promoted, next_ms, n_left, head, n_popped, *names = result
+            promoted += int(n_promoted)
+            self._next[p] = _NOTHING_DUE if int(next_ms) < 0 else int(next_ms)
+            if int(n_left) > 0:
+                self._heads[p] = int(head)
+                left[p] = int(n_left)
+            else:
+                self._heads.pop(p, None)
+                if p in hints:
+                    self._seen_hints[p] = hints[p]
+            actors += [a.decode() for a in names[: int(n_popped)]]
+            stale += [a.decode() for a in names[int(n_popped) :]]
+        if stale:
+            self._deliver_outboxes(stale, now_ms)
+        return actors, promoted, left
+
+    def _hints(self) -> dict[int, int]:
+        """The partitions with hints, after dropping those this process found empty."""
+        with self._lock:
+            seen, self._seen_hints = self._seen_hints, {}
+        args = [x for p, gen in seen.items() for x in (p, gen)]
+        try:
+            flat = self._run_plain("hints", [self.keys.hints, self.keys.wake], args)
+        except BackendError:
+            with self._lock:
+                self._seen_hints.update(seen)
+            raise
+        return {int(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    def _to_poll(self, now_ms: int, hints: dict[int, int], token: str) -> list[int]:
+        """The partitions this poll looks at: hinted ones, those with work left, those whose
+        upkeep is due, those a round under the same token polled (a resumed round gets its
+        actors back) and, every poll interval, all of them (a hint lost to a crash or a
+        failover costs at most that)."""
+        n = self.keys.partitions
+        sweep = now_ms - self._swept_ms >= self.options.poll_interval_s * 1000
+        if sweep:
+            self._swept_ms = now_ms
+            chosen = set(range(n))
+        else:
+            chosen = set(hints) | set(self._heads)
+            chosen |= {p for p, due in enumerate(self._next) if due is None or due <= now_ms}
+        last_token, last_parts = self._last_poll
+        if token and token == last_token:
+            chosen |= last_parts
+        self._last_poll = (token, chosen)
+        return sorted(chosen)
+
+    def _share(self, parts: list[int], max_actors: int) -> dict[int, int]:
+        """How many ready actors to pop from each partition: ``max_actors`` in all, from the
+        partitions known to have ready actors, those whose oldest waited longest first (one
+        whose oldest is not known yet gets none: the poll learns it, and a second pass pops
+        it if there is room)."""
+        known = sorted((p for p in parts if p in self._heads), key=lambda p: self._heads[p])
+        known = known[:max_actors]
+        if not known or max_actors <= 0:
+            return {}
+        each, extra = divmod(max_actors, len(known))
+        return {p: each + (1 if i < extra else 0) for i, p in enumerate(known)}
 
     def wait_ready(self, timeout_s: float) -> bool:
         if not self.blocking:
@@ -332,6 +645,60 @@ class RedisBackend:
         got = self._call("wait", self.client.blpop, [self.keys.wake], wait_s)
         return got is not None
 
+    # -- outboxes (a cluster: a turn's sends to other partitions) --------------------------
+
+    def _record(self, item: Outgoing) -> bytes:
+        due = b"" if item.due_ms is None else str(item.due_ms).encode()
+        part = str(self.keys.part_of(item.target)).encode()
+        return b"s" + item.target.encode() + b"\n" + part + b"\n" + due + b"\n" + item.entry
+
+    def _deliver_outboxes(self, actors: Sequence[str], now_ms: int) -> None:
+        """Deliver the outboxes of actors whose committer did not (it died, or lost the
+        answer), as a poll hands them out."""
+        lists = self._pipe(
+            "outbox",
+            lambda p: [p.lrange(self.keys.actor(a, "outbox"), 0, -1) for a in actors],
+        )
+        self._flush({a: list(records) for a, records in zip(actors, lists, strict=True)}, now_ms)
+
+    def _flush(self, outboxes: dict[str, list[bytes]], now_ms: int) -> None:
+        """Deliver outbox records (sends and cancels for other partitions), then drop them
+        from their outboxes. Safe to run twice: receivers drop ids they already hold (the
+        delay queue) or processed (the done set), and begin.lua drops a second copy."""
+        outboxes = {a: r for a, r in outboxes.items() if r}
+        if not outboxes:
+            return
+        items: list[Outgoing] = []
+        cancels: list[str] = []
+        for records in outboxes.values():
+            for record in records:
+                if record[:1] == b"c":
+                    cancels.append(record[1:].decode())
+                    continue
+                target, _, due, entry = record[1:].split(b"\n", 3)
+                items.append(
+                    Outgoing(entry[:32].decode(), target.decode(), entry, int(due) if due else None)
+                )
+        calls = [
+            (
+                "push",
+                [self.keys.ready(self.keys.part_of(group[0].target))],
+                [self.keys.prefix, "0", now_ms, 0, *self._deliveries(group)],
+            )
+            for group in self._groups(items)
+        ]
+        calls += [self._cancel_call(mid, self.tombstone_ms, 0) for mid in cancels]
+        self._run(calls, "outbox delivery")
+        done = [
+            (
+                "flushed",
+                [self.keys.actor(a, "outbox"), self.keys.outboxes(self.keys.part_of(a))],
+                [a, records[-1]],
+            )
+            for a, records in outboxes.items()
+        ]
+        self._run(done, "outbox delivery")
+
     # -- TurnStore ------------------------------------------------------------------------
 
     def begin(
@@ -341,11 +708,15 @@ class RedisBackend:
             ("begin", self.keys.begin_keys(a), [token, lease_ms, now_ms, batch, a]) for a in actors
         ]
         claims: list[Claim | None] = []
+        outboxes: dict[str, list[bytes]] = {}
         for actor, res in zip(actors, self._run(calls, "begin"), strict=True):
             if not res:
                 claims.append(None)
                 continue
-            fence, state, version, recovered, dups, *flat = res
+            fence, state, version, recovered, dups, n_outbox, *flat = res
+            if int(n_outbox):
+                outboxes[actor] = list(flat[: int(n_outbox)])
+                flat = flat[int(n_outbox) :]
             entries = [(flat[i], int(flat[i + 1])) for i in range(0, len(flat), 3)]
             errors = {
                 flat[i][:32].decode("ascii", "replace"): flat[i + 2].decode("utf-8", "replace")
@@ -364,13 +735,31 @@ class RedisBackend:
                     errors,
                 )
             )
+        # What earlier turns sent to other partitions goes before anything this turn sends.
+        self._flush(outboxes, now_ms)
         return claims
 
     def commit(self, commits: Sequence[Commit], now_ms: int) -> list[int | None]:
-        o = self.options
+        k = self.keys
+        fused = self.fused
+        inline = "1" if fused else "0"
         calls = []
+        remote: dict[str, list[bytes]] = {}
         for c in commits:
+            part = k.part_of(c.actor)
+            local = [i for i in c.outbox if fused or k.part_of(i.target) == part]
+            records = [
+                self._record(i) for i in c.outbox if not fused and k.part_of(i.target) != part
+            ]
+            cancels = [m for m in c.cancels if fused or k.part_of_id(m) == part]
+            records += [
+                b"c" + m.encode() for m in c.cancels if not fused and k.part_of_id(m) != part
+            ]
+            if records:
+                remote[c.actor] = records
             args: list[Any] = [
+                k.prefix,
+                inline,
                 c.token,
                 c.actor,
                 now_ms,
@@ -378,16 +767,18 @@ class RedisBackend:
                 c.fence,
                 c.done_window_ms,
                 c.done_max,
-                o.prefix,
+                part,
                 len(c.actions),
                 *[_action(a) for a in c.actions],
-                len(c.outbox),
-                *self._deliveries(c.outbox),
+                len(local),
+                *self._deliveries(local),
+                len(records),
+                *records,
+                _OUTBOX_GRACE_MS,
+                len(cancels),
             ]
-            cancels = [(mid, s) for mid in c.cancels for s in self._shards_of(mid)]
-            args.append(len(cancels))
-            for mid, shard in cancels:
-                args += [mid, shard]
+            for mid in cancels:
+                args += [mid, k.part_of_id(mid)]
             args += [
                 self.tombstone_ms,
                 -1 if c.state_is_default else self.state_ttl_ms,
@@ -398,8 +789,21 @@ class RedisBackend:
             for mid, record in c.replies:
                 args += [mid, record]
             args += [1 if c.delete else 0, c.idle_ttl_ms]
-            calls.append(("commit", self.keys.commit_keys(c.actor), args))
-        return [int(r[1]) if r[0] == 1 else None for r in self._run(calls, "commit")]
+            calls.append(("commit", k.commit_keys(c.actor), args))
+            known = self._next[part]
+            if c.pause_ms and known is not None:
+                self._next[part] = min(known, c.pause_ms)  # this process polls it then
+        results = self._run(calls, "commit")
+        versions = [int(r[1]) if int(r[0]) == 1 else None for r in results]
+        self._flush(
+            {
+                c.actor: remote[c.actor]
+                for c, v in zip(commits, versions, strict=True)
+                if v is not None and c.actor in remote
+            },
+            now_ms,
+        )
+        return versions
 
     def reply(self, message_id: str) -> bytes | None:
         """The stored reply record of a message, if any."""
@@ -424,7 +828,7 @@ class RedisBackend:
                 return None
 
     def renew(self, actor: str, token: str, lease_ms: int, now_ms: int) -> bool:
-        keys = [self.keys.actor(actor, "lease"), self.keys.leases]
+        keys = [self.keys.actor(actor, "lease"), self.keys.leases(self.keys.part_of(actor))]
         return bool(self._run([("renew", keys, [token, lease_ms, now_ms, actor])], "renew")[0])
 
     def load_state(self, actor: str) -> tuple[bytes | None, int]:
@@ -439,31 +843,23 @@ class RedisBackend:
         removed, _ = self._cancel(message_id)
         return removed
 
+    def _cancel_call(
+        self, message_id: str, tombstone_ms: int, receipt_ms: int
+    ) -> tuple[str, list[str], list[Any]]:
+        k = self.keys
+        keys = [
+            k.due(k.part_of_id(message_id)),
+            k.delay_msg(message_id),
+            k.cancelled(message_id),
+            k.tomb(message_id),
+        ]
+        return ("cancel", keys, [message_id, tombstone_ms, receipt_ms or 1])
+
     def _cancel(self, message_id: str) -> tuple[bool, bool]:
         """(removed from the sorted set, not known as cancelled or landed elsewhere)."""
-        k = self.keys
-        calls = [
-            (
-                "cancel",
-                [k.delay_due(s), k.delay_msg(s, message_id), k.old_delay_msg(s, message_id)],
-                # One tombstone per cancel: a second would read the first as "cancelled before".
-                [
-                    message_id,
-                    self.tombstone_ms if n == 0 else 0,
-                    self.options.prefix,
-                    _CANCEL_RECEIPT_MS,
-                ],
-            )
-            for n, s in enumerate(self._shards_of(message_id))
-        ]
-        results = self._run(calls, "cancel")
-        return any(bool(r[0]) for r in results), bool(results[0][1])
-
-    def _shards_of(self, message_id: str) -> list[int]:
-        """Where a deferred message may be: its shard, and the one a message deferred before
-        ids carried their target would be in (delivered and cancellable after an upgrade)."""
-        new, old = self.keys.shard_of(message_id), self.keys.old_shard_of(message_id)
-        return [new] if new == old else [new, old]
+        call = self._cancel_call(message_id, self.tombstone_ms, _CANCEL_RECEIPT_MS)
+        removed, unknown = self._run([call], "cancel")[0]
+        return bool(removed), bool(unknown)
 
     def accept_deferred(self, bodies: Sequence[str | dict[str, Any]], now_ms: int) -> int:
         """Land deferred-message bodies received from SQS or handed over by a schedule
@@ -486,7 +882,7 @@ class RedisBackend:
                 items.append(item)
         delivered, _ = self._land_received(items, now_ms)
         if dead:
-            self._call("dead letter", self.client.lpush, self.keys.dlq, *dead)
+            self._call("dead letter", self.client.lpush, self.keys.dlq(0), *dead)
         return delivered
 
     def _land_received(self, items: list[Outgoing], now_ms: int) -> tuple[int, set[str]]:
@@ -507,132 +903,176 @@ class RedisBackend:
         """Deliver deferred messages that come back from another delay queue: due ones to
         their mailboxes, the others to the sorted set at their exact due time, cancelled
         ones nowhere. Returns how many went to (mailboxes, the sorted set, nowhere)."""
+        inline = "1" if self.fused else "0"
         calls = [
             (
                 "land",
-                [self.keys.ready],
-                [
-                    self.options.prefix,
-                    now_ms,
-                    _LANDED_MS,
-                    *self._deliveries(items[i : i + _PUSH_CHUNK]),
-                ],
+                [self.keys.ready(self.keys.part_of(group[0].target))],
+                [self.keys.prefix, inline, now_ms, _LANDED_MS, *self._deliveries(group)],
             )
-            for i in range(0, len(items), _PUSH_CHUNK)
+            for group in self._groups(items)
         ]
         totals = [0, 0, 0]
         for counts in self._run(calls, "land"):
             totals = [t + int(c) for t, c in zip(totals, counts, strict=True)]
+        if not self.fused:
+            self._signal_now(0)
         return totals[0], totals[1], totals[2]
 
     def known_due_ms(self) -> int | None:
-        if any(d is None for d in self._shard_due):
-            return 0  # a shard to look at again (a producer sent an earlier due time): now
-        known = [d for d in self._shard_due if d is not None and d != _NOTHING_DUE]
+        if any(d is None for d in self._next):
+            return 0  # a partition to look at (this process has not yet): now
+        known = [d for d in self._next if d is not None and d != _NOTHING_DUE]
         return min(known) if known else None
 
     def next_due_ms(self) -> int | None:
         """The earliest time something becomes due: a deferred message, or an actor waiting
         out a retry's backoff (P:paused)."""
-        pipe = self.client.pipeline(transaction=False)
-        for s in range(self.keys.delay_shards):
-            pipe.zrange(self.keys.delay_due(s), 0, 0, withscores=True)
-        pipe.zrange(self.keys.paused, 0, 0, withscores=True)
-        *firsts, resting = self._call("next due", pipe.execute)
-        self._shard_due = [int(f[0][1]) if f else _NOTHING_DUE for f in firsts]
-        dues = [d for d in self._shard_due if d is not None and d != _NOTHING_DUE]
-        dues += [int(resting[0][1])] if resting else []
+        k = self.keys
+
+        def build(pipe: Any) -> None:
+            for n in self._parts():
+                pipe.zrange(k.due(n), 0, 0, withscores=True)
+                pipe.zrange(k.paused(n), 0, 0, withscores=True)
+
+        firsts = self._pipe("next due", build)
+        dues = [int(f[0][1]) for f in firsts if f]
         return min(dues) if dues else None
 
     def pending(self) -> int:
-        pipe = self.client.pipeline(transaction=False)
-        for s in range(self.keys.delay_shards):
-            pipe.zcard(self.keys.delay_due(s))
-        return int(sum(self._call("pending", pipe.execute)))
+        counts = self._pipe("pending", lambda p: [p.zcard(self.keys.due(n)) for n in self._parts()])
+        return int(sum(counts))
 
     def deferred(
         self, limit: int = 100, actor: str | None = None
     ) -> list[tuple[str, str, int, str]]:
         """Pending deferred messages as (id, actor key, due ms, message type), earliest
         first; with ``actor``, only that actor's (found among the earliest ``limit * 100`` of
-        each shard)."""
+        its partition)."""
+        k = self.keys
+        parts = list(self._parts()) if actor is None else [k.part_of(actor)]
         scan = limit if actor is None else limit * 100
-        pipe = self.client.pipeline(transaction=False)
-        for s in range(self.keys.delay_shards):
-            pipe.zrange(self.keys.delay_due(s), 0, scan - 1, withscores=True)
-        shards = self._call("deferred", pipe.execute)
-        flat = iter(
-            self._bodies([(s, mid.decode()) for s, rows in enumerate(shards) for mid, _ in rows])
+        shards = self._pipe(
+            "deferred", lambda p: [p.zrange(k.due(n), 0, scan - 1, withscores=True) for n in parts]
         )
-        values = [[next(flat) for _ in rows] for rows in shards]
+        ids = [mid.decode() for rows in shards for mid, _ in rows]
+        bodies = iter(self._bodies(ids))
         out = []
-        for rows, vals in zip(shards, values, strict=True):
-            for (mid, due), value in zip(rows, vals, strict=False):
+        for rows in shards:
+            for mid, due in rows:
+                value = next(bodies)
                 target, _, body = value.partition(b"\n") if value else (b"?", b"", b"")
                 if actor is None or target.decode() == actor:
                     out.append((mid.decode(), target.decode(), int(due), _type_of(mid, body)))
         return sorted(out, key=lambda r: r[2])[:limit]
 
-    def _bodies(self, rows: Sequence[tuple[int, str]]) -> list[bytes | None]:
-        """The stored bodies (``target \n entry without its id``) of deferred messages given
-        as (shard, id), in one round trip; a message deferred before ids carried their
-        target is in the bucket of the older rule."""
-        pipe = self.client.pipeline(transaction=False)
-        for s, mid in rows:
-            pipe.hget(self.keys.delay_msg(s, mid), mid)
-            pipe.hget(self.keys.old_delay_msg(s, mid), mid)
-        got = self._call("deferred bodies", pipe.execute)
-        return [new or old for new, old in zip(got[0::2], got[1::2], strict=True)]
+    def _bodies(self, ids: Sequence[str]) -> list[bytes | None]:
+        """The stored bodies (``target \\n entry without its id``) of deferred messages, in
+        one round trip."""
+        if not ids:
+            return []
+        return self._pipe(
+            "deferred bodies", lambda p: [p.hget(self.keys.delay_msg(m), m) for m in ids]
+        )
 
     def stats(self) -> dict[str, Any]:
-        """Counts for operators: ready actors, leases, mailbox depths (by SCAN), deferred."""
+        """Counts for operators: ready actors, leases, mailbox depths (by SCAN of every
+        primary), deferred."""
         k = self.keys
         depths: dict[str, int] = {}
         inflight: dict[str, int] = {}
         for suffix, into in (("mb", depths), ("inflight", inflight)):
-            names = self._call("stats", self._scan, f"{k.prefix}:{{*}}:{suffix}")
-            pipe = self.client.pipeline(transaction=False)
-            for name in names:
-                pipe.llen(name)
-            for name, n in zip(names, self._call("stats", pipe.execute), strict=True):
-                actor = name.decode()[len(k.prefix) + 2 : -len(suffix) - 2]
+            names = self._call("stats", self._scan, f"{k.prefix}:{{p*}}:*/*:{suffix}")
+            lengths = self._pipe("stats", lambda p, names=names: [p.llen(n) for n in names])
+            for name, n in zip(names, lengths, strict=True):
+                key = name.decode()
+                actor = key[key.index("}:") + 2 : -len(suffix) - 1]
                 into[actor] = int(n)
+
+        def counts(pipe: Any) -> None:
+            for n in self._parts():
+                pipe.zcard(k.ready(n))
+                pipe.zcard(k.leases(n))
+
+        got = self._pipe("stats", counts)
         return {
-            "ready_actors": int(self._call("stats", self.client.zcard, k.ready)),
-            "leases_held": int(self._call("stats", self.client.zcard, k.leases)),
+            "ready_actors": int(sum(got[0::2])),
+            "leases_held": int(sum(got[1::2])),
             "mailbox_messages": sum(depths.values()),
             "in_flight_messages": sum(inflight.values()),
             "mailboxes": dict(sorted(depths.items(), key=lambda kv: -kv[1])),
-            "pending_deferred": RedisBackend.pending(self),  # in the sorted set
+            "pending_deferred": RedisBackend.pending(self),  # in the sorted sets
             "next_due_ms": self.next_due_ms(),
             "dead_letters": self.dead_letter_count(),
         }
 
     def _scan(self, match: str) -> list[bytes]:
+        """Keys matching ``match`` on the node, or on every primary of a cluster."""
         return list(self.client.scan_iter(match=match, count=1000))
 
     # -- DeadLetters ----------------------------------------------------------------------
 
     def dead_letters(self, limit: int) -> list[bytes]:
-        return list(self._call("dead letters", self.client.lrange, self.keys.dlq, 0, limit - 1))
+        """The newest ``limit`` records over every partition."""
+        lists = self._pipe(
+            "dead letters",
+            lambda p: [p.lrange(self.keys.dlq(n), 0, limit - 1) for n in self._parts()],
+        )
+        records = [bytes(r) for rows in lists for r in rows]
+        records.sort(key=_newest, reverse=True)
+        return records[:limit]
 
     def dead_letter_count(self) -> int:
-        return int(self._call("dead letters", self.client.llen, self.keys.dlq))
+        counts = self._pipe(
+            "dead letters", lambda p: [p.llen(self.keys.dlq(n)) for n in self._parts()]
+        )
+        return int(sum(counts))
 
     def redrive(
         self, record: bytes, actor: str, message_id: str, entry: bytes, now_ms: int
     ) -> bool:
         """Move one dead letter (its exact record bytes) back to its actor's mailbox."""
-        args = [self.options.prefix, now_ms, record, actor, message_id, entry]
-        keys = [self.keys.dlq, self.keys.ready]
-        return bool(self._run([("redrive", keys, args)], "redrive")[0])
+        k = self.keys
+        part = k.part_of(actor)
+        if self._dlq_of(record) != part:
+            # Kept in another partition (bytes that never reached an actor): the record goes
+            # from there and the message to its actor, one after the other.
+            if not self.remove_dead_letter(record):
+                return False
+            self.push([Outgoing(message_id, actor, entry, None)], now_ms)
+            return True
+        args = [
+            k.prefix,
+            "1" if self.fused else "0",
+            now_ms,
+            record,
+            actor,
+            message_id,
+            entry,
+            part,
+        ]
+        moved = bool(
+            self._run([("redrive", [k.dlq(part), k.actor(actor, "mb")], args)], "redrive")[0][0]
+        )
+        if not self.fused:
+            self._signal_now(0)
+        return moved
+
+    def _dlq_of(self, record: bytes) -> int:
+        """The partition whose dead-letter list holds a record: its actor's (0 for none)."""
+        try:
+            actor = DeadLetter.from_record(record).actor
+        except Exception:
+            return 0
+        return self.keys.part_of(actor) if actor else 0
 
     def remove_dead_letter(self, record: bytes) -> bool:
         """Delete one dead letter by its exact record bytes."""
-        return bool(self._call("purge", self.client.lrem, self.keys.dlq, 1, record))
+        key = self.keys.dlq(self._dlq_of(record))
+        return bool(self._call("purge", self.client.lrem, key, 1, record))
 
     def claim_wake(self, due_ms: int, now_ms: int) -> bool:
-        key = f"{self.keys.prefix}:armed"
+        key = self.keys.armed
         armed = self._call("wake", self.client.get, key)
         if armed is not None and now_ms < int(armed) <= due_ms:
             return False  # an earlier (or the same) wake is already on its way
@@ -653,7 +1093,27 @@ class RedisBackend:
         return RedisClock(self.client)
 
     def close(self) -> None:
-        self.client.close()
+        self._client.close()
+
+
+def old_layout(client: Any, prefix: str) -> bool:
+    """Whether a single node holds data in the key layout before partitions: its shared keys,
+    or any actor's keys (an actor at rest keeps only its state); scanned once per deployment,
+    when the partitioned layout is not recorded yet."""
+    names = ["ready", "leases", "paused", "dlq"] + [f"{{dq{s}}}:due" for s in range(16)]
+    if client.exists(*[f"{prefix}:{name}" for name in names]):
+        return True
+    return next(iter(client.scan_iter(match=f"{prefix}:{{*/*}}:*", count=1000)), None) is not None
+
+
+def _newest(record: bytes) -> tuple[int, str]:
+    """The order of dead letters over partitions: by time, then by message id (send order,
+    for one sender's messages dead-lettered in the same ms)."""
+    try:
+        letter = DeadLetter.from_record(record)
+    except Exception:
+        return (0, "")
+    return (int(letter.at_ms), letter.id)
 
 
 def _type_of(message_id: bytes, body: bytes) -> str:

@@ -1,80 +1,138 @@
-"""Every Redis key actor-system uses, in one place (the schema is documented in lib.lua)."""
+"""Every Redis key actor-system uses, in one place (the schema is documented in lib.lua).
+
+Every actor belongs to one of N partitions (a power of two), by the same 16-bit hash of its
+key that every message id sent to it carries (``envelope.target_hash``). A partition's keys,
+and the keys of each actor in it, share the hash tag ``{p<n>}``: on a Redis Cluster each
+partition lives in one slot, so that every script touches one slot. The few keys shared by
+all partitions (wake hints, the drain claim) share the tag ``{g}``.
+"""
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
-DELAY_BUCKETS = 1024
+BUCKETS = 256  # hashes holding the bodies of one partition's deferred messages
+
+
+def actor_hash(actor: str) -> int:
+    """The 16-bit hash of an actor key that its messages' ids carry (envelope.target_hash)."""
+    return zlib.crc32(actor.encode()) & 0xFFFF
 
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """Key names under one prefix. Each actor's keys share the hash tag ``{type/id}``."""
+    """Key names under one prefix, for ``partitions`` partitions."""
 
     prefix: str = "as"
-    delay_shards: int = 16
+    partitions: int = 64
+
+    # -- which partition --------------------------------------------------------------------
+
+    def part_of(self, actor: str) -> int:
+        return actor_hash(actor) % self.partitions
+
+    def part_of_id(self, message_id: str) -> int:
+        """The partition of a message's target, from the target hash inside its id."""
+        return int(message_id[16:20], 16) % self.partitions
+
+    # -- keys shared by all partitions ({g}) ------------------------------------------------
+
+    def _g(self, name: str) -> str:
+        return f"{self.prefix}:{{g}}:{name}"
 
     @property
-    def ready(self) -> str:
-        return f"{self.prefix}:ready"
+    def layout(self) -> str:
+        """The partition count the data was written with (refused at start if it differs)."""
+        return self._g("partitions")
 
     @property
     def wake(self) -> str:
-        return f"{self.prefix}:wake"
+        """Wake-up tokens for idle workers (BLPOP)."""
+        return self._g("wake")
 
     @property
-    def leases(self) -> str:
-        return f"{self.prefix}:leases"
+    def hints(self) -> str:
+        """Partition -> generation: partitions that got work since a poller last looked."""
+        return self._g("hints")
 
     @property
     def awake(self) -> str:
-        return f"{self.prefix}:awake"
-
-    def reply(self, message_id: str) -> str:
-        return f"{self.prefix}:reply:{message_id}"
+        return self._g("awake")
 
     @property
-    def paused(self) -> str:
-        return f"{self.prefix}:paused"
+    def poke(self) -> str:
+        """Set by a send that found a drain running: a drain deciding to rest looks again."""
+        return self._g("poke")
 
     @property
-    def dlq(self) -> str:
-        return f"{self.prefix}:dlq"
+    def armed(self) -> str:
+        return self._g("armed")
+
+    @property
+    def epoch(self) -> str:
+        """Bumped whenever a partition's delay queue gets a new earliest due time."""
+        return self._g("dqepoch")
+
+    # -- one partition's keys ({p<n>}) ------------------------------------------------------
+
+    def part(self, p: int, name: str) -> str:
+        return f"{self.prefix}:{{p{p}}}:{name}"
+
+    def ready(self, p: int) -> str:
+        return self.part(p, "ready")
+
+    def leases(self, p: int) -> str:
+        return self.part(p, "leases")
+
+    def paused(self, p: int) -> str:
+        return self.part(p, "paused")
+
+    def dlq(self, p: int) -> str:
+        return self.part(p, "dlq")
+
+    def due(self, p: int) -> str:
+        return self.part(p, "due")
+
+    def outboxes(self, p: int) -> str:
+        return self.part(p, "outboxes")
+
+    def delay_msg(self, message_id: str) -> str:
+        """The bucket hash holding a deferred message's body (same rule as mkey in lib.lua)."""
+        bucket = int(message_id[20:23], 16) % BUCKETS
+        return self.part(self.part_of_id(message_id), f"m{bucket}")
 
     def tomb(self, message_id: str) -> str:
         """A deferred message's tombstone: cancelled, or landed at a due time (lib.lua)."""
-        return f"{self.prefix}:tomb:{message_id}"
+        return self.part(self.part_of_id(message_id), f"tomb:{message_id}")
+
+    def cancelled(self, message_id: str) -> str:
+        return self.part(self.part_of_id(message_id), f"cancelled:{message_id}")
+
+    def reply(self, message_id: str) -> str:
+        return self.part(self.part_of_id(message_id), f"reply:{message_id}")
 
     def actor(self, actor: str, suffix: str) -> str:
-        return f"{self.prefix}:{{{actor}}}:{suffix}"
+        return self.part(self.part_of(actor), f"{actor}:{suffix}")
 
-    def shard_of(self, message_id: str) -> int:
-        """The delay shard of a message: from the target hash inside its id (envelope.py),
-        so that every deferred message of one actor is in one shard, in due order."""
-        return int(message_id[16:20], 16) % self.delay_shards
-
-    def delay_due(self, shard: int) -> str:
-        return f"{self.prefix}:{{dq{shard}}}:due"
-
-    def delay_msg(self, shard: int, message_id: str) -> str:
-        """The bucket hash holding a deferred message (same rule as mkey in lib.lua)."""
-        return f"{self.prefix}:{{dq{shard}}}:m{int(message_id[20:23], 16) % DELAY_BUCKETS}"
-
-    def old_shard_of(self, message_id: str) -> int:
-        """The shard of a message deferred before ids carried their target (still delivered
-        and cancellable after an upgrade)."""
-        return int(message_id[:8], 16) % self.delay_shards
-
-    def old_delay_msg(self, shard: int, message_id: str) -> str:
-        """The bucket by the rule before ids carried their target (old_mkey in lib.lua)."""
-        return f"{self.prefix}:{{dq{shard}}}:m{int(message_id[8:11], 16) % DELAY_BUCKETS}"
+    # -- script key lists -------------------------------------------------------------------
 
     def begin_keys(self, actor: str) -> list[str]:
         names = ("lease", "fence", "mb", "inflight", "state", "att", "done")
+        p = self.part_of(actor)
         keys = [self.actor(actor, n) for n in names]
-        return [*keys, self.leases, self.actor(actor, "err"), self.paused, self.ready]
+        extra = [self.leases(p), self.actor(actor, "err"), self.paused(p), self.ready(p)]
+        return [*keys, *extra, self.actor(actor, "outbox")]
 
     def commit_keys(self, actor: str) -> list[str]:
         names = ("lease", "mb", "inflight", "state", "att", "done")
-        keys = [self.actor(actor, n) for n in names] + [self.leases, self.ready, self.dlq]
-        return [*keys, self.actor(actor, "err"), self.paused]
+        p = self.part_of(actor)
+        keys = [self.actor(actor, n) for n in names] + [self.leases(p), self.ready(p), self.dlq(p)]
+        tail = [self.actor(actor, "outbox"), self.outboxes(p)]
+        return [*keys, self.actor(actor, "err"), self.paused(p), *tail]
+
+    def poll_keys(self, p: int) -> list[str]:
+        return [self.leases(p), self.ready(p), self.paused(p), self.due(p), self.outboxes(p)]
+
+    def signal_keys(self) -> list[str]:
+        return [self.hints, self.wake, self.awake, self.poke, self.epoch]

@@ -14,7 +14,8 @@ def raw_push(system: ActorSystem, actor: str, entry: bytes) -> None:
     """Put bytes straight into a mailbox, as a foreign or broken producer would."""
     keys = system.backend.keys
     system.backend.client.rpush(keys.actor(actor, "mb"), entry)
-    system.backend.client.zadd(keys.ready, {actor: 0})
+    system.backend.client.zadd(keys.ready(keys.part_of(actor)), {actor: 0})
+    system.backend.client.hincrby(keys.hints, str(keys.part_of(actor)), 1)
 
 
 def ms(clock: ManualClock) -> int:

@@ -78,8 +78,8 @@ def actor_keys(system: ActorSystem, key: str) -> list[str]:
     """The Redis keys of one actor, but its fence and lease (which expire seconds after its
     last turn: the fence with the lease, the lease's receipt of the commit after 5 s)."""
     client: Any = system.backend.client  # type: ignore[attr-defined]
-    prefix = system.options.prefix
-    found = sorted(k.decode() for k in client.scan_iter(match=f"{prefix}:{{{key}}}:*"))
+    pattern = system.backend.keys.actor(key, "*")  # type: ignore[attr-defined]
+    found = sorted(k.decode() for k in client.scan_iter(match=pattern))
     return [k for k in found if not k.endswith((":fence", ":lease"))]
 
 
@@ -183,7 +183,8 @@ def test_idle_actors_of_a_type_with_idle_ttl_expire_together(url: str) -> None:
     system.run_until_idle()
     assert actor_keys(system, idle.key)  # state and processed ids
     client: Any = system.backend.client  # type: ignore[attr-defined]
-    assert 0 < client.pttl(f"as:{{{idle.key}}}:state") <= 500
+    state_key = system.backend.keys.actor(idle.key, "state")  # type: ignore[attr-defined]
+    assert 0 < client.pttl(state_key) <= 500
     started = time.monotonic()
     while time.monotonic() - started < 1.0:  # busy keeps having turns: its keys stay
         system.send(busy, AddItem(item="b"))

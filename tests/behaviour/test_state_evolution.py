@@ -535,9 +535,11 @@ def test_a_state_stored_by_a_newer_deploy_makes_the_older_one_wait(
     assert old.dead_letters() == []
     assert new.raw_state(ref) == {"cents": 100, "note": "", "_v": 2}  # not overwritten
     assert old.backend.next_due_ms() is not None  # the actor rests, then is tried again
-    paused = old.backend.keys.paused
+    paused = old.backend.keys.paused(old.backend.keys.part_of(ref.key))
     assert old.backend.client.zscore(paused, ref.key) is not None
     old.backend.client.zadd(paused, {ref.key: 0})  # the wait ends (the new deploy is up)
+    # Pollers look at a partition when hinted, or once a poll interval.
+    old.backend.client.hincrby(old.backend.keys.hints, old.backend.keys.part_of(ref.key), 1)
     new.run_until_idle()
     assert new.state(ref) == WalletV2(cents=600)
 

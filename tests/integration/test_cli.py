@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
+import typing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -288,7 +289,10 @@ def test_dlq_show_prints_the_decoded_message(redis_url: str) -> None:
 def push_dead_letter(redis_url: str, dead: DeadLetter) -> None:
     """A dead letter stored as the runtime stores one."""
     system = ActorSystem.from_url(redis_url, actors=actors)
-    system.backend.client.lpush(system.backend.keys.dlq, dead.encode())  # type: ignore[attr-defined]
+    backend: typing.Any = system.backend
+    backend.client.lpush(
+        backend.keys.dlq(backend.keys.part_of(dead.actor) if dead.actor else 0), dead.encode()
+    )
     system.close()
 
 

@@ -152,7 +152,8 @@ def test_worker_on_a_read_only_replica_waits_for_failover(tmp_path: Path) -> Non
         for seq in range(1, 11):
             system.send(ledger.ref("a0"), Entry(sender="p", seq=seq))
         replica_client = redis.Redis(port=replica.port)
-        wait_until(lambda: replica_client.exists("as:{ledger/a0}:mb"), what="the replica to sync")
+        mailbox = system.backend.keys.actor("ledger/a0", "mb")  # type: ignore[attr-defined]
+        wait_until(lambda: replica_client.exists(mailbox), what="the replica to sync")
         worker = start_worker_chaos(replica.url)
 
         def readonly_errors() -> int:

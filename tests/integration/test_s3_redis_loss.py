@@ -192,7 +192,11 @@ def test_lost_marker_on_an_old_object_sends_nothing_again(
     # What the keys' expiry does to idle actors: A's acknowledged version and B's done set
     # go; A's S3 object, one version ahead of nothing, still holds its old outbox.
     client = server.client()
-    assert client.delete("as:{fwd/a}:state", "as:{counter/b}:done") == 2
+    keys = system.backend.keys  # type: ignore[attr-defined]
+    assert (
+        client.delete(keys.actor("fwd/a", "state")) + client.delete(keys.actor("counter/b", "done"))
+        == 2
+    )
     system.send(a, Forward(n=1, to="b"))
     report = system.run_until_idle()
     assert system.state(b).count == 1251  # type: ignore[attr-defined]

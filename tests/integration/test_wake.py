@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = str(Path(__file__).resolve().parents[2])
 DRAIN_APP = "tests.lambda_app:handler"
 WAKE_APP = "tests.wake_app:handler"
-AWAKE = "as:awake"  # P:awake of the default prefix
+AWAKE = "as:{g}:awake"  # P:{g}:awake of the default prefix
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ lease lets another token take over the dead holder's claim; ``load_state``, ``re
 
 from __future__ import annotations
 
+from actor_system.envelope import new_id
 from actor_system.ports import DONE, KEEP, WITHDRAW, Commit, Failed
 from tests.actors import Add, counter
 from tests.ports.harness import LEASE_MS, Ports, attempts, ids
@@ -400,7 +401,7 @@ def test_a_commit_with_replies_makes_reply_return_the_record(ports: Ports) -> No
 
 def test_the_first_reply_of_an_id_stays(ports: Ports) -> None:
     ports.push(ports.message("a", 1), ports.message("a", 2))
-    mid = "0" * 32
+    mid = new_id("counter/a")  # a reply is kept in the partition of its message's target
     claim = ports.begin("counter/a", "t1", batch=1)
     assert claim is not None
     ports.commit(claim, "t1", [DONE], replies=[(mid, b"first")])

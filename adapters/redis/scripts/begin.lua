@@ -1,11 +1,14 @@
 -- begin: take an actor's lease, recover a dead holder's claim, claim a batch, load the state.
 -- KEYS[1] P:{A}:lease  KEYS[2] P:{A}:fence  KEYS[3] P:{A}:mb  KEYS[4] P:{A}:inflight
 -- KEYS[5] P:{A}:state  KEYS[6] P:{A}:att  KEYS[7] P:{A}:done  KEYS[8] P:leases
--- KEYS[9] P:{A}:err  KEYS[10] P:paused  KEYS[11] P:ready
+-- KEYS[9] P:{A}:err  KEYS[10] P:paused  KEYS[11] P:ready  KEYS[12] P:{A}:outbox
+-- (P:{A}: the actor's keys, P: its partition's, both under the partition's tag: lib.lua)
 -- ARGV[1] token  ARGV[2] lease ms  ARGV[3] now ms  ARGV[4] batch  ARGV[5] actor key
 -- Returns 0 when the lease is held by someone else, else
--- {fence, state or '', version, recovered, duplicates, entry1, attempts1, first error1 or '',
--- entry2, ...}.
+-- {fence, state or '', version, recovered, duplicates, n outbox, outbox record..., entry1,
+-- attempts1, first error1 or '', entry2, ...}. The outbox holds what earlier turns sent to
+-- other partitions and is not delivered yet: the caller delivers it before this turn's
+-- sends, so that the actor's sends stay in order.
 local now = tonumber(ARGV[3])
 local expiry = tonumber(redis.call('HGET', KEYS[1], 'e') or '0')
 if expiry > now then
@@ -17,7 +20,7 @@ if expiry > now then
   -- trip, not a lease.
   local st = redis.call('HMGET', KEYS[5], 'd', 'v')
   local out = {tonumber(redis.call('GET', KEYS[2]) or '0'), st[1] or '', tonumber(st[2] or '0'),
-               0, 0}
+               0, 0, 0}
   for _, e in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
     local id = string.sub(e, 1, 32)
     out[#out + 1] = e
@@ -61,11 +64,18 @@ while true do
 end
 local st = redis.call('HMGET', KEYS[5], 'd', 'v')
 local out = {fence, st[1] or '', tonumber(st[2] or '0'), recovered, 0}
+local outbox = redis.call('LRANGE', KEYS[12], 0, -1)
+out[6] = #outbox
+for _, record in ipairs(outbox) do
+  out[#out + 1] = record
+end
 -- The batch in a few calls whatever its size (each Redis call costs about a microsecond).
--- Entries already processed (copies) are dropped; a batch of nothing but copies is followed
--- by the next, so that a turn claims something while the mailbox holds anything new.
+-- Entries already processed (copies) are dropped, and so is a second copy of an id in the
+-- batch (an outbox delivered twice: its committer and the next holder); a batch of nothing
+-- but copies is followed by the next, so that a turn claims something while the mailbox
+-- holds anything new.
 local batch = tonumber(ARGV[4])
-local kept, kept_ids, dups = {}, {}, 0
+local kept, kept_ids, dups, taken = {}, {}, 0, {}
 for _ = 1, 16 do
   local popped = batch > 0 and redis.call('LPOP', KEYS[3], batch) or false
   if not popped then
@@ -80,7 +90,10 @@ for _ = 1, 16 do
   for i, e in ipairs(popped) do
     if seen[i] then
       dup_ids[#dup_ids + 1] = ids[i]
+    elseif taken[ids[i]] then
+      dups = dups + 1
     else
+      taken[ids[i]] = true
       kept[#kept + 1] = e
       kept_ids[#kept_ids + 1] = ids[i]
     end

@@ -1,23 +1,21 @@
 -- cancel: remove a deferred message that has not been promoted yet.
--- KEYS[1] P:{dqN}:due  KEYS[2] P:{dqN}:mB (the id's bucket)  KEYS[3] its bucket by the rule
--- before ids carried their target (a message deferred before an upgrade)
--- ARGV[1] message id  ARGV[2] tombstone lifetime ms (0: none)  ARGV[3] prefix
--- ARGV[4] how long a cancel's receipt is kept (P:cancelled:<id>), so that a cancel retried
---   after its answer was lost still says the message was cancelled
+-- KEYS[1] P:due  KEYS[2] P:mB (the id's bucket)  KEYS[3] P:cancelled:<id>  KEYS[4] P:tomb:<id>
+-- (P: the partition of the message's target, which its id names)
+-- ARGV[1] message id  ARGV[2] tombstone lifetime ms (0: none)  ARGV[3] how long a cancel's
+--   receipt is kept, so that a cancel retried after its answer was lost still says the
+--   message was cancelled
 -- Returns {1 if it was pending in Redis (or a cancel took it out before, within the
 -- receipt's lifetime), 1 if it may be pending elsewhere: neither cancelled nor landed before}.
 redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
 local removed = redis.call('ZREM', KEYS[1], ARGV[1])
-local receipt = ARGV[3] .. ':cancelled:' .. ARGV[1]
 if removed == 1 then
-  redis.call('SET', receipt, 1, 'PX', ARGV[4])
-elseif redis.call('EXISTS', receipt) == 1 then
+  redis.call('SET', KEYS[3], 1, 'PX', ARGV[3])
+elseif redis.call('EXISTS', KEYS[3]) == 1 then
   removed = 1
 end
 local unknown = 0
 if tonumber(ARGV[2]) > 0 then
-  local before = tombstone(ARGV[3], ARGV[1], ARGV[2])
+  local before = redis.call('SET', KEYS[4], 'c', 'PX', ARGV[2], 'GET')
   if not before then
     unknown = 1
   elseif before == 'c' then

@@ -2,37 +2,44 @@
 -- KEYS[1] P:{A}:lease  KEYS[2] P:{A}:mb  KEYS[3] P:{A}:inflight  KEYS[4] P:{A}:state
 -- KEYS[5] P:{A}:att  KEYS[6] P:{A}:done  KEYS[7] P:leases  KEYS[8] P:ready  KEYS[9] P:dlq
 -- KEYS[10] P:{A}:err (first error of a message still being retried)  KEYS[11] P:paused
--- ARGV[1] token  ARGV[2] actor key  ARGV[3] now ms  ARGV[4] state bytes ('' = unchanged)
--- ARGV[5] fence  ARGV[6] dedup window ms  ARGV[7] dedup max ids (0: the set is left as it
---   is)  ARGV[8] prefix
--- ARGV[9] n actions, then one per in-flight entry: 'd' done, 'r' .. error (retry), 'k' keep,
+-- KEYS[12] P:{A}:outbox  KEYS[13] P:outboxes  (P: the actor's partition)
+-- ARGV[1] prefix  ARGV[2] inline signals  ARGV[3] token  ARGV[4] actor key  ARGV[5] now ms
+-- ARGV[6] state bytes ('' = unchanged)  ARGV[7] fence  ARGV[8] dedup window ms
+-- ARGV[9] dedup max ids (0: the set is left as it is)  ARGV[10] the actor's partition
+-- ARGV[11] n actions, then one per in-flight entry: 'd' done, 'r' .. error (retry), 'k' keep,
 --   'w' withdrawn (re-sent deferred by the outbox), 'x' .. record (dead letter)
--- then n outbox items, each 5 args: target, id, due ms or '', shard, entry
--- then n cancels, each 2 args: id, shard; then the tombstone lifetime ms (0: none; set when
---   deferred messages also live outside Redis, see land.lua); then the state's lifetime ms:
---   0 kept for good, -1 deleted (the state is the model's defaults), > 0 expires (a marker
+-- then n deliveries made here, each 5 args: target, partition, id, due ms or '', entry (on a
+--   single node every send; on a cluster those to this partition)
+-- then n outbox records (sends and cancels for other partitions, delivered after this
+--   commit by the caller: an RPUSH to P:{A}:outbox, and the actor in P:outboxes from the
+--   ms given next, after which whoever polls the partition delivers them)
+-- then n cancels, each 2 args: id, partition; then the tombstone lifetime ms (0: none; set
+--   when deferred messages also live outside Redis, see land.lua); then the state's lifetime
+--   ms: 0 kept for good, -1 deleted (the state is the model's defaults), > 0 expires (a marker
 --   of state kept elsewhere, S3); then the ms before which the actor is not taken again
 --   (0: none; a retry's backoff); then the replies' lifetime ms and n replies, each 2 args:
 --   message id, reply record (kept under P:reply:<id>; the first reply of an id stays);
 --   then '1' if the actor ends (ctx.delete: its state, dedup set, attempts and errors go) or
 --   '0', and the ms after which an idle actor's keys expire together (0: never)
 -- Keys of an idle actor go away: the done set expires a dedup window after the last commit,
--- the lease 5 s after the commit (its receipt), att/err/mb/inflight when empty, the fence with its lease
--- (begin.lua), the state as above. Only state that differs from the defaults stays.
--- Returns {1, version} or {0} when the lease was lost (nothing written). The lease key keeps
--- the token and the version for 5 s after the commit ('e' 0, 'c' version): the same commit
--- run again (its answer lost to a reset) answers {1, version} and writes nothing.
-if redis.call('HGET', KEYS[1], 't') ~= ARGV[1] then
-  return {0}
+-- the lease 5 s after the commit (its receipt), att/err/mb/inflight when empty, the fence
+-- with its lease (begin.lua), the state as above. Only state that differs from the defaults
+-- stays.
+-- Returns {signals, 1, version} or {'', 0} when the lease was lost (nothing written). The
+-- lease key keeps the token and the version for 5 s after the commit ('e' 0, 'c' version):
+-- the same commit run again (its answer lost to a reset) answers {'', 1, version} and writes
+-- nothing.
+if redis.call('HGET', KEYS[1], 't') ~= ARGV[3] then
+  return {'', 0}
 end
 local committed = redis.call('HGET', KEYS[1], 'c')
 if committed then
-  return {1, tonumber(committed)}
+  return {'', 1, tonumber(committed)}
 end
-local now = tonumber(ARGV[3])
-local prefix = ARGV[8]
+local now = tonumber(ARGV[5])
+local prefix, part, actor = ARGV[1], ARGV[10], ARGV[4]
 local inflight = redis.call('LRANGE', KEYS[3], 0, -1)
-local n = tonumber(ARGV[9])
+local n = tonumber(ARGV[11])
 if n ~= #inflight then
   return redis.error_reply('in-flight list holds ' .. #inflight .. ' entries, commit has ' .. n)
 end
@@ -41,7 +48,7 @@ local back = {}
 -- errors out, each in one call for the whole batch.
 local done_args, gone = {}, {}
 for i = 1, n do
-  local action = ARGV[9 + i]
+  local action = ARGV[11 + i]
   local code = string.sub(action, 1, 1)
   local e = inflight[i]
   local id = string.sub(e, 1, 32)
@@ -75,26 +82,36 @@ for i = #back, 1, -1 do
 end
 redis.call('DEL', KEYS[3])
 local version = tonumber(redis.call('HGET', KEYS[4], 'v') or '0')
-if ARGV[4] ~= '' then
+if ARGV[6] ~= '' then
   version = redis.call('HINCRBY', KEYS[4], 'v', 1)
-  redis.call('HSET', KEYS[4], 'd', ARGV[4], 'f', ARGV[5])
+  redis.call('HSET', KEYS[4], 'd', ARGV[6], 'f', ARGV[7])
 end
 -- Only a commit that knows the actor type's dedup window trims the set: one that records
 -- no ids (a release, a recovery) must not cut a longer window down to a default.
-if tonumber(ARGV[6]) > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - tonumber(ARGV[6]))
-  redis.call('PEXPIRE', KEYS[6], ARGV[6])
+if tonumber(ARGV[8]) > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - tonumber(ARGV[8]))
+  redis.call('PEXPIRE', KEYS[6], ARGV[8])
 end
-if tonumber(ARGV[7]) > 0 then
-  redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -tonumber(ARGV[7]) - 1)
+if tonumber(ARGV[9]) > 0 then
+  redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -tonumber(ARGV[9]) - 1)
 end
-local i = 10 + n
+local i = 12 + n
 local n_out = tonumber(ARGV[i])
 for j = 1, n_out do
   local k = i + 1 + (j - 1) * 5
-  deliver(prefix, KEYS[8], ARGV[3], ARGV[k], ARGV[k + 1], ARGV[k + 2], ARGV[k + 3], ARGV[k + 4])
+  deliver(prefix, now, ARGV[k], ARGV[k + 1], ARGV[k + 2], ARGV[k + 3], ARGV[k + 4])
 end
 i = i + 1 + n_out * 5
+local n_remote = tonumber(ARGV[i])
+if n_remote > 0 then
+  local records = {}
+  for j = 1, n_remote do
+    records[j] = ARGV[i + j]
+  end
+  chunked('RPUSH', KEYS[12], records)
+  redis.call('ZADD', KEYS[13], 'NX', now + tonumber(ARGV[i + n_remote + 1]), actor)
+end
+i = i + n_remote + 2
 local n_cancel = tonumber(ARGV[i])
 local tomb_ms = tonumber(ARGV[i + 1 + n_cancel * 2])
 local state_ms = tonumber(ARGV[i + 2 + n_cancel * 2])
@@ -107,7 +124,7 @@ local idle_ms = tonumber(ARGV[r + 3 + 2 * n_replies])
 for j = 1, n_replies do
   -- A list of one, so that an asker can block on it (BLMOVE to itself) and a later reader
   -- still finds it.
-  local key = prefix .. ':reply:' .. ARGV[r + 2 * j]
+  local key = pkey(prefix, part, 'reply:' .. ARGV[r + 2 * j])
   if redis.call('EXISTS', key) == 0 then
     redis.call('RPUSH', key, ARGV[r + 2 * j + 1])
     redis.call('PEXPIRE', key, reply_ms)
@@ -120,10 +137,9 @@ elseif state_ms > 0 then
 end
 for j = 1, n_cancel do
   local k = i + 1 + (j - 1) * 2
-  redis.call('ZREM', dkey(prefix, ARGV[k + 1], 'due'), ARGV[k])
-  take_body(prefix, ARGV[k + 1], ARGV[k])
+  unschedule(prefix, ARGV[k + 1], ARGV[k])
   if tomb_ms > 0 then
-    tombstone(prefix, ARGV[k], tomb_ms)
+    tombstone(prefix, ARGV[k + 1], ARGV[k], tomb_ms)
   end
 end
 if ends then
@@ -132,7 +148,7 @@ if ends then
 elseif idle_ms > 0 then
   -- Its keys expire together once it has been idle that long, each commit starting the
   -- count again (sooner where this commit says so: the dedup window, an S3 marker's life).
-  local window = tonumber(ARGV[6])
+  local window = tonumber(ARGV[8])
   local done_ms = (window > 0 and window < idle_ms) and window or idle_ms
   local state_life = (state_ms > 0 and state_ms < idle_ms) and state_ms or idle_ms
   redis.call('PEXPIRE', KEYS[4], state_life)
@@ -142,13 +158,13 @@ elseif idle_ms > 0 then
 end
 redis.call('HSET', KEYS[1], 'e', 0, 'c', version)
 redis.call('PEXPIRE', KEYS[1], 5000)
-redis.call('ZREM', KEYS[7], ARGV[2])
+redis.call('ZREM', KEYS[7], actor)
 if pause > now then
   -- A retry with backoff keeps the actor's order: the actor rests (is not taken, whatever
   -- arrives) until the retry time; poll makes it ready then.
-  redis.call('ZADD', KEYS[11], pause, ARGV[2])
-  redis.call('ZREM', KEYS[8], ARGV[2])
+  redis.call('ZADD', KEYS[11], pause, actor)
+  redis.call('ZREM', KEYS[8], actor)
 elseif redis.call('LLEN', KEYS[2]) > 0 then
-  mark_ready(prefix, KEYS[8], ARGV[3], ARGV[2])
+  mark_ready(prefix, part, now, actor)
 end
-return {1, version}
+return {finish_signals(prefix, ARGV[2]), 1, version}

@@ -1,38 +1,51 @@
 -- Shared helpers, prepended to every script when it is loaded.
--- Key schema (P = prefix, A = actor key "type/id", N = delay shard):
---   P:ready              zset  A -> ms it became ready (a minute earlier for a deferred
+-- Key schema (P = prefix, n = partition, A = actor key "type/id"). Every actor belongs to one
+-- partition (keys.py); a partition's keys and its actors' keys share the hash tag {pn}, so on
+-- a Redis Cluster each partition is one slot and each script below touches one slot.
+--   P:{pn}:ready         zset  A -> ms it became ready (a minute earlier for a deferred
 --                              message that came due: timely below)
---   P:wake               list  wake-up tokens for idle workers (BLPOP), at most 64
---   P:leases             zset  A -> lease expiry ms, from the moment poll pops A (so an
+--   P:{pn}:leases        zset  A -> lease expiry ms, from the moment poll pops A (so an
 --                              actor popped by a drainer that then dies is recovered)
---   P:paused             zset  A -> ms until which it rests: a retry's backoff keeping order
---   P:dlq                list  msgpack dead-letter records, newest first
---   P:dqepoch            int   bumped whenever a delay shard gets a new earliest due time
---   P:{A}:mb             list  mailbox entries (32-char id .. msgpack envelope)
---   P:{A}:inflight       list  entries claimed by the current turn
---   P:{A}:lease          hash  t = lease token, e = expiry ms; after the commit, for 5 s,
---                              e = 0 and c = the version it wrote (its receipt)
---   P:{A}:fence          int   fencing number, +1 per lease
---   P:{A}:state          hash  d = state bytes, v = version, f = fence of the writer
---   P:{A}:att            hash  id -> failed attempts so far
---   P:{A}:err            hash  id -> the first error of a message being retried
---   P:{A}:done           zset  processed id -> commit ms (dedup window)
---   P:reply:<id>         list  one reply record of a processed message (JSON), for ask
---   P:awake              str   a drain is running, or a wake is on its way (push.lua)
---   P:polled:<token>     list  the actors a round's poll popped, for a lease: the same poll
+--   P:{pn}:paused        zset  A -> ms until which it rests: a retry's backoff keeping order
+--   P:{pn}:dlq           list  msgpack dead-letter records, newest first
+--   P:{pn}:due           zset  id -> due ms of the partition's deferred messages; equal due
+--                              times stay in id order, which is send order for one sender
+--   P:{pn}:mB            hash  id -> A .. "\n" .. envelope body (the entry without its id);
+--                              B = 256 buckets by the id's random bits, so that each hash
+--                              stays small and compact (listpack) with millions pending
+--   P:{pn}:outboxes      zset  A -> ms after which its undelivered outbox is delivered by
+--                              whoever polls the partition (its committer died meanwhile)
+--   P:{pn}:polled:<tok>  list  the actors a round's poll popped, for a lease: the same poll
 --                              run again (its answer lost) gets them again
---   P:cancelled:<id>     str   a cancel's receipt: a retried cancel still answers True
---   P:tomb:<id>          str   'c': a cancelled deferred message that may still be held
+--   P:{pn}:cancelled:<id> str  a cancel's receipt: a retried cancel still answers True
+--   P:{pn}:tomb:<id>     str   'c': a cancelled deferred message that may still be held
 --                              outside Redis (SQS, Scheduler), dropped when it lands;
 --                              'l:<due ms>': landed already, a second copy is dropped
---   P:{dqN}:due          zset  id -> due ms; N comes from the target hash in the id, so one
---                              actor's messages share a shard, and equal due times leave
---                              it in id order, which is send order for one sender
---   P:{dqN}:mB           hash  id -> A .. "\n" .. envelope body (the entry without its id);
---                              B = 1024 buckets by the id's random bits, so that each
---                              hash stays small and compact (listpack) even with millions
---                              of pending messages
--- Scripts that fan out to other actors build those keys from P (single-node Redis).
+--   P:{pn}:reply:<id>    list  one reply record of a processed message (JSON), for ask
+--   P:{pn}:A:mb          list  mailbox entries (32-char id .. msgpack envelope)
+--   P:{pn}:A:inflight    list  entries claimed by the current turn
+--   P:{pn}:A:lease       hash  t = lease token, e = expiry ms; after the commit, for 5 s,
+--                              e = 0 and c = the version it wrote (its receipt)
+--   P:{pn}:A:fence       int   fencing number, +1 per lease
+--   P:{pn}:A:state       hash  d = state bytes, v = version, f = fence of the writer
+--   P:{pn}:A:att         hash  id -> failed attempts so far
+--   P:{pn}:A:err         hash  id -> the first error of a message being retried
+--   P:{pn}:A:done        zset  processed id -> commit ms (dedup window)
+--   P:{pn}:A:outbox      list  sends of committed turns to other partitions, not yet
+--                              delivered (cluster: a commit touches its own slot only)
+-- Shared by all partitions (hash tag {g}):
+--   P:{g}:partitions     int   the partition count the data was written with
+--   P:{g}:hints          hash  n -> generation: partitions that got work since a poller
+--                              found them empty (a poller removes one only at the generation
+--                              it saw, so a hint given meanwhile stays)
+--   P:{g}:wake           list  wake-up tokens for idle workers (BLPOP), at most 64
+--   P:{g}:awake          str   a drain is running, or a wake is on its way (push)
+--   P:{g}:poke           str   a send found P:{g}:awake taken: a drain about to rest looks
+--                              again
+--   P:{g}:armed          int   the due time of the timed wake on its way
+-- A script that makes work ready records a signal (the partition); on a single node it
+-- applies it to the {g} keys itself (ARGV[2] = '1'), on a cluster it returns it and the
+-- caller applies it with signal.lua once the script has run.
 local unpack = unpack or table.unpack
 
 -- One command over many arguments, in chunks that Lua's unpack can take; the replies of a
@@ -53,42 +66,70 @@ local function chunked(cmd, key, args)
   return out
 end
 
-local function akey(prefix, actor, suffix)
-  return prefix .. ':{' .. actor .. '}:' .. suffix
+local function pkey(prefix, part, suffix)
+  return prefix .. ':{p' .. part .. '}:' .. suffix
 end
 
-local function dkey(prefix, shard, suffix)
-  return prefix .. ':{dq' .. shard .. '}:' .. suffix
+local function akey(prefix, part, actor, suffix)
+  return prefix .. ':{p' .. part .. '}:' .. actor .. ':' .. suffix
+end
+
+local function gkey(prefix, suffix)
+  return prefix .. ':{g}:' .. suffix
 end
 
 -- The bucket hash of a deferred message (same rule as Keys.delay_msg in keys.py).
-local function mkey(prefix, shard, id)
-  return dkey(prefix, shard, 'm' .. (tonumber(string.sub(id, 21, 23), 16) % 1024))
+local function mkey(prefix, part, id)
+  return pkey(prefix, part, 'm' .. (tonumber(string.sub(id, 21, 23), 16) % 256))
 end
 
--- The bucket of a message deferred before ids carried their target (by id chars 9-11); such
--- messages may still wait after an upgrade, so reads fall back to it and deletes cover both.
-local function old_mkey(prefix, shard, id)
-  return dkey(prefix, shard, 'm' .. (tonumber(string.sub(id, 9, 11), 16) % 1024))
-end
-
--- Take a deferred message's body out of its bucket (either rule); nil if it has none.
-local function take_body(prefix, shard, id)
-  for _, m in ipairs({mkey(prefix, shard, id), old_mkey(prefix, shard, id)}) do
-    local v = redis.call('HGET', m, id)
-    if v then
-      redis.call('HDEL', m, id)
-      return v
-    end
+-- Take a deferred message's body out of its bucket; nil if it has none.
+local function take_body(prefix, part, id)
+  local m = mkey(prefix, part, id)
+  local v = redis.call('HGET', m, id)
+  if v then
+    redis.call('HDEL', m, id)
   end
-  return nil
+  return v
 end
 
--- Wake idle workers blocked on P:wake. Tokens are only hints (P:ready is the truth), so the
--- list is kept short and a worker that dies after taking one loses nothing.
-local function wake(prefix)
-  redis.call('LPUSH', prefix .. ':wake', 1)
-  redis.call('LTRIM', prefix .. ':wake', 0, 63)
+-- Signals of this script run: partitions that got ready actors or a new earliest due time.
+local SIG = {ready = {}, due = {}, any_ready = false}
+
+local function signalled()
+  return next(SIG.ready) ~= nil or next(SIG.due) ~= nil
+end
+
+-- Apply signals to the {g} keys: a hint per partition, and a wake token for idle workers
+-- blocked on P:{g}:wake (tokens are only hints, so the list is kept short and a worker that
+-- dies after taking one loses nothing).
+local function apply_signal(prefix, parts)
+  local hints = gkey(prefix, 'hints')
+  local any = false
+  for p, _ in pairs(parts) do
+    redis.call('HINCRBY', hints, p, 1)
+    any = true
+  end
+  if any then
+    redis.call('LPUSH', gkey(prefix, 'wake'), 1)
+    redis.call('LTRIM', gkey(prefix, 'wake'), 0, 63)
+  end
+end
+
+-- A script's signals as it ends: applied here (inline = '1', a single node) or returned as
+-- a string for signal.lua: '1' or '0' (whether an actor is ready), then 'r<n>' / 'd<n>'.
+local function finish_signals(prefix, inline)
+  if inline == '1' then
+    local parts = {}
+    for p, _ in pairs(SIG.ready) do parts[p] = true end
+    for p, _ in pairs(SIG.due) do parts[p] = true end
+    apply_signal(prefix, parts)
+    return SIG.any_ready and '1' or '0'
+  end
+  local out = {SIG.any_ready and '1' or '0'}
+  for p, _ in pairs(SIG.ready) do out[#out + 1] = 'r' .. p end
+  for p, _ in pairs(SIG.due) do out[#out + 1] = 'd' .. p end
+  return table.concat(out, ' ')
 end
 
 -- The ready time of an actor whose deferred message came due: a minute before its due time.
@@ -101,37 +142,37 @@ local function timely(due)
   return tonumber(due) - TIMELY_MS
 end
 
-local function mark_ready(prefix, ready, now, actor)
-  if redis.call('ZSCORE', prefix .. ':paused', actor) then
+local function mark_ready(prefix, part, now, actor)
+  if redis.call('ZSCORE', pkey(prefix, part, 'paused'), actor) then
     return  -- waiting out a retry's backoff: poll makes it ready when that ends
   end
+  SIG.any_ready = true
   -- LT: an actor already ready keeps the earlier of the two times (the ready set is served
   -- oldest first); 1 only when it was not ready.
-  if redis.call('ZADD', ready, 'LT', now, actor) == 1 then
-    wake(prefix)
+  if redis.call('ZADD', pkey(prefix, part, 'ready'), 'LT', now, actor) == 1 then
+    SIG.ready[tonumber(part)] = true
   end
 end
 
 -- Deliver one message: into the target's mailbox (due == '') or into the delay queue.
 -- Ids the target has already processed are dropped, so re-sending has no effect twice.
-local function deliver(prefix, ready, now, target, id, due, shard, entry)
+local function deliver(prefix, now, target, part, id, due, entry)
   if due == '' then
-    if redis.call('ZSCORE', akey(prefix, target, 'done'), id) then
+    if redis.call('ZSCORE', akey(prefix, part, target, 'done'), id) then
       return 0
     end
-    redis.call('RPUSH', akey(prefix, target, 'mb'), entry)
-    mark_ready(prefix, ready, now, target)
+    redis.call('RPUSH', akey(prefix, part, target, 'mb'), entry)
+    mark_ready(prefix, part, now, target)
     return 1
   end
-  local z = dkey(prefix, shard, 'due')
+  local z = pkey(prefix, part, 'due')
   local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
   if redis.call('ZADD', z, 'NX', due, id) == 1 then
-    redis.call('HSET', mkey(prefix, shard, id), id, target .. '\n' .. string.sub(entry, 33))
-    -- A new earliest due time in this shard: bump the epoch that tells pollers to look
-    -- again, and wake an idle worker that is blocked until a later due time.
+    redis.call('HSET', mkey(prefix, part, id), id, target .. '\n' .. string.sub(entry, 33))
+    -- A new earliest due time in this partition: pollers must look at it again, and an
+    -- idle worker blocked until a later due time must wake.
     if first[2] == nil or tonumber(due) < tonumber(first[2]) then
-      redis.call('INCR', prefix .. ':dqepoch')
-      wake(prefix)
+      SIG.due[tonumber(part)] = true
     end
   end
   return 1
@@ -140,6 +181,22 @@ end
 -- Cancel a deferred message wherever it is held: it is dropped when it lands in Redis.
 -- Returns the tombstone's previous value: false (none), 'c' (cancelled before) or
 -- 'l:<due ms>' (landed already).
-local function tombstone(prefix, id, ttl_ms)
-  return redis.call('SET', prefix .. ':tomb:' .. id, 'c', 'PX', ttl_ms, 'GET')
+local function tombstone(prefix, part, id, ttl_ms)
+  return redis.call('SET', pkey(prefix, part, 'tomb:' .. id), 'c', 'PX', ttl_ms, 'GET')
+end
+
+-- Remove a deferred message not yet promoted; 1 if it was pending.
+local function unschedule(prefix, part, id)
+  take_body(prefix, part, id)
+  return redis.call('ZREM', pkey(prefix, part, 'due'), id)
+end
+
+-- Take P:{g}:awake for wake_ms: 1 if taken (the caller starts a drain). Else a drain runs or
+-- is on its way: poke it, so that one deciding to rest looks again.
+local function claim_awake(prefix, wake_ms)
+  if redis.call('SET', gkey(prefix, 'awake'), 1, 'NX', 'PX', wake_ms) then
+    return 1
+  end
+  redis.call('SET', gkey(prefix, 'poke'), 1, 'PX', 60000)
+  return 0
 end

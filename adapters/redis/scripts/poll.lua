@@ -1,60 +1,99 @@
--- poll: recover actors whose holder died, then pop ready actors.
--- KEYS[1] P:leases  KEYS[2] P:ready  KEYS[3] P:paused
--- ARGV[1] now ms  ARGV[2] max actors  ARGV[3] prefix  ARGV[4] lease ms
--- ARGV[5] ms for which this poller counts as a running drain (P:awake; 0: it does not)
--- ARGV[6] the round's token ('' for none): the actors it pops are remembered under it for
---   the reservation's time, so that a poll retried after its answer was lost (or a round
---   resumed after a backend error) gets them again instead of leaving them reserved to
---   nobody until the reservation expires
--- Returns {delay epoch, actor key, ...}.
--- An expired lease (holder crashed or frozen) puts its actor back in P:ready; the next
+-- poll: the upkeep of one partition, then pop its ready actors.
+-- KEYS[1] P:{pn}:leases  KEYS[2] P:{pn}:ready  KEYS[3] P:{pn}:paused  KEYS[4] P:{pn}:due
+-- KEYS[5] P:{pn}:outboxes
+-- ARGV[1] prefix  ARGV[2] inline signals  ARGV[3] partition n  ARGV[4] now ms
+-- ARGV[5] max actors to pop (0: upkeep only)  ARGV[6] lease ms  ARGV[7] the round's token
+--   ('' for none): the actors it pops are remembered under it for the reservation's time,
+--   so that a poll retried after its answer was lost (or a round resumed after a backend
+--   error) gets them again instead of leaving them reserved to nobody until it expires
+-- ARGV[8] most deferred messages to promote  ARGV[9] how long an outbox handed out for
+--   delivery is left to that poller before another takes it, ms
+-- Returns {signals, promoted, next ms, ready left, the oldest ready time left (-1: none),
+-- n popped, actor..., outbox actor...};
+-- next ms is when the partition next needs upkeep (a message comes due, a lease expires, a
+-- backoff ends, an outbox is left undelivered), -1 for never.
+-- An expired lease (holder crashed or frozen) puts its actor back in the ready set; the next
 -- holder's begin moves the dead holder's in-flight entries back to the mailbox.
-if tonumber(ARGV[5]) > 0 then
-  redis.call('SET', ARGV[3] .. ':awake', 1, 'PX', ARGV[5])
-end
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
+local prefix, part, now = ARGV[1], ARGV[3], tonumber(ARGV[4])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 100)
 for _, actor in ipairs(expired) do
-  local expiry = tonumber(redis.call('HGET', akey(ARGV[3], actor, 'lease'), 'e') or '0')
-  if expiry > tonumber(ARGV[1]) then
+  local expiry = tonumber(redis.call('HGET', akey(prefix, part, actor, 'lease'), 'e') or '0')
+  if expiry > now then
     redis.call('ZADD', KEYS[1], expiry, actor)
   else
     redis.call('ZREM', KEYS[1], actor)
-    mark_ready(ARGV[3], KEYS[2], ARGV[1], actor)
+    mark_ready(prefix, part, now, actor)
   end
 end
 -- Actors that waited out a retry's backoff are ready again.
-local rested = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, 100)
+local rested = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 100)
 for _, actor in ipairs(rested) do
   redis.call('ZREM', KEYS[3], actor)
-  mark_ready(ARGV[3], KEYS[2], ARGV[1], actor)
+  mark_ready(prefix, part, now, actor)
 end
-local out = {tonumber(redis.call('GET', ARGV[3] .. ':dqepoch') or '0')}
-local memo = ARGV[6] ~= '' and (ARGV[3] .. ':polled:' .. ARGV[6]) or nil
+-- Due deferred messages into their actors' mailboxes, each exactly once (processed ids are
+-- dropped). An actor whose message came due is taken before those made ready by immediate
+-- sends (timely in lib.lua), in due order.
+local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'WITHSCORES', 'LIMIT', 0,
+                       ARGV[8])
+local promoted = 0
+for i = 1, #due, 2 do
+  local id = due[i]
+  local v = take_body(prefix, part, id)
+  redis.call('ZREM', KEYS[4], id)
+  if v then
+    local nl = string.find(v, '\n', 1, true)
+    promoted = promoted + deliver(prefix, timely(due[i + 1]), string.sub(v, 1, nl - 1), part,
+                                  id, '', id .. string.sub(v, nl + 1))
+  end
+end
+-- Outboxes whose committer did not deliver them in time: handed to this poller.
+local stale = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 16)
+for _, actor in ipairs(stale) do
+  redis.call('ZADD', KEYS[5], now + tonumber(ARGV[9]), actor)
+end
+local popped = {}
+local memo = ARGV[7] ~= '' and pkey(prefix, part, 'polled:' .. ARGV[7]) or nil
 if memo and redis.call('EXISTS', memo) == 1 then
-  for _, actor in ipairs(redis.call('LRANGE', memo, 0, -1)) do
-    out[#out + 1] = actor
+  popped = redis.call('LRANGE', memo, 0, -1)
+elseif tonumber(ARGV[5]) > 0 then
+  local got = redis.call('ZPOPMIN', KEYS[2], ARGV[5])
+  -- Popped actors count as leased until begin takes their real lease: a drainer that dies
+  -- in between leaves them to the recovery above, not stranded outside the ready set.
+  local reserved = now + tonumber(ARGV[6])
+  for i = 1, #got, 2 do
+    redis.call('ZADD', KEYS[1], reserved, got[i])
+    popped[#popped + 1] = got[i]
   end
-  return out
-end
-local popped = redis.call('ZPOPMIN', KEYS[2], ARGV[2])
--- Popped actors count as leased until begin takes their real lease: a drainer that dies
--- in between leaves them to the recovery above, not stranded outside P:ready.
-local reserved = tonumber(ARGV[1]) + tonumber(ARGV[4])
-for i = 1, #popped, 2 do
-  redis.call('ZADD', KEYS[1], reserved, popped[i])
-  out[#out + 1] = popped[i]
-  if memo then
-    redis.call('RPUSH', memo, popped[i])
+  if memo and #popped > 0 then
+    chunked('RPUSH', memo, popped)
+    -- As long as the reservation: a round cut short is resumed under its token.
+    redis.call('PEXPIRE', memo, ARGV[6])
   end
 end
-if memo and #popped > 0 then
-  -- As long as the reservation: a round cut short is resumed under its token.
-  redis.call('PEXPIRE', memo, ARGV[4])
+local left = redis.call('ZCARD', KEYS[2])
+local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+-- Work left over should wake another worker to help; what this poll made ready and took
+-- itself needs no one else.
+SIG.ready = {}
+if left > 0 then
+  SIG.ready[tonumber(part)] = true
 end
--- Stale wake tokens would only spin idle workers; work left over should wake one to help.
-if redis.call('ZCARD', KEYS[2]) == 0 then
-  redis.call('DEL', ARGV[3] .. ':wake')
-else
-  wake(ARGV[3])
+local next_ms = -1
+for k = 1, 5 do
+  if k ~= 2 then
+    local first = redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')
+    if first[2] and (next_ms < 0 or tonumber(first[2]) < next_ms) then
+      next_ms = tonumber(first[2])
+    end
+  end
+end
+local out = {finish_signals(prefix, ARGV[2]), promoted, next_ms, left,
+             tonumber(head[2] or '-1'), #popped}
+for _, actor in ipairs(popped) do
+  out[#out + 1] = actor
+end
+for _, actor in ipairs(stale) do
+  out[#out + 1] = actor
 end
 return out
