@@ -150,6 +150,31 @@ def block_seconds(client: Any) -> float:
     return _BLOCK_S
 
 
+def _script_routing() -> dict[str, Any]:
+    """Where redis-py routes commands by policy (8.x), a policy for EVALSHA: keyed, by its
+    first key. Without it a cluster pipeline asks a node (COMMAND GETKEYS), one round trip per
+    script call, where each call's keys are right in its arguments."""
+    try:
+        from redis._parsers.commands import (
+            CommandPolicies,
+            RequestPolicy,
+            ResponsePolicy,
+        )
+        from redis.commands.policies import BasePolicyResolver, StaticPolicyResolver
+    except ImportError:  # redis-py before 8: pipelines read EVALSHA's keys themselves
+        return {}
+    keyed = CommandPolicies(
+        request_policy=RequestPolicy.DEFAULT_KEYED, response_policy=ResponsePolicy.DEFAULT_KEYED
+    )
+
+    class Scripts(BasePolicyResolver):
+        def with_fallback(self, fallback: Any) -> Any:
+            return Scripts(self._policies, fallback)
+
+    policies = {"core": {"evalsha": keyed, "eval": keyed}}
+    return {"policy_resolver": Scripts(policies, StaticPolicyResolver())}
+
+
 def cluster_client(url: str) -> RedisCluster:
     """A Redis Cluster client for a URL naming any node (the others are discovered), with the
     same timeouts as a single node's; ConfigError for a URL it cannot use."""
@@ -159,6 +184,7 @@ def cluster_client(url: str) -> RedisCluster:
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
             socket_timeout=_SOCKET_TIMEOUT_S,
             socket_keepalive=True,
+            **_script_routing(),
         )
     except (ValueError, TypeError) as e:
         raise ConfigError(f"invalid Redis Cluster URL: {e}") from None
@@ -212,6 +238,7 @@ class RedisBackend:
         # first over all partitions (as within one).
         self._heads: dict[int, int] = {}
         self._seen_hints: dict[int, int] = {}  # hints to drop (found empty at that generation)
+        self._looked: dict[int, int] = {}  # the hint generation of each partition's last poll
         self._swept_ms = 0
         self._last_poll: tuple[str, set[int]] = ("", set())
         self._signals: list[str] = []  # to apply with the next round trip (cluster)
@@ -335,7 +362,7 @@ class RedisBackend:
             try:
                 if not self._sha:
                     self._load_scripts()
-                pipe = self.client.pipeline(transaction=False)
+                pipe = self._pipeline()
                 for i in todo:
                     name, keys, args = calls[i]
                     pipe.execute_command("EVALSHA", self._sha[name], len(keys), *keys, *args)
@@ -390,6 +417,9 @@ class RedisBackend:
                 answer = answer[1:]
             out.append(answer)
         self._keep_signals(fresh)
+        for sig in fresh:
+            for token in sig.split()[1:]:
+                self._next[int(token[1:])] = None  # this process looks there at its next poll
         return out
 
     def _keep_signals(self, signals: Sequence[str]) -> None:
@@ -406,11 +436,21 @@ class RedisBackend:
     def _pipe(self, what: str, build: Any) -> list[Any]:
         """Plain commands in one pipelined round trip (on a cluster, one per node)."""
         try:
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self._pipeline()
             build(pipe)
             return list(pipe.execute())
         except RedisError as e:
             raise BackendError(f"Redis {what} failed: {type(e).__name__}: {e}") from e
+
+    def _pipeline(self) -> Any:
+        """A pipeline; on a cluster, one that routes script calls by their first key."""
+        pipe = self.client.pipeline(transaction=False)
+        resolver = getattr(self.client, "_policy_resolver", None)
+        if resolver is not None and hasattr(pipe, "_policy_resolver"):
+            # redis-py 8 builds a cluster pipeline with its own default policies, whatever
+            # the client's: without ours, every EVALSHA costs a COMMAND GETKEYS first.
+            pipe._policy_resolver = resolver
+        return pipe
 
     def _signal_now(self, wake_ms: int) -> bool:
         """Apply pending signals now (a cluster): True if the caller must start a drain."""
@@ -518,8 +558,8 @@ class RedisBackend:
     ) -> tuple[list[str], int]:
         k = self.keys
         hints = self._hints()
-        parts = self._to_poll(now_ms, hints, token)
-        pops = self._share(parts, max_actors)
+        pops = self._share(list(self._heads), max_actors)
+        parts = self._to_poll(now_ms, hints, token, set(pops))
         if awake_ms > 0:
             self._call("poll", self.client.set, k.awake, 1, px=awake_ms)
         promote = max(16, _PROMOTE_PER_POLL // max(len(parts), 1))
@@ -586,6 +626,8 @@ class RedisBackend:
                 self._heads.pop(p, None)
                 if p in hints:
                     self._seen_hints[p] = hints[p]
+            if p in hints:
+                self._looked[p] = hints[p]
             actors += [a.decode() for a in names[: int(n_popped)]]
             stale += [a.decode() for a in names[int(n_popped) :]]
         if stale:
@@ -605,18 +647,21 @@ class RedisBackend:
             raise
         return {int(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
-    def _to_poll(self, now_ms: int, hints: dict[int, int], token: str) -> list[int]:
-        """The partitions this poll looks at: hinted ones, those with work left, those whose
-        upkeep is due, those a round under the same token polled (a resumed round gets its
-        actors back) and, every poll interval, all of them (a hint lost to a crash or a
-        failover costs at most that)."""
+    def _to_poll(
+        self, now_ms: int, hints: dict[int, int], token: str, popping: set[int]
+    ) -> list[int]:
+        """The partitions this poll looks at: those it pops from, those hinted since this
+        process last looked, those whose upkeep is due, those a round under the same token
+        polled (a resumed round gets its actors back) and, every poll interval, all of them
+        (a hint lost to a crash or a failover costs at most that)."""
         n = self.keys.partitions
         sweep = now_ms - self._swept_ms >= self.options.poll_interval_s * 1000
         if sweep:
             self._swept_ms = now_ms
             chosen = set(range(n))
         else:
-            chosen = set(hints) | set(self._heads)
+            fresh = {p for p, gen in hints.items() if self._looked.get(p) != gen}
+            chosen = popping | fresh
             chosen |= {p for p, due in enumerate(self._next) if due is None or due <= now_ms}
         last_token, last_parts = self._last_poll
         if token and token == last_token:

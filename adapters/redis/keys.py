@@ -57,6 +57,11 @@ class Keys:
         return self._g("hints")
 
     @property
+    def gen(self) -> str:
+        """The last generation given to a hint (each one new)."""
+        return self._g("gen")
+
+    @property
     def awake(self) -> str:
         return self._g("awake")
 

@@ -15,7 +15,9 @@ def raw_push(system: ActorSystem, actor: str, entry: bytes) -> None:
     keys = system.backend.keys
     system.backend.client.rpush(keys.actor(actor, "mb"), entry)
     system.backend.client.zadd(keys.ready(keys.part_of(actor)), {actor: 0})
-    system.backend.client.hincrby(keys.hints, str(keys.part_of(actor)), 1)
+    system.backend.client.hset(
+        keys.hints, keys.part_of(actor), system.backend.client.incr(keys.gen)
+    )
 
 
 def ms(clock: ManualClock) -> int:

@@ -539,7 +539,8 @@ def test_a_state_stored_by_a_newer_deploy_makes_the_older_one_wait(
     assert old.backend.client.zscore(paused, ref.key) is not None
     old.backend.client.zadd(paused, {ref.key: 0})  # the wait ends (the new deploy is up)
     # Pollers look at a partition when hinted, or once a poll interval.
-    old.backend.client.hincrby(old.backend.keys.hints, old.backend.keys.part_of(ref.key), 1)
+    client, keys = old.backend.client, old.backend.keys
+    client.hset(keys.hints, keys.part_of(ref.key), client.incr(keys.gen))
     new.run_until_idle()
     assert new.state(ref) == WalletV2(cents=600)
 

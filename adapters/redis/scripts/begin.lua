@@ -109,8 +109,9 @@ for _ = 1, 16 do
 end
 if #kept > 0 then
   chunked('RPUSH', KEYS[4], kept)
-  local att = chunked('HMGET', KEYS[6], kept_ids)
-  local err = chunked('HMGET', KEYS[9], kept_ids)
+  -- Most turns have no failed attempts to look up: no hash, no lookup.
+  local att = redis.call('EXISTS', KEYS[6]) == 1 and chunked('HMGET', KEYS[6], kept_ids) or {}
+  local err = redis.call('EXISTS', KEYS[9]) == 1 and chunked('HMGET', KEYS[9], kept_ids) or {}
   for i, e in ipairs(kept) do
     out[#out + 1] = e
     out[#out + 1] = tonumber(att[i] or '0')

@@ -74,8 +74,11 @@ if #done_args > 0 then
   chunked('ZADD', KEYS[6], done_args)
 end
 if #gone > 0 then
-  chunked('HDEL', KEYS[5], gone)
-  chunked('HDEL', KEYS[10], gone)
+  for _, key in ipairs({KEYS[5], KEYS[10]}) do
+    if redis.call('EXISTS', key) == 1 then
+      chunked('HDEL', key, gone)
+    end
+  end
 end
 for i = #back, 1, -1 do
   redis.call('LPUSH', KEYS[2], back[i])

@@ -38,6 +38,7 @@
 --   P:{g}:hints          hash  n -> generation: partitions that got work since a poller
 --                              found them empty (a poller removes one only at the generation
 --                              it saw, so a hint given meanwhile stays)
+--   P:{g}:gen            int   the last generation given to a hint
 --   P:{g}:wake           list  wake-up tokens for idle workers (BLPOP), at most 64
 --   P:{g}:awake          str   a drain is running, or a wake is on its way (push)
 --   P:{g}:poke           str   a send found P:{g}:awake taken: a drain about to rest looks
@@ -106,8 +107,12 @@ end
 local function apply_signal(prefix, parts)
   local hints = gkey(prefix, 'hints')
   local any = false
+  local gen
   for p, _ in pairs(parts) do
-    redis.call('HINCRBY', hints, p, 1)
+    -- A generation never used before (not a count per partition, which would start again
+    -- at 1 once a hint is dropped and could be taken for one a poller has seen).
+    gen = gen or redis.call('INCR', gkey(prefix, 'gen'))
+    redis.call('HSET', hints, p, gen)
     any = true
   end
   if any then
