@@ -793,11 +793,14 @@ def migrate(s: Settings) -> None:
 
     Run it once, with every worker stopped, on the Redis a 0.x deployment used (a single
     node). A start on such data is refused until then."""
+    from actor_system.adapters.composite import CompositeBackend
     from actor_system.adapters.redis.backend import RedisBackend, old_layout
     from actor_system.adapters.redis.migrate import migrate as move
 
     system = s.system(writes=True)
     backend = system.backend
+    if isinstance(backend, CompositeBackend):
+        backend = backend.redis  # S3 state or an external delay queue around these stores
     if not isinstance(backend, RedisBackend):
         raise CommandError("migrate works on the Redis stores only")
     client = backend._client

@@ -32,11 +32,11 @@ from actor_system.ports import DONE, KEEP, Claim, Commit, Outcome
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    import redis
-
     from actor_system.adapters.delay import ExternalDelay
+    from actor_system.adapters.redis.keys import Keys
     from actor_system.adapters.s3 import S3StateStore
     from actor_system.options import Options
+    from actor_system.ports import Clock
 
 log = logging.getLogger("actor_system")
 
@@ -114,27 +114,55 @@ def _unacknowledged(
     return recent
 
 
-class CompositeBackend(RedisBackend):
-    """The Redis backend with S3 state and/or an external delay queue plugged in."""
+class CompositeBackend:
+    """The Redis backend with S3 state and/or an external delay queue around it.
+
+    ``redis`` is the turn store: mailboxes, leases, dead letters, the Redis delay queue and,
+    with S3 state, the marker of the S3 version Redis acknowledged. Every port method goes
+    to it, with the S3 reads and writes of a turn and the moves to and from the external
+    delay queue added around; it calls back into this backend through its ``hop`` only.
+    """
 
     def __init__(
         self,
         *,
-        client: redis.Redis,
-        options: Options,
+        client: Any = None,
+        options: Options | None = None,
         blocking: bool = True,
         state: S3StateStore | None = None,
         delay: ExternalDelay | None = None,
+        redis: RedisBackend | None = None,
     ) -> None:
-        super().__init__(client=client, options=options, blocking=blocking)
+        """Over a new RedisBackend of ``client``, ``options`` and ``blocking``, or over
+        ``redis``, an existing one (then neither ``client`` nor ``options``), whose settings
+        for the stores plugged in are set here."""
+        if redis is not None and (client is not None or options is not None):
+            raise TypeError("CompositeBackend takes redis= or client= and options=, not both")
+        if redis is None and (client is None or options is None):
+            raise TypeError("CompositeBackend needs client= and options=, or redis=")
+        opts = redis.options if redis is not None else options
+        assert opts is not None
+        hop = self._hop if delay is not None else None
+        # Cancels leave a tombstone for as long as a copy of the message may land from the
+        # external queue.
+        tombstone_ms = int(opts.max_delay_s * 1000) + _DAY_MS if delay is not None else 0
+        # Redis keeps only the acknowledged S3 version: it may go with an idle actor's
+        # other keys (an object ahead of no marker re-sends only within its window).
+        state_ttl_ms = int(opts.done_window_s * 1000) if state is not None else 0
+        if redis is None:
+            redis = RedisBackend(
+                client=client,
+                options=opts,
+                blocking=blocking,
+                hop=hop,
+                tombstone_ms=tombstone_ms,
+                state_ttl_ms=state_ttl_ms,
+            )
+        else:
+            redis.hop, redis.tombstone_ms, redis.state_ttl_ms = hop, tombstone_ms, state_ttl_ms
+        self.redis = redis
         self.state_store = state
         self.delay = delay
-        if delay is not None:
-            self.tombstone_ms = int(options.max_delay_s * 1000) + _DAY_MS
-        if state is not None:
-            # Redis keeps only the acknowledged S3 version: it may go with an idle actor's
-            # other keys (an object ahead of no marker re-sends only within its window).
-            self.state_ttl_ms = int(options.done_window_s * 1000)
         # The S3 reads of turns begun and not yet committed, by (actor, token): several
         # callers may run turns on one backend at once (a drain, a send that processes in
         # the caller, a delete), each under its own token.
@@ -147,6 +175,93 @@ class CompositeBackend(RedisBackend):
         self._swept_at = 0
         self._offload_after = 0  # no offloading before this (back-off after an AWS error)
         self._held: list[Held] = []  # received and landed, deleted once Redis has them durably
+
+    # -- the Redis backend's settings -----------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        return self.redis.client
+
+    @property
+    def keys(self) -> Keys:
+        return self.redis.keys
+
+    @property
+    def options(self) -> Options:
+        return self.redis.options
+
+    @property
+    def blocking(self) -> bool:
+        return self.redis.blocking
+
+    @property
+    def block_s(self) -> float:
+        return self.redis.block_s
+
+    # -- as the Redis backend does them ---------------------------------------------------
+
+    def claim_drain(self, wake_ms: int) -> bool:
+        return self.redis.claim_drain(wake_ms)
+
+    def drop_wake(self) -> None:
+        self.redis.drop_wake()
+
+    def lease_expiry_ms(self) -> int | None:
+        return self.redis.lease_expiry_ms()
+
+    def rest(self) -> bool:
+        return self.redis.rest()
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        return self.redis.wait_ready(timeout_s)
+
+    def renew(self, actor: str, token: str, lease_ms: int, now_ms: int) -> bool:
+        return self.redis.renew(actor, token, lease_ms, now_ms)
+
+    def reply(self, message_id: str) -> bytes | None:
+        return self.redis.reply(message_id)
+
+    def wait_reply(self, message_id: str, timeout_s: float) -> bytes | None:
+        return self.redis.wait_reply(message_id, timeout_s)
+
+    def known_due_ms(self) -> int | None:
+        return self.redis.known_due_ms()
+
+    def next_due_ms(self) -> int | None:
+        return self.redis.next_due_ms()
+
+    def accept_deferred(self, bodies: Sequence[str | dict[str, Any]], now_ms: int) -> int:
+        """Land bodies that came back from the external delay queue (or any other); far
+        ones go out again for another hop (``_hop``)."""
+        return self.redis.accept_deferred(bodies, now_ms)
+
+    def land(self, items: Sequence[Outgoing], now_ms: int) -> tuple[int, int, int]:
+        return self.redis.land(items, now_ms)
+
+    def deferred(
+        self, limit: int = 100, actor: str | None = None
+    ) -> list[tuple[str, str, int, str]]:
+        return self.redis.deferred(limit, actor)
+
+    def dead_letters(self, limit: int) -> list[bytes]:
+        return self.redis.dead_letters(limit)
+
+    def dead_letter_count(self) -> int:
+        return self.redis.dead_letter_count()
+
+    def redrive(
+        self, record: bytes, actor: str, message_id: str, entry: bytes, now_ms: int
+    ) -> bool:
+        return self.redis.redrive(record, actor, message_id, entry, now_ms)
+
+    def remove_dead_letter(self, record: bytes) -> bool:
+        return self.redis.remove_dead_letter(record)
+
+    def claim_wake(self, due_ms: int, now_ms: int) -> bool:
+        return self.redis.claim_wake(due_ms, now_ms)
+
+    def server_clock(self) -> Clock:
+        return self.redis.server_clock()
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -170,7 +285,7 @@ class CompositeBackend(RedisBackend):
     def begin(
         self, actors: Sequence[str], token: str, lease_ms: int, batch: int, now_ms: int
     ) -> list[Claim | None]:
-        claims = super().begin(actors, token, lease_ms, batch, now_ms)
+        claims = self.redis.begin(actors, token, lease_ms, batch, now_ms)
         store = self.state_store
         if store is None:
             return claims
@@ -186,7 +301,7 @@ class CompositeBackend(RedisBackend):
             # Without its state no turn can run: give every claim of the round back now
             # rather than when the leases expire, and let the caller back off.
             release = [Commit(c.actor, token, c.fence, None, [KEEP] * len(c.entries)) for c in live]
-            super().commit(release, now_ms)
+            self.redis.commit(release, now_ms)
             raise broken[0]
         out: list[Claim | None] = []
         found = iter(zip(live, objects, strict=True))
@@ -246,7 +361,7 @@ class CompositeBackend(RedisBackend):
 
     def commit(self, commits: Sequence[Commit], now_ms: int) -> list[int | None]:
         if self.state_store is None:
-            results = super().commit(commits, now_ms)
+            results = self.redis.commit(commits, now_ms)
             self._note_staged(commits, now_ms)
             self._move_out(now_ms)
             return results
@@ -272,7 +387,7 @@ class CompositeBackend(RedisBackend):
                 )
                 continue
             final.append(c)
-        results = super().commit(final, now_ms)
+        results = self.redis.commit(final, now_ms)
         self._note_staged(final, now_ms)
         self._move_out(now_ms)
         ended = [
@@ -336,7 +451,7 @@ class CompositeBackend(RedisBackend):
     def _receipt(self, c: Commit) -> int | None:
         """The version a commit under this token already wrote (its answer was lost and it
         is run again without a begin), from the lease's receipt; None if it wrote nothing."""
-        token, version = self._call(
+        token, version = self.redis._call(
             "commit", self.client.hmget, self.keys.actor(c.actor, "lease"), "t", "c"
         )
         if token is None or token.decode() != c.token or version is None:
@@ -388,7 +503,7 @@ class CompositeBackend(RedisBackend):
 
     def load_state(self, actor: str) -> tuple[bytes | None, int]:
         if self.state_store is None:
-            return super().load_state(actor)
+            return self.redis.load_state(actor)
         obj = self.state_store.read(actor)
         return obj.state, obj.version
 
@@ -442,10 +557,10 @@ class CompositeBackend(RedisBackend):
 
     def push(self, items: Sequence[Outgoing], now_ms: int, wake_ms: int = 0) -> tuple[int, bool]:
         if self.delay is None:
-            return super().push(items, now_ms, wake_ms)
+            return self.redis.push(items, now_ms, wake_ms)
         far = [i for i in items if self._is_far(i, now_ms)]
         taken = set(self.delay.offload(far, now_ms)) if far else set()
-        rest, wake = super().push([i for i in items if i.id not in taken], now_ms, wake_ms)
+        rest, wake = self.redis.push([i for i in items if i.id not in taken], now_ms, wake_ms)
         return rest + len(taken), wake
 
     def _move_out(self, now_ms: int) -> None:
@@ -467,7 +582,7 @@ class CompositeBackend(RedisBackend):
         self._staged = False
         horizon = now_ms + int(self.delay.near_s * 1000)
         k = self.keys
-        shards = self._pipe(
+        shards = self.redis._pipe(
             "offload",
             lambda pipe: [
                 pipe.zrangebyscore(k.due(p), f"({horizon}", "+inf", 0, _OFFLOAD_SCAN, True)
@@ -477,7 +592,7 @@ class CompositeBackend(RedisBackend):
         rows = [(p, mid.decode(), int(due)) for p, found in enumerate(shards) for mid, due in found]
         if not rows:
             return 0
-        values = self._bodies([mid for _, mid, _ in rows])
+        values = self.redis._bodies([mid for _, mid, _ in rows])
         items = []
         for (_, mid, due), value in zip(rows, values, strict=True):
             if value:
@@ -489,7 +604,7 @@ class CompositeBackend(RedisBackend):
             if mid in taken:
                 by_part.setdefault(p, []).extend([mid, due])
         calls = [("unstage", [k.due(p)], [k.prefix, p, *args]) for p, args in by_part.items()]
-        moved = sum(int(n) for n in self._run(calls, "unstage"))
+        moved = sum(int(n) for n in self.redis._run(calls, "unstage"))
         if any(len(found) == _OFFLOAD_SCAN for found in shards):
             self._staged = True  # more left than one scan reads
         return moved
@@ -513,7 +628,7 @@ class CompositeBackend(RedisBackend):
                 except AwsError as e:  # Redis work goes on; SQS keeps the messages
                     self._received_at = now_ms + _BACK_OFF_MS
                     log.error("receiving deferred messages failed, next try in 30 s: %s", e)
-        actors, promoted = super().poll(now_ms, max_actors, lease_ms, awake_ms, token)
+        actors, promoted = self.redis.poll(now_ms, max_actors, lease_ms, awake_ms, token)
         return actors, promoted + landed
 
     def _collect(self, now_ms: int) -> int:
@@ -528,8 +643,8 @@ class CompositeBackend(RedisBackend):
             return 0
         found = [(r, deferred_in(r.body)) for r in received]
         # Bodies that are not deferred messages: dead letters with the reason, wakes skipped.
-        self.accept_deferred([r.body for r, item in found if item is None], now_ms)
-        landed, hopped = self._land_received(
+        self.redis.accept_deferred([r.body for r, item in found if item is None], now_ms)
+        landed, hopped = self.redis._land_received(
             [item for _, item in found if item is not None], now_ms
         )
         release_ms = now_ms + int(delay.durable_s * 1000)
@@ -553,7 +668,11 @@ class CompositeBackend(RedisBackend):
             return
         checked = [(h, h.item) for h in due if h.item is not None]
         keys = [self.keys.tomb(item.id) for _, item in checked]
-        tombs = self._pipe("release", lambda pipe: [pipe.get(key) for key in keys]) if keys else []
+        tombs = (
+            self.redis._pipe("release", lambda pipe: [pipe.get(key) for key in keys])
+            if keys
+            else []
+        )
         lost = {
             h.receipt: item.id
             for (h, item), tomb in zip(checked, tombs, strict=True)
@@ -565,7 +684,7 @@ class CompositeBackend(RedisBackend):
             log.warning(
                 "Redis lost the landing of %d deferred message(s); landing again", len(again)
             )
-            self.land([item for _, item in again], now_ms)
+            self.redis.land([item for _, item in again], now_ms)
             release_ms = now_ms + int(delay.durable_s * 1000)
             self._held += [Held(h.receipt, release_ms, item) for h, item in again]
         try:
@@ -593,7 +712,7 @@ class CompositeBackend(RedisBackend):
         return set(delay.offload(far, now_ms)) if far else set()
 
     def cancel(self, message_id: str) -> bool:
-        removed, unknown = self._cancel(message_id)
+        removed, unknown = self.redis._cancel(message_id)
         if self.delay is None:
             return removed
         external = self.delay.cancel(message_id)
@@ -601,7 +720,7 @@ class CompositeBackend(RedisBackend):
         return removed or external or (unknown and self.delay.hops)
 
     def pending(self) -> int:
-        n = super().pending()
+        n = self.redis.pending()
         return n + (self._pending_elsewhere() if self.delay is not None else 0)
 
     def _pending_elsewhere(self) -> int:
@@ -621,7 +740,7 @@ class CompositeBackend(RedisBackend):
             self.delay.check()
 
     def stats(self) -> dict[str, Any]:
-        stats = super().stats()
+        stats = self.redis.stats()
         if self.delay is not None:
             stats["deferred_elsewhere"] = self._pending_elsewhere()
             stats["deferred_store"] = self.delay.name
@@ -632,4 +751,4 @@ class CompositeBackend(RedisBackend):
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
-        super().close()
+        self.redis.close()

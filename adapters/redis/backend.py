@@ -33,7 +33,7 @@ from actor_system.ports import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from actor_system.options import Options
     from actor_system.ports import Clock
@@ -219,7 +219,16 @@ class RedisBackend:
     turn's sends to other partitions go through its outbox and signals through signal.lua.
     """
 
-    def __init__(self, *, client: Any, options: Options, blocking: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        client: Any,
+        options: Options,
+        blocking: bool = True,
+        hop: Callable[[Sequence[Outgoing], int], set[str]] | None = None,
+        tombstone_ms: int = 0,
+        state_ttl_ms: int = 0,
+    ) -> None:
         self._client = client
         self.options = options
         self.keys = Keys(options.prefix, options.partitions)
@@ -244,10 +253,13 @@ class RedisBackend:
         self._signals: list[str] = []  # to apply with the next round trip (cluster)
         self._lock = threading.Lock()
         # Cancels leave a tombstone this long when deferred messages also live outside Redis.
-        self.tombstone_ms = 0
+        self.tombstone_ms = tombstone_ms
         # How long the actor's state hash outlives its last write (0: for good; S3 state
         # keeps only a marker in Redis, which may expire).
-        self.state_ttl_ms = 0
+        self.state_ttl_ms = state_ttl_ms
+        # Sends deferred messages received from another delay queue out again for another
+        # hop, returning the ids it sent (None: Redis holds every message).
+        self.hop = hop
 
     @classmethod
     def from_url(cls, url: str, options: Options) -> RedisBackend:
@@ -941,8 +953,9 @@ class RedisBackend:
         return delivered, hopped
 
     def _hop(self, items: Sequence[Outgoing], now_ms: int) -> set[str]:
-        """Ids sent out again to another delay queue (none: Redis holds every message)."""
-        return set()
+        """Ids sent out again to another delay queue by ``hop`` (none without one: Redis
+        holds every message)."""
+        return set() if self.hop is None else self.hop(items, now_ms)
 
     def land(self, items: Sequence[Outgoing], now_ms: int) -> tuple[int, int, int]:
         """Deliver deferred messages that come back from another delay queue: due ones to

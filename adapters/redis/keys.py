@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 BUCKETS = 256  # hashes holding the bodies of one partition's deferred messages
 
@@ -101,6 +105,22 @@ class Keys:
 
     def outboxes(self, p: int) -> str:
         return self.part(p, "outboxes")
+
+    def bucket(self, target: str, message_id: str) -> str:
+        """The bucket hash of a deferred message to ``target`` (mkey in lib.lua)."""
+        bucket = int(message_id[20:23], 16) % BUCKETS
+        return self.part(self.part_of(target), f"m{bucket}")
+
+    def delivery_keys(self, deliveries: Sequence[tuple[str, str, bool]]) -> list[str]:
+        """Every key delivering (target, id, deferred) messages touches besides its
+        partition's ready and paused sets (deliver in lib.lua), for a script to declare."""
+        keys: list[str] = []
+        for target, message_id, deferred in deliveries:
+            if deferred:
+                keys += [self.due(self.part_of(target)), self.bucket(target, message_id)]
+            else:
+                keys += [self.actor(target, "mb"), self.actor(target, "done")]
+        return list(dict.fromkeys(keys))
 
     def delay_msg(self, message_id: str) -> str:
         """The bucket hash holding a deferred message's body (same rule as mkey in lib.lua)."""

@@ -306,10 +306,12 @@ def run(args: argparse.Namespace, server: Restartable | None = None) -> Figures:
     """The run; ``server`` is the redis-server behind ``args.url`` when Redis is to lose
     its last writes (``args.redis_loss_every_s``)."""
     rng = random.Random(args.seed)
-    client = redis.Redis.from_url(args.url)
-    client.flushall()
     stores = {"state": args.state, "delay": args.delay}
     system = ActorSystem.from_url(args.url, actors=actors, **stores)
+    # The system's own client: a Redis Cluster's when the URL names a cluster node (flushed
+    # and scanned on every primary).
+    client = system.backend.client  # type: ignore[attr-defined]
+    client.flushall()
     figures = Figures(messages=args.messages)
     expected: dict[str, Any] = {"relayed": 0, "deferred": {}}
     plan = produce(system, rng, args, expected)

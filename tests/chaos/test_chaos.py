@@ -5,16 +5,25 @@ from __future__ import annotations
 import pytest
 
 from tests.chaos.run import NOTHING_LEFT, parser, run
+from tests.conftest import skip_unless_selected
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
+@pytest.fixture(params=["redis", "cluster"])
+def chaos_url(request: pytest.FixtureRequest) -> str:
+    """A real redis-server, and a real three-master Redis Cluster."""
+    skip_unless_selected(request.param)
+    fixture = "cluster_url" if request.param == "cluster" else "redis_url"
+    return str(request.getfixturevalue(fixture))
+
+
 @pytest.mark.timeout(300)
-def test_chaos_short_mode_loses_nothing_and_applies_nothing_twice(redis_url: str) -> None:
+def test_chaos_short_mode_loses_nothing_and_applies_nothing_twice(chaos_url: str) -> None:
     args = parser().parse_args(
         [
             "--url",
-            redis_url,
+            chaos_url,
             "--messages",
             "6000",
             "--actors",

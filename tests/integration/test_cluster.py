@@ -153,3 +153,31 @@ def test_a_drain_rests_only_when_nothing_is_ready(redis_cluster: RedisCluster) -
     assert backend.claim_drain(30_000) is False  # nothing ready
     assert backend.push([item("r3")], now_ms, 30_000) == (1, True)
     system.close()
+
+
+def test_a_node_that_lost_its_scripts_gets_them_again_and_scripts_go_straight_to_their_node(
+    redis_cluster: RedisCluster,
+) -> None:
+    """SCRIPT FLUSH on one master (a restarted or promoted node): the calls it refused are
+    loaded and run again, nothing fails. No script call costs a COMMAND GETKEYS first."""
+    redis_cluster.flush()
+    for node in redis_cluster.nodes:
+        with redis.Redis(port=node.port) as client:
+            client.config_resetstat()
+    system = ActorSystem.from_url(redis_cluster.urls[0], actors=actors)
+    refs = [counter.ref(f"n{i}") for i in range(30)]
+    for ref in refs:
+        system.send(ref, Add(n=1))
+    assert system.run_until_idle().messages == 30
+    with redis.Redis(port=redis_cluster.nodes[1].port) as client:
+        client.script_flush()
+    system.send_many([(ref, Add(n=1)) for ref in refs])
+    assert system.run_until_idle().messages == 30
+    assert [system.state(r).count for r in refs] == [2] * 30  # type: ignore[attr-defined]
+    system.close()
+    lookups = 0
+    for node in redis_cluster.nodes:
+        with redis.Redis(port=node.port) as client:
+            stats = client.info("commandstats")
+            lookups += int(stats.get("cmdstat_command|getkeys", {}).get("calls", 0))
+    assert lookups == 0

@@ -44,6 +44,11 @@
 --   P:{g}:poke           str   a send found P:{g}:awake taken: a drain about to rest looks
 --                              again
 --   P:{g}:armed          int   the due time of the timed wake on its way
+-- On a cluster every script declares every key it touches (poll.lua's lease check and
+-- promotion, which find their keys as they run, are left to a single node; promote.lua does
+-- it on a cluster): a slot being moved to another node holds some keys on each node for a
+-- while, and Redis then refuses the whole script (TRYAGAIN, or ASK to the other node) instead
+-- of stopping it at a key this node no longer holds, after some of its writes.
 -- A script that makes work ready records a signal (the partition); on a single node it
 -- applies it to the {g} keys itself (ARGV[2] = '1'), on a cluster it returns it and the
 -- caller applies it with signal.lua once the script has run.
@@ -172,8 +177,10 @@ local function deliver(prefix, now, target, part, id, due, entry)
   end
   local z = pkey(prefix, part, 'due')
   local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+  -- The body before the id: an id in the queue always has its body (the same for the same
+  -- id, so writing it again changes nothing).
+  redis.call('HSET', mkey(prefix, part, id), id, target .. '\n' .. string.sub(entry, 33))
   if redis.call('ZADD', z, 'NX', due, id) == 1 then
-    redis.call('HSET', mkey(prefix, part, id), id, target .. '\n' .. string.sub(entry, 33))
     -- A new earliest due time in this partition: pollers must look at it again, and an
     -- idle worker blocked until a later due time must wake.
     if first[2] == nil or tonumber(due) < tonumber(first[2]) then

@@ -6,8 +6,10 @@
 --   ('' for none): the actors it pops are remembered under it for the reservation's time,
 --   so that a poll retried after its answer was lost (or a round resumed after a backend
 --   error) gets them again instead of leaving them reserved to nobody until it expires
--- ARGV[8] most deferred messages to promote  ARGV[9] how long an outbox handed out for
+-- ARGV[8] most deferred messages to promote (0 on a cluster: promote.lua, which declares
+--   the keys of the messages' actors, does it)  ARGV[9] how long an outbox handed out for
 --   delivery is left to that poller before another takes it, ms
+-- KEYS[6] P:{pn}:polled:<token> (with a token)
 -- Returns {signals, promoted, next ms, ready left, the oldest ready time left (-1: none),
 -- n popped, actor..., outbox actor...};
 -- next ms is when the partition next needs upkeep (a message comes due, a lease expires, a
@@ -17,7 +19,13 @@
 local prefix, part, now = ARGV[1], ARGV[3], tonumber(ARGV[4])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 100)
 for _, actor in ipairs(expired) do
-  local expiry = tonumber(redis.call('HGET', akey(prefix, part, actor, 'lease'), 'e') or '0')
+  -- The lease hash and the leases set move together (begin, renew, commit); a single node
+  -- checks the hash as well. A cluster script touches only the keys it declares, so that a
+  -- slot being moved refuses it whole.
+  local expiry = 0
+  if ARGV[2] == '1' then
+    expiry = tonumber(redis.call('HGET', akey(prefix, part, actor, 'lease'), 'e') or '0')
+  end
   if expiry > now then
     redis.call('ZADD', KEYS[1], expiry, actor)
   else
@@ -34,8 +42,10 @@ end
 -- Due deferred messages into their actors' mailboxes, each exactly once (processed ids are
 -- dropped). An actor whose message came due is taken before those made ready by immediate
 -- sends (timely in lib.lua), in due order.
-local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'WITHSCORES', 'LIMIT', 0,
-                       ARGV[8])
+local due = {}
+if tonumber(ARGV[8]) > 0 then
+  due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'WITHSCORES', 'LIMIT', 0, ARGV[8])
+end
 local promoted = 0
 for i = 1, #due, 2 do
   local id = due[i]
@@ -53,7 +63,7 @@ for _, actor in ipairs(stale) do
   redis.call('ZADD', KEYS[5], now + tonumber(ARGV[9]), actor)
 end
 local popped = {}
-local memo = ARGV[7] ~= '' and pkey(prefix, part, 'polled:' .. ARGV[7]) or nil
+local memo = ARGV[7] ~= '' and (KEYS[6] or pkey(prefix, part, 'polled:' .. ARGV[7])) or nil
 if memo and redis.call('EXISTS', memo) == 1 then
   popped = redis.call('LRANGE', memo, 0, -1)
 elseif tonumber(ARGV[5]) > 0 then
