@@ -587,14 +587,10 @@ def _backend(url: str, options: Options, state: str | None, delay: str | None) -
         return RedisBackend.from_url(url, options)
     from actor_system.adapters.composite import CompositeBackend
     from actor_system.adapters.delay import delay_from_url
-    from actor_system.adapters.redis.backend import client_from_url
     from actor_system.adapters.s3 import S3StateStore
 
-    client, blocking = client_from_url(url)
     return CompositeBackend(
-        client=client,
-        options=options,
-        blocking=blocking,
+        redis=RedisBackend.from_url(url, options),  # the URL: a cluster node is found from it
         state=S3StateStore.from_url(state) if state and state_scheme == "s3" else None,
         delay=delay_from_url(delay) if delay and delay_scheme != "redis" else None,
     )

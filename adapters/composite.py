@@ -603,7 +603,15 @@ class CompositeBackend:
         for p, mid, due in rows:
             if mid in taken:
                 by_part.setdefault(p, []).extend([mid, due])
-        calls = [("unstage", [k.due(p)], [k.prefix, p, *args]) for p, args in by_part.items()]
+        calls = [
+            (
+                "unstage",
+                # Every key it touches (a cluster slot being moved refuses it whole).
+                [k.due(p)] + [x for m in args[0::2] for x in (k.bucket_at(p, m), k.tomb(m))],
+                [k.prefix, p, *args],
+            )
+            for p, args in by_part.items()
+        ]
         moved = sum(int(n) for n in self.redis._run(calls, "unstage"))
         if any(len(found) == _OFFLOAD_SCAN for found in shards):
             self._staged = True  # more left than one scan reads

@@ -53,11 +53,12 @@ _SCRIPTS = (
     "redrive",
     "land",
     "unstage",
+    "promote",
     "awake",
 )
 # Scripts whose answer starts with their signals (lib.lua): applied by the script itself on
 # a single node, returned for signal.lua on a cluster.
-_SIGNALLING = frozenset({"push", "poll", "commit", "land", "redrive"})
+_SIGNALLING = frozenset({"push", "poll", "commit", "land", "redrive", "promote"})
 _PUSH_CHUNK = 500  # messages per push script call, to bound one script's run time
 # Due messages moved per poll, split over the partitions that have some due: Redis runs a
 # pipeline's scripts back to back, so this bounds how long other clients wait behind one.
@@ -505,6 +506,19 @@ class RedisBackend:
     def _parts(self) -> range:
         return range(self.keys.partitions)
 
+    def _push_keys(self, group: Sequence[Outgoing], both: bool = False) -> list[str]:
+        """The keys a push (or land, ``both``: a message may go either way) of one
+        partition's items declares: its ready set first, then on a cluster every key it
+        touches (a slot being moved then refuses the script whole: lib.lua)."""
+        k = self.keys
+        part = k.part_of(group[0].target)
+        if self.fused:
+            return [k.ready(part)]
+        kinds = [(i.target, i.id, i.due_ms is not None) for i in group]
+        if both:
+            kinds = [(t, m, d) for t, m, _ in kinds for d in (False, True)]
+        return [k.ready(part), k.paused(part), *k.delivery_keys(kinds)]
+
     # -- Mailbox --------------------------------------------------------------------------
 
     def push(self, items: Sequence[Outgoing], now_ms: int, wake_ms: int = 0) -> tuple[int, bool]:
@@ -513,7 +527,7 @@ class RedisBackend:
         calls = [
             (
                 "push",
-                [self.keys.ready(self.keys.part_of(group[0].target))],
+                self._push_keys(group),
                 [self.keys.prefix, inline, now_ms, wake_ms, *self._deliveries(group)],
             )
             for group in self._groups(items)
@@ -578,6 +592,12 @@ class RedisBackend:
         actors, promoted, left = self._poll_pass(
             now_ms, parts, pops, lease_ms, token, promote, hints
         )
+        if not self.fused:
+            due = [p for p in parts if (self._next[p] or _NOTHING_DUE) <= now_ms]
+            for p, n in self._promote(now_ms, due, promote).items():
+                promoted += n
+                left[p] = left.get(p, 0) + n
+                self._heads.setdefault(p, now_ms - 60_000)  # promoted: ready a minute early
         # Ready actors where none was known (a hint, a sweep, a message that came due): taken
         # now, oldest first, so that a poll that returns none means none is ready.
         # Not those that popped some (under the token, a poll run again returns what it
@@ -589,6 +609,39 @@ class RedisBackend:
             got, _, _ = self._poll_pass(now_ms, sorted(second), second, lease_ms, token, 0, {})
             actors += got
         return actors, promoted
+
+    def _promote(self, now_ms: int, parts: list[int], most: int) -> dict[int, int]:
+        """Promote due deferred messages of ``parts`` on a cluster: their ids and actors read
+        first, then promote.lua per partition declaring every key it touches. Returns how
+        many each partition promoted."""
+        if not parts:
+            return {}
+        k = self.keys
+        found = self._pipe(
+            "promote",
+            lambda pipe: [pipe.zrangebyscore(k.due(p), "-inf", now_ms, 0, most) for p in parts],
+        )
+        due = {p: [m.decode() for m in ids] for p, ids in zip(parts, found, strict=True) if ids}
+        if not due:
+            return {}
+        rows = [(p, m) for p, ids in due.items() for m in ids]
+        bodies = self._pipe(
+            "promote", lambda pipe: [pipe.hget(k.bucket_at(p, m), m) for p, m in rows]
+        )
+        targets = {
+            m: body.partition(b"\n")[0].decode()
+            for (_, m), body in zip(rows, bodies, strict=True)
+            if body
+        }
+        calls = []
+        for p, ids in due.items():
+            keys = [k.due(p), k.ready(p), k.paused(p), *(k.bucket_at(p, m) for m in ids)]
+            for m in ids:
+                if m in targets:
+                    keys += [k.actor(targets[m], "mb"), k.actor(targets[m], "done")]
+            calls.append(("promote", list(dict.fromkeys(keys)), [k.prefix, "0", p, now_ms, *ids]))
+        results = self._run(calls, "promote")
+        return {p: int(r[0]) for p, r in zip(due, results, strict=True) if int(r[0])}
 
     def _poll_pass(
         self,
@@ -604,10 +657,11 @@ class RedisBackend:
         ready actors left per partition that has some)."""
         k = self.keys
         inline = "1" if self.fused else "0"
+        memo = [] if self.fused or not token else [token]
         calls: list[tuple[str, Sequence[Any], Sequence[Any]]] = [
             (
                 "poll",
-                k.poll_keys(p),
+                k.poll_keys(p) + [k.part(p, f"polled:{t}") for t in memo],
                 [
                     k.prefix,
                     inline,
@@ -616,7 +670,7 @@ class RedisBackend:
                     pops.get(p, 0),
                     lease_ms,
                     token,
-                    promote,
+                    promote if self.fused else 0,  # a cluster promotes in promote.lua
                     _OUTBOX_GRACE_MS,
                 ],
             )
@@ -739,7 +793,7 @@ class RedisBackend:
         calls = [
             (
                 "push",
-                [self.keys.ready(self.keys.part_of(group[0].target))],
+                self._push_keys(group),
                 [self.keys.prefix, "0", now_ms, 0, *self._deliveries(group)],
             )
             for group in self._groups(items)
@@ -846,7 +900,15 @@ class RedisBackend:
             for mid, record in c.replies:
                 args += [mid, record]
             args += [1 if c.delete else 0, c.idle_ttl_ms]
-            calls.append(("commit", k.commit_keys(c.actor), args))
+            keys = k.commit_keys(c.actor)
+            if not fused:
+                # Every other key the commit touches, declared (lib.lua): its local sends',
+                # its cancels' and its replies'.
+                kinds = [(i.target, i.id, i.due_ms is not None) for i in local]
+                keys += k.delivery_keys(kinds)
+                keys += [x for m in cancels for x in (k.due(part), k.delay_msg(m), k.tomb(m))]
+                keys += [k.part(part, f"reply:{mid}") for mid, _ in c.replies]
+            calls.append(("commit", keys, args))
             known = self._next[part]
             if c.pause_ms and known is not None:
                 self._next[part] = min(known, c.pause_ms)  # this process polls it then
@@ -965,7 +1027,8 @@ class RedisBackend:
         calls = [
             (
                 "land",
-                [self.keys.ready(self.keys.part_of(group[0].target))],
+                self._push_keys(group, both=True)
+                + ([] if self.fused else [self.keys.tomb(i.id) for i in group]),
                 [self.keys.prefix, inline, now_ms, _LANDED_MS, *self._deliveries(group)],
             )
             for group in self._groups(items)
@@ -1110,11 +1173,19 @@ class RedisBackend:
             part,
         ]
         moved = bool(
-            self._run([("redrive", [k.dlq(part), k.actor(actor, "mb")], args)], "redrive")[0][0]
+            self._run([("redrive", self._redrive_keys(actor, message_id), args)], "redrive")[0][0]
         )
         if not self.fused:
             self._signal_now(0)
         return moved
+
+    def _redrive_keys(self, actor: str, message_id: str) -> list[str]:
+        k, part = self.keys, self.keys.part_of(actor)
+        keys = [k.dlq(part), k.actor(actor, "mb")]
+        if not self.fused:
+            keys += [k.actor(actor, "done"), k.actor(actor, "att"), k.ready(part)]
+            keys += [k.paused(part), k.part(part, f"reply:{message_id}")]
+        return keys
 
     def _dlq_of(self, record: bytes) -> int:
         """The partition whose dead-letter list holds a record: its actor's (0 for none)."""

@@ -108,8 +108,10 @@ class Keys:
 
     def bucket(self, target: str, message_id: str) -> str:
         """The bucket hash of a deferred message to ``target`` (mkey in lib.lua)."""
-        bucket = int(message_id[20:23], 16) % BUCKETS
-        return self.part(self.part_of(target), f"m{bucket}")
+        return self.bucket_at(self.part_of(target), message_id)
+
+    def bucket_at(self, part: int, message_id: str) -> str:
+        return self.part(part, f"m{int(message_id[20:23], 16) % BUCKETS}")
 
     def delivery_keys(self, deliveries: Sequence[tuple[str, str, bool]]) -> list[str]:
         """Every key delivering (target, id, deferred) messages touches besides its
