@@ -176,6 +176,9 @@ def _script_routing() -> dict[str, Any]:
     return {"policy_resolver": Scripts(policies, StaticPolicyResolver())}
 
 
+_SCRIPT_ROUTING = _script_routing()
+
+
 def cluster_client(url: str) -> RedisCluster:
     """A Redis Cluster client for a URL naming any node (the others are discovered), with the
     same timeouts as a single node's; ConfigError for a URL it cannot use."""
@@ -185,7 +188,7 @@ def cluster_client(url: str) -> RedisCluster:
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
             socket_timeout=_SOCKET_TIMEOUT_S,
             socket_keepalive=True,
-            **_script_routing(),
+            **_SCRIPT_ROUTING,
         )
     except (ValueError, TypeError) as e:
         raise ConfigError(f"invalid Redis Cluster URL: {e}") from None
@@ -458,7 +461,7 @@ class RedisBackend:
     def _pipeline(self) -> Any:
         """A pipeline; on a cluster, one that routes script calls by their first key."""
         pipe = self.client.pipeline(transaction=False)
-        resolver = getattr(self.client, "_policy_resolver", None)
+        resolver = _SCRIPT_ROUTING.get("policy_resolver")
         if resolver is not None and hasattr(pipe, "_policy_resolver"):
             # redis-py 8 builds a cluster pipeline with its own default policies, whatever
             # the client's: without ours, every EVALSHA costs a COMMAND GETKEYS first.
