@@ -587,29 +587,40 @@ class RedisBackend:
     ) -> tuple[list[str], int]:
         k = self.keys
         hints = self._hints()
-        pops = self._share(list(self._heads), max_actors)
+        promoted = 0
+        if not self.fused:
+            # Due messages first (a cluster promotes in promote.lua), so that this poll pops
+            # their actors.
+            due = [p for p, when in enumerate(self._next) if when is not None and when <= now_ms]
+            for p, n in self._promote(now_ms, due, _PROMOTE_PER_POLL).items():
+                promoted += n
+                self._heads.setdefault(p, now_ms - 60_000)  # promoted: ready a minute early
+        fresh = {p: gen for p, gen in hints.items() if self._looked.get(p) != gen}
+        pops = self._share(list(self._heads), max_actors, fresh)
         parts = self._to_poll(now_ms, hints, token, set(pops))
         if awake_ms > 0:
             self._call("poll", self.client.set, k.awake, 1, px=awake_ms)
         promote = max(16, _PROMOTE_PER_POLL // max(len(parts), 1))
-        actors, promoted, left = self._poll_pass(
+        actors, n_promoted, left, popped = self._poll_pass(
             now_ms, parts, pops, lease_ms, token, promote, hints
         )
+        promoted += n_promoted
         if not self.fused:
+            # Due times this poll learnt of (a partition it had not looked at yet).
             due = [p for p in parts if (self._next[p] or _NOTHING_DUE) <= now_ms]
             for p, n in self._promote(now_ms, due, promote).items():
                 promoted += n
                 left[p] = left.get(p, 0) + n
-                self._heads.setdefault(p, now_ms - 60_000)  # promoted: ready a minute early
+                self._heads.setdefault(p, now_ms - 60_000)
         # Ready actors where none was known (a hint, a sweep, a message that came due): taken
         # now, oldest first, so that a poll that returns none means none is ready.
         # Not those that popped some (under the token, a poll run again returns what it
         # popped: the second pass would get the first's actors).
         room = max_actors - len(actors)
-        unpopped = sorted(p for p in left if not pops.get(p))
+        unpopped = sorted(p for p in left if p not in popped)
         if room > 0 and unpopped:
             second = self._share(unpopped, room)
-            got, _, _ = self._poll_pass(now_ms, sorted(second), second, lease_ms, token, 0, {})
+            got, _, _, _ = self._poll_pass(now_ms, sorted(second), second, lease_ms, token, 0, {})
             actors += got
         return actors, promoted
 
@@ -655,9 +666,9 @@ class RedisBackend:
         token: str,
         promote: int,
         hints: dict[int, int],
-    ) -> tuple[list[str], int, dict[int, int]]:
+    ) -> tuple[list[str], int, dict[int, int], set[int]]:
         """One poll.lua per partition in one round trip: (actors popped, messages promoted,
-        ready actors left per partition that has some)."""
+        ready actors left per partition that has some, the partitions that popped some)."""
         k = self.keys
         inline = "1" if self.fused else "0"
         memo = [] if self.fused or not token else [token]
@@ -684,6 +695,7 @@ class RedisBackend:
         stale: list[str] = []
         promoted = 0
         left: dict[int, int] = {}
+        popped: set[int] = set()
         for p, result in zip(parts, results, strict=True):
             n_promoted, next_ms, n_left, head, n_popped, *names = result
             promoted += int(n_promoted)
@@ -699,9 +711,11 @@ class RedisBackend:
                 self._looked[p] = hints[p]
             actors += [a.decode() for a in names[: int(n_popped)]]
             stale += [a.decode() for a in names[int(n_popped) :]]
+            if int(n_popped):
+                popped.add(p)
         if stale:
             self._deliver_outboxes(stale, now_ms)
-        return actors, promoted, left
+        return actors, promoted, left, popped
 
     def _hints(self) -> dict[int, int]:
         """The partitions with hints, after dropping those this process found empty."""
@@ -738,17 +752,21 @@ class RedisBackend:
         self._last_poll = (token, chosen)
         return sorted(chosen)
 
-    def _share(self, parts: list[int], max_actors: int) -> dict[int, int]:
+    def _share(
+        self, parts: list[int], max_actors: int, hinted: dict[int, int] | None = None
+    ) -> dict[int, int]:
         """How many ready actors to pop from each partition: ``max_actors`` in all, from the
-        partitions known to have ready actors, those whose oldest waited longest first (one
-        whose oldest is not known yet gets none: the poll learns it, and a second pass pops
-        it if there is room)."""
+        partitions known to have ready actors, those whose oldest waited longest first, then
+        from those ``hinted`` since this process looked (oldest hint first) whose oldest is
+        not known yet (the poll learns it)."""
         known = sorted((p for p in parts if p in self._heads), key=lambda p: self._heads[p])
-        known = known[:max_actors]
-        if not known or max_actors <= 0:
+        gens = hinted or {}
+        unknown = sorted((p for p in gens if p not in self._heads), key=lambda p: gens[p])
+        chosen = (known + unknown)[:max_actors]
+        if not chosen or max_actors <= 0:
             return {}
-        each, extra = divmod(max_actors, len(known))
-        return {p: each + (1 if i < extra else 0) for i, p in enumerate(known)}
+        each, extra = divmod(max_actors, len(chosen))
+        return {p: each + (1 if i < extra else 0) for i, p in enumerate(chosen)}
 
     def wait_ready(self, timeout_s: float) -> bool:
         if not self.blocking:

@@ -113,6 +113,16 @@ def slot_owner(cluster: RedisCluster, slot: int) -> int:
     raise AssertionError(f"slot {slot} is served by no master")
 
 
+def slots_of(cluster: RedisCluster, node: int) -> list[int]:
+    """The slots ``node`` serves, ascending, as the first node sees it."""
+    port = cluster.nodes[node].port
+    with node_client(cluster, 0) as client:
+        ranges = client.cluster("slots")
+    found = [s for start, end, primary, *_ in ranges if int(primary[1]) == port
+             for s in range(start, end + 1)]  # fmt: skip
+    return sorted(found)
+
+
 def master_of(cluster: RedisCluster, system: ActorSystem, actor: str) -> int:
     backend: Any = system.backend
     return slot_owner(cluster, key_slot(backend.keys.actor(actor, "state").encode()))
@@ -737,4 +747,56 @@ def test_a_deferred_send_into_a_moving_slot_with_no_ready_actor_lets_the_slot_mo
     drain(system, delivered, 2, timeout_s=15)
     assert sorted(system.state(target).seen) == sorted(ids)  # type: ignore[attr-defined]
     assert_nothing_left(redis_cluster, system)
+    system.close()
+
+
+def test_redis_cli_reshard_of_busy_slots_while_workers_drain(
+    redis_cluster: RedisCluster, cluster_url: str
+) -> None:
+    """``redis-cli --cluster reshard`` moves 1,500 slots (the partitions among them hold
+    mailboxes, deferred messages and states) from one master to another while two workers
+    drain: every message applied once, none left."""
+    from tests.cluster import cli_binary
+
+    system = ActorSystem.from_url(cluster_url, actors=actors)
+    backend: Any = system.backend
+    ids = node_ids(redis_cluster)
+    src = 0
+    dst = 1
+    refs = [counter.ref(f"r{i}") for i in range(120)]
+    first = slots_of(redis_cluster, src)[:1500]  # reshard takes the source's lowest slots
+    moving = [r for r in refs if key_slot(backend.keys.actor(r.key, "mb").encode()) in first]
+    assert moving, "no actor in the slots that move"
+    sent: dict[str, list[str]] = {r.key: [] for r in refs}
+    for _ in range(15):
+        batch = [(r, Add(n=1, work_ms=1)) for r in refs]
+        for (ref, _), message_id in zip(batch, system.send_many(batch), strict=True):
+            sent[ref.key].append(message_id)
+    for ref in refs:
+        sent[ref.key].append(system.send(ref, Add(n=1), delay=1.0))
+    workers = [start_worker(cluster_url, "--batch", "5", app="tests.actors") for _ in range(2)]
+    try:
+        time.sleep(0.3)
+        host = f"127.0.0.1:{redis_cluster.nodes[src].port}"
+        done = subprocess.run(
+            [cli_binary(), "--cluster", "reshard", host, "--cluster-from", ids[src],
+             "--cluster-to", ids[dst], "--cluster-slots", "1500", "--cluster-yes"],
+            capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+        def total() -> int:
+            return sum(system.state(r).count for r in refs)  # type: ignore[attr-defined]
+
+        wait_until(lambda: total() >= 16 * len(refs), timeout_s=90, what="the drain")
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+            worker.communicate(timeout=60)
+    assert set(first) <= set(slots_of(redis_cluster, dst))
+    for ref in refs:
+        state = system.state(ref)
+        assert sorted(state.seen) == sorted(sent[ref.key]), ref  # type: ignore[attr-defined]
+    assert_nothing_left(redis_cluster, system)
+    wait_until(lambda: cluster_ok(redis_cluster), what="cluster_state:ok")
     system.close()

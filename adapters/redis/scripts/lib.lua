@@ -114,9 +114,14 @@ local function apply_signal(prefix, parts)
   local any = false
   local gen
   for p, _ in pairs(parts) do
-    -- A generation never used before (not a count per partition, which would start again
-    -- at 1 once a hint is dropped and could be taken for one a poller has seen).
-    gen = gen or redis.call('INCR', gkey(prefix, 'gen'))
+    -- A generation never used before: not a count per partition, which would start again
+    -- at 1 once a hint is dropped, nor a count alone, which a Redis that lost its last
+    -- writes would give again: its time in microseconds and a count.
+    if not gen then
+      local t = redis.call('TIME')
+      local n = redis.call('INCR', gkey(prefix, 'gen')) % 1000
+      gen = t[1] .. string.format('%06d%03d', tonumber(t[2]), n)
+    end
     redis.call('HSET', hints, p, gen)
     any = true
   end
