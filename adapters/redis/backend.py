@@ -671,48 +671,54 @@ class RedisBackend:
         ready actors left per partition that has some, the partitions that popped some)."""
         k = self.keys
         inline = "1" if self.fused else "0"
-        memo = [] if self.fused or not token else [token]
-        calls: list[tuple[str, Sequence[Any], Sequence[Any]]] = [
-            (
-                "poll",
-                k.poll_keys(p) + [k.part(p, f"polled:{t}") for t in memo],
-                [
-                    k.prefix,
-                    inline,
-                    p,
-                    now_ms,
-                    pops.get(p, 0),
-                    lease_ms,
-                    token,
-                    promote if self.fused else 0,  # a cluster promotes in promote.lua
-                    _OUTBOX_GRACE_MS,
-                ],
-            )
-            for p in parts
-        ]
+        common = [k.prefix, inline, now_ms, lease_ms, token]
+        # A cluster promotes in promote.lua, which declares the keys of the messages' actors.
+        common += [promote if self.fused else 0, _OUTBOX_GRACE_MS]
+        if self.fused:
+            # One script for all of them: the names are built in it.
+            groups = [parts[i : i + 64] for i in range(0, len(parts), 64)]
+            calls: list[tuple[str, Sequence[Any], Sequence[Any]]] = [
+                ("poll", [], [*common, *[x for p in group for x in (p, pops.get(p, 0))]])
+                for group in groups
+            ]
+        else:
+            memo = [token] if token else []
+            groups = [[p] for p in parts]
+            calls = [
+                (
+                    "poll",
+                    k.poll_keys(p) + [k.part(p, f"polled:{t}") for t in memo],
+                    [*common, p, pops.get(p, 0)],
+                )
+                for p in parts
+            ]
         results = self._run(calls, "poll")
         actors: list[str] = []
         stale: list[str] = []
         promoted = 0
         left: dict[int, int] = {}
         popped: set[int] = set()
-        for p, result in zip(parts, results, strict=True):
-            n_promoted, next_ms, n_left, head, n_popped, *names = result
-            promoted += int(n_promoted)
-            self._next[p] = _NOTHING_DUE if int(next_ms) < 0 else int(next_ms)
-            if int(n_left) > 0:
-                self._heads[p] = int(head)
-                left[p] = int(n_left)
-            else:
-                self._heads.pop(p, None)
+        for group, flat in zip(groups, results, strict=True):
+            at = 0
+            for p in group:
+                n_promoted, next_ms, n_left, head, n_popped, n_stale = flat[at : at + 6]
+                names = flat[at + 6 : at + 6 + int(n_popped) + int(n_stale)]
+                at += 6 + int(n_popped) + int(n_stale)
+                promoted += int(n_promoted)
+                self._next[p] = _NOTHING_DUE if int(next_ms) < 0 else int(next_ms)
+                if int(n_left) > 0:
+                    self._heads[p] = int(head)
+                    left[p] = int(n_left)
+                else:
+                    self._heads.pop(p, None)
+                    if p in hints:
+                        self._seen_hints[p] = hints[p]
                 if p in hints:
-                    self._seen_hints[p] = hints[p]
-            if p in hints:
-                self._looked[p] = hints[p]
-            actors += [a.decode() for a in names[: int(n_popped)]]
-            stale += [a.decode() for a in names[int(n_popped) :]]
-            if int(n_popped):
-                popped.add(p)
+                    self._looked[p] = hints[p]
+                actors += [a.decode() for a in names[: int(n_popped)]]
+                stale += [a.decode() for a in names[int(n_popped) :]]
+                if int(n_popped):
+                    popped.add(p)
         if stale:
             self._deliver_outboxes(stale, now_ms)
         return actors, promoted, left, popped
