@@ -370,7 +370,7 @@ class RedisBackend:
             with self._lock:
                 signals, self._signals = self._signals, []
         if signals:
-            calls.append(("signal", self.keys.signal_keys()[:4], [self.keys.prefix, 0, *signals]))
+            calls.append(("signal", self.keys.signal_keys(), [self.keys.prefix, 0, *signals]))
         results: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         lost = 0
@@ -476,7 +476,7 @@ class RedisBackend:
             return False
         args = [self.keys.prefix, wake_ms, *signals]
         try:
-            return bool(self._run_plain("signal", self.keys.signal_keys()[:4], args))
+            return bool(self._run_plain("signal", self.keys.signal_keys(), args))
         except BackendError:
             self._keep_signals(signals)
             raise
@@ -509,18 +509,15 @@ class RedisBackend:
     def _parts(self) -> range:
         return range(self.keys.partitions)
 
-    def _push_keys(self, group: Sequence[Outgoing], both: bool = False) -> list[str]:
-        """The keys a push (or land, ``both``: a message may go either way) of one
+    def _push_keys(self, group: Sequence[Outgoing], either: bool = False) -> list[str]:
+        """The keys a push (or land, ``either``: a message may go either way) of one
         partition's items declares: its ready set first, then on a cluster every key it
         touches (a slot being moved then refuses the script whole: lib.lua)."""
         k = self.keys
         part = k.part_of(group[0].target)
         if self.fused:
             return [k.ready(part)]
-        kinds = [(i.target, i.id, i.due_ms is not None) for i in group]
-        if both:
-            kinds = [(t, m, d) for t, m, _ in kinds for d in (False, True)]
-        return [k.ready(part), k.paused(part), *k.delivery_keys(kinds)]
+        return [k.ready(part), k.paused(part), *k.delivery_keys(group, either)]
 
     # -- Mailbox --------------------------------------------------------------------------
 
@@ -598,11 +595,12 @@ class RedisBackend:
         fresh = {p: gen for p, gen in hints.items() if self._looked.get(p) != gen}
         pops = self._share(list(self._heads), max_actors, fresh)
         parts = self._to_poll(now_ms, hints, token, set(pops))
-        if awake_ms > 0:
+        if awake_ms > 0 and not self.fused:
+            # In its own slot on a cluster; a single node's poll.lua takes it in passing.
             self._call("poll", self.client.set, k.awake, 1, px=awake_ms)
         promote = max(16, _PROMOTE_PER_POLL // max(len(parts), 1))
         actors, n_promoted, left, popped = self._poll_pass(
-            now_ms, parts, pops, lease_ms, token, promote, hints
+            now_ms, parts, pops, lease_ms, token, promote, hints, awake_ms
         )
         promoted += n_promoted
         if not self.fused:
@@ -666,6 +664,7 @@ class RedisBackend:
         token: str,
         promote: int,
         hints: dict[int, int],
+        awake_ms: int = 0,
     ) -> tuple[list[str], int, dict[int, int], set[int]]:
         """One poll.lua per partition in one round trip: (actors popped, messages promoted,
         ready actors left per partition that has some, the partitions that popped some)."""
@@ -673,10 +672,12 @@ class RedisBackend:
         inline = "1" if self.fused else "0"
         common = [k.prefix, inline, now_ms, lease_ms, token]
         # A cluster promotes in promote.lua, which declares the keys of the messages' actors.
-        common += [promote if self.fused else 0, _OUTBOX_GRACE_MS]
+        common += [promote if self.fused else 0, _OUTBOX_GRACE_MS, awake_ms if self.fused else 0]
         if self.fused:
             # One script for all of them: the names are built in it.
             groups = [parts[i : i + 64] for i in range(0, len(parts), 64)]
+            if not groups and awake_ms > 0:
+                groups = [[]]  # no partition to look at, but the running drain to mark
             calls: list[tuple[str, Sequence[Any], Sequence[Any]]] = [
                 ("poll", [], [*common, *[x for p in group for x in (p, pops.get(p, 0))]])
                 for group in groups
@@ -931,8 +932,7 @@ class RedisBackend:
             if not fused:
                 # Every other key the commit touches, declared (lib.lua): its local sends',
                 # its cancels' and its replies'.
-                kinds = [(i.target, i.id, i.due_ms is not None) for i in local]
-                keys += k.delivery_keys(kinds)
+                keys += k.delivery_keys(local)
                 keys += [x for m in cancels for x in (k.due(part), k.delay_msg(m), k.tomb(m))]
                 keys += [k.part(part, f"reply:{mid}") for mid, _ in c.replies]
             calls.append(("commit", keys, args))
@@ -1054,7 +1054,7 @@ class RedisBackend:
         calls = [
             (
                 "land",
-                self._push_keys(group, both=True)
+                self._push_keys(group, either=True)
                 + ([] if self.fused else [self.keys.tomb(i.id) for i in group]),
                 [self.keys.prefix, inline, now_ms, _LANDED_MS, *self._deliveries(group)],
             )

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from actor_system.envelope import Outgoing
+
 BUCKETS = 256  # hashes holding the bodies of one partition's deferred messages
 
 
@@ -78,11 +80,6 @@ class Keys:
     def armed(self) -> str:
         return self._g("armed")
 
-    @property
-    def epoch(self) -> str:
-        """Bumped whenever a partition's delay queue gets a new earliest due time."""
-        return self._g("dqepoch")
-
     # -- one partition's keys ({p<n>}) ------------------------------------------------------
 
     def part(self, p: int, name: str) -> str:
@@ -113,21 +110,21 @@ class Keys:
     def bucket_at(self, part: int, message_id: str) -> str:
         return self.part(part, f"m{int(message_id[20:23], 16) % BUCKETS}")
 
-    def delivery_keys(self, deliveries: Sequence[tuple[str, str, bool]]) -> list[str]:
-        """Every key delivering (target, id, deferred) messages touches besides its
-        partition's ready and paused sets (deliver in lib.lua), for a script to declare."""
+    def delivery_keys(self, items: Sequence[Outgoing], either: bool = False) -> list[str]:
+        """Every key delivering ``items`` touches besides their partition's ready and paused
+        sets (deliver in lib.lua), for a script to declare; ``either``: each may go to its
+        mailbox or to the delay queue (land.lua decides by the time)."""
         keys: list[str] = []
-        for target, message_id, deferred in deliveries:
-            if deferred:
-                keys += [self.due(self.part_of(target)), self.bucket(target, message_id)]
-            else:
-                keys += [self.actor(target, "mb"), self.actor(target, "done")]
+        for item in items:
+            if either or item.due_ms is not None:
+                keys += [self.due(self.part_of(item.target)), self.bucket(item.target, item.id)]
+            if either or item.due_ms is None:
+                keys += [self.actor(item.target, "mb"), self.actor(item.target, "done")]
         return list(dict.fromkeys(keys))
 
     def delay_msg(self, message_id: str) -> str:
         """The bucket hash holding a deferred message's body (same rule as mkey in lib.lua)."""
-        bucket = int(message_id[20:23], 16) % BUCKETS
-        return self.part(self.part_of_id(message_id), f"m{bucket}")
+        return self.bucket_at(self.part_of_id(message_id), message_id)
 
     def tomb(self, message_id: str) -> str:
         """A deferred message's tombstone: cancelled, or landed at a due time (lib.lua)."""
@@ -162,4 +159,4 @@ class Keys:
         return [self.leases(p), self.ready(p), self.paused(p), self.due(p), self.outboxes(p)]
 
     def signal_keys(self) -> list[str]:
-        return [self.hints, self.wake, self.awake, self.poke, self.epoch]
+        return [self.hints, self.wake, self.awake, self.poke]

@@ -11,6 +11,8 @@
 --   which declares the keys of the messages' actors, does it)
 -- ARGV[7] how long an outbox handed out for delivery is left to that poller before another
 --   takes it, ms
+-- ARGV[8] ms for which this poller counts as a running drain (P:{g}:awake; 0: it does not;
+--   a single node only: on a cluster the key is in another slot and the caller sets it)
 -- then pairs: partition n, max actors to pop from it (0: upkeep only)
 -- Returns {signals, then per partition: promoted, next ms, ready left, the oldest ready time
 -- left (-1: none), n popped, n outbox actors, actor..., outbox actor...}; next ms is when the
@@ -118,7 +120,10 @@ local function poll_part(part, pops)
   end
 end
 
-for i = 8, #ARGV, 2 do
+if ARGV[2] == '1' and tonumber(ARGV[8]) > 0 then
+  redis.call('SET', gkey(prefix, 'awake'), 1, 'PX', ARGV[8])
+end
+for i = 9, #ARGV, 2 do
   poll_part(ARGV[i], tonumber(ARGV[i + 1]))
 end
 -- Work left over should wake another worker to help; what this poll made ready and took
