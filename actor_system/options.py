@@ -16,7 +16,8 @@ class Options:
     lease_ms: how long a turn owns its actor before another drainer may recover it.
     partitions: how many partitions actors are spread over (a power of two; each is one slot
     of a Redis Cluster), fixed per deployment.
-    done_window_s / done_max: how long and how many processed ids each actor keeps for dedup.
+    done_window_s / done_max: how long and how many processed ids each actor keeps for dedup
+    (at least: both are kept, in two generations, so up to about twice).
     poll_interval_s: the longest blocking wait of an idle worker.
     reply_ttl_s: how long a handler's reply (and a dead-lettered message's error) is kept
     for ``ask`` and ``reply``. process_s: how long ``send(..., process=True)`` may run the

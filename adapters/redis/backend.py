@@ -650,7 +650,7 @@ class RedisBackend:
             keys = [k.due(p), k.ready(p), k.paused(p), *(k.bucket_at(p, m) for m in ids)]
             for m in ids:
                 if m in targets:
-                    keys += [k.actor(targets[m], "mb"), k.actor(targets[m], "done")]
+                    keys += [k.actor(targets[m], n) for n in ("mb", "done", "doneold")]
             calls.append(("promote", list(dict.fromkeys(keys)), [k.prefix, "0", p, now_ms, *ids]))
         results = self._run(calls, "promote")
         return {p: int(r[0]) for p, r in zip(due, results, strict=True) if int(r[0])}
@@ -1210,7 +1210,8 @@ class RedisBackend:
         k, part = self.keys, self.keys.part_of(actor)
         keys = [k.dlq(part), k.actor(actor, "mb")]
         if not self.fused:
-            keys += [k.actor(actor, "done"), k.actor(actor, "att"), k.ready(part)]
+            keys += [k.actor(actor, "done"), k.actor(actor, "doneold"), k.actor(actor, "att")]
+            keys += [k.ready(part)]
             keys += [k.paused(part), k.part(part, f"reply:{message_id}")]
         return keys
 

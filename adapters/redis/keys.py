@@ -119,7 +119,7 @@ class Keys:
             if either or item.due_ms is not None:
                 keys += [self.due(self.part_of(item.target)), self.bucket(item.target, item.id)]
             if either or item.due_ms is None:
-                keys += [self.actor(item.target, "mb"), self.actor(item.target, "done")]
+                keys += [self.actor(item.target, n) for n in ("mb", "done", "doneold")]
         return list(dict.fromkeys(keys))
 
     def delay_msg(self, message_id: str) -> str:
@@ -146,14 +146,15 @@ class Keys:
         p = self.part_of(actor)
         keys = [self.actor(actor, n) for n in names]
         extra = [self.leases(p), self.actor(actor, "err"), self.paused(p), self.ready(p)]
-        return [*keys, *extra, self.actor(actor, "outbox")]
+        return [*keys, *extra, self.actor(actor, "outbox"), self.actor(actor, "doneold")]
 
     def commit_keys(self, actor: str) -> list[str]:
         names = ("lease", "mb", "inflight", "state", "att", "done")
         p = self.part_of(actor)
         keys = [self.actor(actor, n) for n in names] + [self.leases(p), self.ready(p), self.dlq(p)]
         tail = [self.actor(actor, "outbox"), self.outboxes(p)]
-        return [*keys, self.actor(actor, "err"), self.paused(p), *tail]
+        done = [self.actor(actor, "doneold"), self.actor(actor, "donetime")]
+        return [*keys, self.actor(actor, "err"), self.paused(p), *tail, *done]
 
     def poll_keys(self, p: int) -> list[str]:
         return [self.leases(p), self.ready(p), self.paused(p), self.due(p), self.outboxes(p)]

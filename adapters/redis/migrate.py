@@ -45,7 +45,10 @@ def migrate(client: Any, keys: Keys) -> Moved:
         if found is None:
             continue  # a delay shard, or already partitioned ({p<n>}, {g})
         actor, suffix = found["actor"].decode(), found["suffix"].decode()
-        client.rename(name, keys.actor(actor, suffix))
+        if suffix == "done":
+            _done_set(client, name, keys, actor)
+        else:
+            client.rename(name, keys.actor(actor, suffix))
         moved.actor_keys += 1
     for old, into, field in (
         ("ready", keys.ready, "ready"),
@@ -71,6 +74,22 @@ def migrate(client: Any, keys: Keys) -> Moved:
     # poll finds the lease expired (it is, or expires on its own clock).
     client.set(keys.layout, keys.partitions)
     return moved
+
+
+def _done_set(client: Any, name: bytes, keys: Keys, actor: str) -> None:
+    """An actor's processed ids: a sorted set of commit times before, now a set and the
+    first and last of those times (commit.lua), expiring as the old key did."""
+    members = client.zrange(name, 0, -1, withscores=True)
+    ttl = client.pttl(name)
+    done, times = keys.actor(actor, "done"), keys.actor(actor, "donetime")
+    if members:
+        client.sadd(done, *[m for m, _ in members])
+        scores = [int(score) for _, score in members]
+        client.set(times, f"{min(scores)} {max(scores)}")
+        if ttl > 0:
+            client.pexpire(done, ttl)
+            client.pexpire(times, ttl)
+    client.delete(name)
 
 
 def _dead_letters(client: Any, keys: Keys) -> int:

@@ -2,6 +2,7 @@
 -- KEYS[1] P:{A}:lease  KEYS[2] P:{A}:fence  KEYS[3] P:{A}:mb  KEYS[4] P:{A}:inflight
 -- KEYS[5] P:{A}:state  KEYS[6] P:{A}:att  KEYS[7] P:{A}:done  KEYS[8] P:leases
 -- KEYS[9] P:{A}:err  KEYS[10] P:paused  KEYS[11] P:ready  KEYS[12] P:{A}:outbox
+-- KEYS[13] P:{A}:doneold
 -- (P:{A}: the actor's keys, P: its partition's, both under the partition's tag: lib.lua)
 -- ARGV[1] token  ARGV[2] lease ms  ARGV[3] now ms  ARGV[4] batch  ARGV[5] actor key
 -- Returns 0 when the lease is held by someone else, else
@@ -85,10 +86,11 @@ for _ = 1, 16 do
   for i, e in ipairs(popped) do
     ids[i] = string.sub(e, 1, 32)
   end
-  local seen = chunked('ZMSCORE', KEYS[7], ids)
+  local seen = chunked('SMISMEMBER', KEYS[7], ids)
+  local old = redis.call('EXISTS', KEYS[13]) == 1 and chunked('SMISMEMBER', KEYS[13], ids) or {}
   local dup_ids = {}
   for i, e in ipairs(popped) do
-    if seen[i] then
+    if seen[i] == 1 or old[i] == 1 then
       dup_ids[#dup_ids + 1] = ids[i]
     elseif taken[ids[i]] then
       dups = dups + 1

@@ -2,7 +2,8 @@
 -- KEYS[1] P:{A}:lease  KEYS[2] P:{A}:mb  KEYS[3] P:{A}:inflight  KEYS[4] P:{A}:state
 -- KEYS[5] P:{A}:att  KEYS[6] P:{A}:done  KEYS[7] P:leases  KEYS[8] P:ready  KEYS[9] P:dlq
 -- KEYS[10] P:{A}:err (first error of a message still being retried)  KEYS[11] P:paused
--- KEYS[12] P:{A}:outbox  KEYS[13] P:outboxes  (P: the actor's partition)
+-- KEYS[12] P:{A}:outbox  KEYS[13] P:outboxes  KEYS[14] P:{A}:doneold  KEYS[15] P:{A}:donetime
+-- (P: the actor's partition)
 -- ARGV[1] prefix  ARGV[2] inline signals  ARGV[3] token  ARGV[4] actor key  ARGV[5] now ms
 -- ARGV[6] state bytes ('' = unchanged)  ARGV[7] fence  ARGV[8] dedup window ms
 -- ARGV[9] dedup max ids (0: the set is left as it is)  ARGV[10] the actor's partition
@@ -21,7 +22,7 @@
 --   message id, reply record (kept under P:reply:<id>; the first reply of an id stays);
 --   then '1' if the actor ends (ctx.delete: its state, dedup set, attempts and errors go) or
 --   '0', and the ms after which an idle actor's keys expire together (0: never)
--- Keys of an idle actor go away: the done set expires a dedup window after the last commit,
+-- Keys of an idle actor go away: the done sets expire a dedup window after the last commit,
 -- the lease 5 s after the commit (its receipt), att/err/mb/inflight when empty, the fence
 -- with its lease (begin.lua), the state as above. Only state that differs from the defaults
 -- stays.
@@ -46,15 +47,14 @@ end
 local back = {}
 -- Done and dead-lettered ids go into the dedup set, theirs and withdrawn ones' attempts and
 -- errors out, each in one call for the whole batch.
-local done_args, gone = {}, {}
+local done_ids, gone = {}, {}
 for i = 1, n do
   local action = ARGV[11 + i]
   local code = string.sub(action, 1, 1)
   local e = inflight[i]
   local id = string.sub(e, 1, 32)
   if code == 'd' or code == 'x' then
-    done_args[#done_args + 1] = now
-    done_args[#done_args + 1] = id
+    done_ids[#done_ids + 1] = id
     gone[#gone + 1] = id
     if code == 'x' then
       redis.call('LPUSH', KEYS[9], string.sub(action, 2))
@@ -70,8 +70,40 @@ for i = 1, n do
     back[#back + 1] = e
   end
 end
-if #done_args > 0 then
-  chunked('ZADD', KEYS[6], done_args)
+-- The dedup set: ids go into the current generation. It becomes the old one (the one before
+-- is dropped) once it is a window old or holds done_max ids; both go once the last write is
+-- a window old. So an id stays at least a window (and the last done_max ids stay), at most
+-- two, and a commit that does not know the actor type's window (0: a release, a recovery)
+-- does not cut a longer one down to a default.
+local window, cap = tonumber(ARGV[8]), tonumber(ARGV[9])
+if #done_ids > 0 or window > 0 then
+  local times = redis.call('GET', KEYS[15])
+  local first, last = now, now
+  if times then
+    local sp = string.find(times, ' ', 1, true)
+    first, last = tonumber(string.sub(times, 1, sp - 1)), tonumber(string.sub(times, sp + 1))
+  end
+  if window > 0 and now - last >= window then
+    redis.call('DEL', KEYS[6], KEYS[14], KEYS[15])
+    first = now
+  elseif #done_ids > 0 and ((window > 0 and now - first >= window)
+                            or (cap > 0 and redis.call('SCARD', KEYS[6]) >= cap)) then
+    if redis.call('EXISTS', KEYS[6]) == 1 then
+      redis.call('RENAME', KEYS[6], KEYS[14])
+      if window > 0 then
+        redis.call('PEXPIRE', KEYS[14], window)
+      end
+    end
+    first = now
+  end
+  if #done_ids > 0 then
+    chunked('SADD', KEYS[6], done_ids)
+    redis.call('SET', KEYS[15], first .. ' ' .. now)
+    if window > 0 then
+      redis.call('PEXPIRE', KEYS[6], window)
+      redis.call('PEXPIRE', KEYS[15], window)
+    end
+  end
 end
 if #gone > 0 then
   for _, key in ipairs({KEYS[5], KEYS[10]}) do
@@ -88,15 +120,6 @@ local version = tonumber(redis.call('HGET', KEYS[4], 'v') or '0')
 if ARGV[6] ~= '' then
   version = redis.call('HINCRBY', KEYS[4], 'v', 1)
   redis.call('HSET', KEYS[4], 'd', ARGV[6], 'f', ARGV[7])
-end
--- Only a commit that knows the actor type's dedup window trims the set: one that records
--- no ids (a release, a recovery) must not cut a longer window down to a default.
-if tonumber(ARGV[8]) > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - tonumber(ARGV[8]))
-  redis.call('PEXPIRE', KEYS[6], ARGV[8])
-end
-if tonumber(ARGV[9]) > 0 then
-  redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -tonumber(ARGV[9]) - 1)
 end
 local i = 12 + n
 local n_out = tonumber(ARGV[i])
@@ -147,15 +170,16 @@ for j = 1, n_cancel do
 end
 if ends then
   -- The actor ends: nothing of it stays (the messages queued behind start it anew).
-  redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[10])
+  redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[10], KEYS[14], KEYS[15])
 elseif idle_ms > 0 then
   -- Its keys expire together once it has been idle that long, each commit starting the
   -- count again (sooner where this commit says so: the dedup window, an S3 marker's life).
-  local window = tonumber(ARGV[8])
   local done_ms = (window > 0 and window < idle_ms) and window or idle_ms
   local state_life = (state_ms > 0 and state_ms < idle_ms) and state_ms or idle_ms
   redis.call('PEXPIRE', KEYS[4], state_life)
-  redis.call('PEXPIRE', KEYS[6], done_ms)
+  for _, key in ipairs({KEYS[6], KEYS[14], KEYS[15]}) do
+    redis.call('PEXPIRE', key, done_ms)
+  end
   redis.call('PEXPIRE', KEYS[5], idle_ms)
   redis.call('PEXPIRE', KEYS[10], idle_ms)
 end

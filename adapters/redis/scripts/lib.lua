@@ -30,7 +30,12 @@
 --   P:{pn}:A:state       hash  d = state bytes, v = version, f = fence of the writer
 --   P:{pn}:A:att         hash  id -> failed attempts so far
 --   P:{pn}:A:err         hash  id -> the first error of a message being retried
---   P:{pn}:A:done        zset  processed id -> commit ms (dedup window)
+--   P:{pn}:A:done        set   ids processed (dedup), the current generation
+--   P:{pn}:A:doneold     set   the generation before it
+--   P:{pn}:A:donetime    str   "<first> <last>": the ms of the current generation's first and
+--                              last write (commit.lua rotates the generations by these times
+--                              and by count, so that every id stays at least a dedup window
+--                              and the last done_max ids stay, at a set's cost per id)
 --   P:{pn}:A:outbox      list  sends of committed turns to other partitions, not yet
 --                              delivered (cluster: a commit touches its own slot only)
 -- Shared by all partitions (hash tag {g}):
@@ -169,11 +174,17 @@ local function mark_ready(prefix, part, now, actor)
   end
 end
 
+-- Whether an actor has processed a message id (either generation of its done set).
+local function was_done(prefix, part, actor, id)
+  return redis.call('SISMEMBER', akey(prefix, part, actor, 'done'), id) == 1
+    or redis.call('SISMEMBER', akey(prefix, part, actor, 'doneold'), id) == 1
+end
+
 -- Deliver one message: into the target's mailbox (due == '') or into the delay queue.
 -- Ids the target has already processed are dropped, so re-sending has no effect twice.
 local function deliver(prefix, now, target, part, id, due, entry)
   if due == '' then
-    if redis.call('ZSCORE', akey(prefix, part, target, 'done'), id) then
+    if was_done(prefix, part, target, id) then
       return 0
     end
     redis.call('RPUSH', akey(prefix, part, target, 'mb'), entry)

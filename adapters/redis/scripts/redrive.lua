@@ -9,7 +9,8 @@ if redis.call('LREM', KEYS[1], 1, ARGV[4]) == 0 then
   return {'', 0}
 end
 local prefix, part, actor = ARGV[1], ARGV[8], ARGV[5]
-redis.call('ZREM', akey(prefix, part, actor, 'done'), ARGV[6])
+redis.call('SREM', akey(prefix, part, actor, 'done'), ARGV[6])
+redis.call('SREM', akey(prefix, part, actor, 'doneold'), ARGV[6])
 redis.call('HDEL', akey(prefix, part, actor, 'att'), ARGV[6])
 redis.call('DEL', pkey(prefix, part, 'reply:' .. ARGV[6]))
 redis.call('RPUSH', KEYS[2], ARGV[7])
