@@ -314,6 +314,35 @@ def test_idempotency_window_is_per_actor_type(url: str, clock: ManualClock) -> N
     assert system.state(tally.ref("a")).total == 11
 
 
+def test_the_last_done_max_ids_are_remembered_and_older_ones_go(url: str) -> None:
+    # Two generations of at most done_max ids: the last done_max are always among them.
+    few = ActorType("few", state=Tally, done_max=3)
+
+    @few.handler
+    def add(ctx: Context[Tally], msg: Put) -> None:
+        ctx.state.total += msg.n
+
+    system = ActorSystem.from_url(url, actors=[few])
+    ref = few.ref("a")
+    for k in range(1, 8):
+        system.send(ref, Put(n=1), idempotency_key=f"k{k}")
+        system.run_until_idle()  # one turn, one commit, per id
+    assert system.state(ref).total == 7
+    for k in (5, 6, 7):
+        system.send(ref, Put(n=100), idempotency_key=f"k{k}")
+    system.run_until_idle()
+    assert system.state(ref).total == 7  # the last three are remembered
+    system.send(ref, Put(n=1000), idempotency_key="k1")
+    system.run_until_idle()
+    assert system.state(ref).total == 1007  # the first went with its generation
+    client, keys = system.backend.client, system.backend.keys
+    if hasattr(client, "scard"):
+        kept = client.scard(keys.actor(ref.key, "done")) + client.scard(
+            keys.actor(ref.key, "doneold")
+        )
+        assert 3 <= kept <= 6
+
+
 def test_invalid_dedup_options_of_an_actor_type_are_config_errors() -> None:
     from actor_system import ConfigError
 
