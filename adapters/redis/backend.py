@@ -435,7 +435,8 @@ class RedisBackend:
         self._keep_signals(fresh)
         for sig in fresh:
             for token in sig.split()[1:]:
-                self._next[int(token[1:])] = None  # this process looks there at its next poll
+                if token[0] != "l":  # left over by this process's poll, which knows of it
+                    self._next[int(token[1:])] = None  # this process looks there next poll
         return out
 
     def _keep_signals(self, signals: Sequence[str]) -> None:

@@ -104,30 +104,38 @@ local function take_body(prefix, part, id)
   return v
 end
 
--- Signals of this script run: partitions that got ready actors or a new earliest due time.
-local SIG = {ready = {}, due = {}, any_ready = false}
+-- Signals of this script run: partitions that got ready actors or a new earliest due time,
+-- and (poll) partitions with ready actors left over, for other workers to help with.
+local SIG = {ready = {}, due = {}, left = {}, any_ready = false}
 
-local function signalled()
-  return next(SIG.ready) ~= nil or next(SIG.due) ~= nil
+-- A generation never used before: not a count per partition, which would start again at 1
+-- once a hint is dropped, nor a count alone, which a Redis that lost its last writes would
+-- give again: its time in microseconds and a count.
+local function new_gen(prefix)
+  local t = redis.call('TIME')
+  local n = redis.call('INCR', gkey(prefix, 'gen')) % 1000
+  return t[1] .. string.format('%06d%03d', tonumber(t[2]), n)
 end
 
 -- Apply signals to the {g} keys: a hint per partition, and a wake token for idle workers
 -- blocked on P:{g}:wake (tokens are only hints, so the list is kept short and a worker that
--- dies after taking one loses nothing).
-local function apply_signal(prefix, parts)
+-- dies after taking one loses nothing). A partition with work left over keeps the hint it
+-- has (a new generation would send every poller that looked at it there again, the one
+-- that just did too); it gets one only where it has none (a hint lost with a failover).
+local function apply_signal(prefix, parts, left)
   local hints = gkey(prefix, 'hints')
   local any = false
   local gen
   for p, _ in pairs(parts) do
-    -- A generation never used before: not a count per partition, which would start again
-    -- at 1 once a hint is dropped, nor a count alone, which a Redis that lost its last
-    -- writes would give again: its time in microseconds and a count.
-    if not gen then
-      local t = redis.call('TIME')
-      local n = redis.call('INCR', gkey(prefix, 'gen')) % 1000
-      gen = t[1] .. string.format('%06d%03d', tonumber(t[2]), n)
-    end
+    gen = gen or new_gen(prefix)
     redis.call('HSET', hints, p, gen)
+    any = true
+  end
+  for p, _ in pairs(left or {}) do
+    if not parts[p] and redis.call('HEXISTS', hints, p) == 0 then
+      gen = gen or new_gen(prefix)
+      redis.call('HSET', hints, p, gen)
+    end
     any = true
   end
   if any then
@@ -137,18 +145,20 @@ local function apply_signal(prefix, parts)
 end
 
 -- A script's signals as it ends: applied here (inline = '1', a single node) or returned as
--- a string for signal.lua: '1' or '0' (whether an actor is ready), then 'r<n>' / 'd<n>'.
+-- a string for signal.lua: '1' or '0' (whether an actor is ready), then 'r<n>' / 'd<n>' /
+-- 'l<n>' (ready, due, left over).
 local function finish_signals(prefix, inline)
   if inline == '1' then
     local parts = {}
     for p, _ in pairs(SIG.ready) do parts[p] = true end
     for p, _ in pairs(SIG.due) do parts[p] = true end
-    apply_signal(prefix, parts)
+    apply_signal(prefix, parts, SIG.left)
     return SIG.any_ready and '1' or '0'
   end
   local out = {SIG.any_ready and '1' or '0'}
   for p, _ in pairs(SIG.ready) do out[#out + 1] = 'r' .. p end
   for p, _ in pairs(SIG.due) do out[#out + 1] = 'd' .. p end
+  for p, _ in pairs(SIG.left) do out[#out + 1] = 'l' .. p end
   return table.concat(out, ' ')
 end
 

@@ -127,7 +127,17 @@ for i = 9, #ARGV, 2 do
   poll_part(ARGV[i], tonumber(ARGV[i + 1]))
 end
 -- Work left over should wake another worker to help; what this poll made ready and took
--- itself needs no one else.
-SIG.ready = leftover
+-- itself needs no one else. Of the partitions with work left, those where this poll made
+-- actors ready (a lease recovered, a backoff over, a message due) get a new hint; the
+-- others keep theirs.
+local ready = {}
+for p, _ in pairs(leftover) do
+  if SIG.ready[p] then
+    ready[p] = true
+  else
+    SIG.left[p] = true
+  end
+end
+SIG.ready = ready
 out[1] = finish_signals(prefix, ARGV[2])
 return out
