@@ -28,7 +28,6 @@ from actor_system.ports import (
     Done,
     Failed,
     Keep,
-    Outcome,
     Withdraw,
 )
 
@@ -857,12 +856,18 @@ class RedisBackend:
             if int(n_outbox):
                 outboxes[actor] = list(flat[: int(n_outbox)])
                 flat = flat[int(n_outbox) :]
-            entries = [(flat[i], int(flat[i + 1])) for i in range(0, len(flat), 3)]
-            errors = {
-                flat[i][:32].decode("ascii", "replace"): flat[i + 2].decode("utf-8", "replace")
-                for i in range(0, len(flat), 3)
-                if flat[i + 2]
-            }
+            n = int(flat[0])
+            taken = flat[1 : n + 1]
+            failed = flat[n + 1 :]
+            tries = [0] * n
+            errors = {}
+            for i in range(0, len(failed), 3):
+                at = int(failed[i]) - 1
+                tries[at] = int(failed[i + 1])
+                if failed[i + 2]:
+                    mid = taken[at][:32].decode("ascii", "replace")
+                    errors[mid] = failed[i + 2].decode("utf-8", "replace")
+            entries = list(zip(taken, tries, strict=True))
             claims.append(
                 Claim(
                     actor,
@@ -908,8 +913,7 @@ class RedisBackend:
                 c.done_window_ms,
                 c.done_max,
                 part,
-                len(c.actions),
-                *[_action(a) for a in c.actions],
+                *_outcomes(c),
                 len(local),
                 *self._deliveries(local),
                 len(records),
@@ -1288,17 +1292,26 @@ def dead_record(reason: str, raw: bytes, now_ms: int) -> bytes:
     return DeadLetter("", "", reason, 0, now_ms, "", raw, first_error=reason).encode()
 
 
-def _action(outcome: Outcome) -> bytes:
-    """An outcome as commit.lua takes it: a code byte, then the error text or the record."""
-    match outcome:
-        case Done():
-            return b"d"
-        case Keep():
-            return b"k"
-        case Withdraw():
-            return b"w"
-        case Failed(error=error):
-            return b"r" + error.encode("utf-8", "replace")
-        case Dead(letter=letter):
-            return b"x" + letter.encode()
-    raise TypeError(f"not an outcome: {outcome!r}")
+def _outcomes(c: Commit) -> list[Any]:
+    """A commit's outcomes as commit.lua takes them: a letter per in-flight entry, the
+    entries' ids (when the caller knows them: the in-flight list is then not read back),
+    and the error or record of each retry and dead letter, in order."""
+    codes, details = bytearray(), []
+    for outcome in c.actions:
+        match outcome:
+            case Done():
+                codes += b"d"
+            case Keep():
+                codes += b"k"
+            case Withdraw():
+                codes += b"w"
+            case Failed(error=error):
+                codes += b"r"
+                details.append(error.encode("utf-8", "replace"))
+            case Dead(letter=letter):
+                codes += b"x"
+                details.append(letter.encode())
+            case _:
+                raise TypeError(f"not an outcome: {outcome!r}")
+    ids = c.ids if len(c.ids) == len(c.actions) else []
+    return [bytes(codes), len(ids), *ids, len(details), *details]

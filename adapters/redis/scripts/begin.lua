@@ -6,10 +6,43 @@
 -- (P:{A}: the actor's keys, P: its partition's, both under the partition's tag: lib.lua)
 -- ARGV[1] token  ARGV[2] lease ms  ARGV[3] now ms  ARGV[4] batch  ARGV[5] actor key
 -- Returns 0 when the lease is held by someone else, else
--- {fence, state or '', version, recovered, duplicates, n outbox, outbox record..., entry1,
--- attempts1, first error1 or '', entry2, ...}. The outbox holds what earlier turns sent to
+-- {fence, state or '', version, recovered, duplicates, n outbox, outbox record..., n entries,
+-- entry..., then for each entry that failed before: its position (from 1), its attempts,
+-- its first error or ''}. The outbox holds what earlier turns sent to
 -- other partitions and is not delivered yet: the caller delivers it before this turn's
 -- sends, so that the actor's sends stay in order.
+-- The claimed entries at the end of a reply: n, the entries, then (position, attempts,
+-- first error) of those that failed before. Most turns have none: no hash, no lookup.
+local function claimed(out, entries, ids)
+  out[#out + 1] = #entries
+  for _, e in ipairs(entries) do
+    out[#out + 1] = e
+  end
+  if #entries == 0 then
+    return out
+  end
+  local has_att, has_err = redis.call('EXISTS', KEYS[6]) == 1, redis.call('EXISTS', KEYS[9]) == 1
+  if not (has_att or has_err) then
+    return out
+  end
+  if not ids then
+    ids = {}
+    for i, e in ipairs(entries) do
+      ids[i] = string.sub(e, 1, 32)
+    end
+  end
+  local att = has_att and chunked('HMGET', KEYS[6], ids) or {}
+  local err = has_err and chunked('HMGET', KEYS[9], ids) or {}
+  for i = 1, #entries do
+    if att[i] or err[i] then
+      out[#out + 1] = i
+      out[#out + 1] = tonumber(att[i] or '0')
+      out[#out + 1] = err[i] or ''
+    end
+  end
+  return out
+end
+
 local now = tonumber(ARGV[3])
 local expiry = tonumber(redis.call('HGET', KEYS[1], 'e') or '0')
 if expiry > now then
@@ -22,13 +55,7 @@ if expiry > now then
   local st = redis.call('HMGET', KEYS[5], 'd', 'v')
   local out = {tonumber(redis.call('GET', KEYS[2]) or '0'), st[1] or '', tonumber(st[2] or '0'),
                0, 0, 0}
-  for _, e in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
-    local id = string.sub(e, 1, 32)
-    out[#out + 1] = e
-    out[#out + 1] = tonumber(redis.call('HGET', KEYS[6], id) or '0')
-    out[#out + 1] = redis.call('HGET', KEYS[9], id) or ''
-  end
-  return out
+  return claimed(out, redis.call('LRANGE', KEYS[4], 0, -1))
 end
 -- Popped before the commit that made it rest (a retry's backoff): not before that time.
 local rest = redis.call('ZSCORE', KEYS[10], ARGV[5])
@@ -86,7 +113,7 @@ for _ = 1, 16 do
   for i, e in ipairs(popped) do
     ids[i] = string.sub(e, 1, 32)
   end
-  local seen = chunked('SMISMEMBER', KEYS[7], ids)
+  local seen = redis.call('EXISTS', KEYS[7]) == 1 and chunked('SMISMEMBER', KEYS[7], ids) or {}
   local old = redis.call('EXISTS', KEYS[13]) == 1 and chunked('SMISMEMBER', KEYS[13], ids) or {}
   local dup_ids = {}
   for i, e in ipairs(popped) do
@@ -111,14 +138,6 @@ for _ = 1, 16 do
 end
 if #kept > 0 then
   chunked('RPUSH', KEYS[4], kept)
-  -- Most turns have no failed attempts to look up: no hash, no lookup.
-  local att = redis.call('EXISTS', KEYS[6]) == 1 and chunked('HMGET', KEYS[6], kept_ids) or {}
-  local err = redis.call('EXISTS', KEYS[9]) == 1 and chunked('HMGET', KEYS[9], kept_ids) or {}
-  for i, e in ipairs(kept) do
-    out[#out + 1] = e
-    out[#out + 1] = tonumber(att[i] or '0')
-    out[#out + 1] = err[i] or ''
-  end
 end
 out[5] = dups
-return out
+return claimed(out, kept, kept_ids)

@@ -7,8 +7,11 @@
 -- ARGV[1] prefix  ARGV[2] inline signals  ARGV[3] token  ARGV[4] actor key  ARGV[5] now ms
 -- ARGV[6] state bytes ('' = unchanged)  ARGV[7] fence  ARGV[8] dedup window ms
 -- ARGV[9] dedup max ids (0: the set is left as it is)  ARGV[10] the actor's partition
--- ARGV[11] n actions, then one per in-flight entry: 'd' done, 'r' .. error (retry), 'k' keep,
---   'w' withdrawn (re-sent deferred by the outbox), 'x' .. record (dead letter)
+-- ARGV[11] the outcome of each in-flight entry, one letter each: 'd' done, 'r' retry, 'k'
+--   keep, 'w' withdrawn (re-sent deferred by the outbox), 'x' dead letter
+-- ARGV[12] n ids, then the entries' message ids in order (n = one per entry; 0: read from
+--   the in-flight list), then n details, then one per 'r' (the error) and 'x' (the record),
+--   in order
 -- then n deliveries made here, each 5 args: target, partition, id, due ms or '', entry (on a
 --   single node every send; on a cluster those to this partition)
 -- then n outbox records (sends and cancels for other partitions, delivered after this
@@ -39,35 +42,49 @@ if committed then
 end
 local now = tonumber(ARGV[5])
 local prefix, part, actor = ARGV[1], ARGV[10], ARGV[4]
-local inflight = redis.call('LRANGE', KEYS[3], 0, -1)
-local n = tonumber(ARGV[11])
-if n ~= #inflight then
-  return redis.error_reply('in-flight list holds ' .. #inflight .. ' entries, commit has ' .. n)
+local codes = ARGV[11]
+local n = #codes
+local n_ids = tonumber(ARGV[12])
+local at = 14 + n_ids  -- the details of 'r' and 'x' outcomes, in order
+local held = redis.call('LLEN', KEYS[3])
+if n ~= held then
+  return redis.error_reply('in-flight list holds ' .. held .. ' entries, commit has ' .. n)
 end
 local back = {}
 -- Done and dead-lettered ids go into the dedup set, theirs and withdrawn ones' attempts and
 -- errors out, each in one call for the whole batch.
 local done_ids, gone = {}, {}
-for i = 1, n do
-  local action = ARGV[11 + i]
-  local code = string.sub(action, 1, 1)
-  local e = inflight[i]
-  local id = string.sub(e, 1, 32)
-  if code == 'd' or code == 'x' then
-    done_ids[#done_ids + 1] = id
-    gone[#gone + 1] = id
-    if code == 'x' then
-      redis.call('LPUSH', KEYS[9], string.sub(action, 2))
+if n_ids == n and not string.find(codes, '[^d]') then
+  -- Every message done (most turns): the ids as the caller gave them, the in-flight entries
+  -- not read back.
+  for i = 1, n do
+    done_ids[i] = ARGV[12 + i]
+  end
+  gone = done_ids
+else
+  local inflight = redis.call('LRANGE', KEYS[3], 0, -1)
+  for i = 1, n do
+    local code = string.sub(codes, i, i)
+    local e = inflight[i]
+    local id = string.sub(e, 1, 32)
+    if code == 'd' or code == 'x' then
+      done_ids[#done_ids + 1] = id
+      gone[#gone + 1] = id
+      if code == 'x' then
+        redis.call('LPUSH', KEYS[9], ARGV[at])
+        at = at + 1
+      end
+    elseif code == 'r' then
+      redis.call('HINCRBY', KEYS[5], id, 1)
+      redis.call('HSETNX', KEYS[10], id, ARGV[at])
+      at = at + 1
+      back[#back + 1] = e
+    elseif code == 'w' then
+      -- the re-sent copy in the outbox carries the raised attempt in its envelope
+      gone[#gone + 1] = id
+    else
+      back[#back + 1] = e
     end
-  elseif code == 'r' then
-    redis.call('HINCRBY', KEYS[5], id, 1)
-    redis.call('HSETNX', KEYS[10], id, string.sub(action, 2))
-    back[#back + 1] = e
-  elseif code == 'w' then
-    -- the re-sent copy in the outbox carries the raised attempt in its envelope
-    gone[#gone + 1] = id
-  else
-    back[#back + 1] = e
   end
 end
 -- The dedup set: ids go into the current generation. It becomes the old one (the one before
@@ -121,7 +138,7 @@ if ARGV[6] ~= '' then
   version = redis.call('HINCRBY', KEYS[4], 'v', 1)
   redis.call('HSET', KEYS[4], 'd', ARGV[6], 'f', ARGV[7])
 end
-local i = 12 + n
+local i = 14 + n_ids + tonumber(ARGV[13 + n_ids])
 local n_out = tonumber(ARGV[i])
 for j = 1, n_out do
   local k = i + 1 + (j - 1) * 5
