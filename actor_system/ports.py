@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 
-if TYPE_CHECKING:
-    from collections.abc import Sequence
+from actor_system.envelope import ID_LENGTH, Outgoing
+from actor_system.errors import DecodeError
 
-    from actor_system.envelope import Outgoing
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,3 +311,218 @@ class Backend(Mailbox, TurnStore, DelayQueue, DeadLetters, Inspector, Protocol):
         """The clock every process sharing these stores agrees on (the default clock)."""
 
     def close(self) -> None: ...
+
+
+# -- state kept outside the turn store (S3) ------------------------------------------------
+
+# The stored form of a StateObject (encode/decode): format 2 keeps the commits of two
+# windows, format 1 (still read) the last commit's outbox and the last 200 ids.
+FORMAT_VERSION = 2
+_HEX = frozenset("0123456789abcdef")
+
+
+class WriteConflict(Exception):
+    """A conditional PUT lost: another holder wrote the object since we read it."""
+
+
+@dataclass(slots=True)
+class Retained:
+    """One commit as the object keeps it: its outbox and replies for one window, its ids for
+    two."""
+
+    version: int
+    at_ms: int  # when it was committed, by the runtime's clock (Redis TIME on redis://)
+    done: list[str]  # ids of the messages it processed
+    outbox: list[Outgoing] = field(default_factory=list)  # everything its Redis commit sent
+    cancels: list[str] = field(default_factory=list)
+    replies: list[tuple[str, bytes]] = field(default_factory=list)  # (message id, record)
+
+    def pack(self) -> list[Any]:
+        outbox = [[o.target, o.id, o.due_ms, o.entry] for o in self.outbox]
+        return [self.version, self.at_ms, len(self.done), outbox, self.cancels]
+
+    @classmethod
+    def unpack(cls, row: list[Any], done: list[str]) -> Retained:
+        version, at_ms, _, outbox, cancels = row
+        sent = [Outgoing(str(o[1]), str(o[0]), bytes(o[3]), o[2]) for o in outbox]
+        return cls(int(version), int(at_ms), done, sent, [str(c) for c in cancels])
+
+
+@dataclass(slots=True)
+class StateObject:
+    """What one actor's S3 object holds, and the ETag it was read with (None: absent)."""
+
+    state: bytes | None = None
+    version: int = 0
+    commits: list[Retained] = field(default_factory=list)  # oldest first
+    etag: str | None = None
+
+    @property
+    def done(self) -> list[str]:
+        """The ids every retained commit processed, oldest first."""
+        return [i for c in self.commits for i in c.done]
+
+    @property
+    def outbox(self) -> list[Outgoing]:
+        """What the last commit sent."""
+        return self.commits[-1].outbox if self.commits else []
+
+    def successor(self, state: bytes | None, commit: Retained, window_ms: int) -> StateObject:
+        """The next version (``state`` None: a tombstone, the actor ended): ``commit``
+        appended; older commits keep their outbox for one window (counted back from
+        ``commit``) and their ids for two."""
+        kept = []
+        for c in self.commits:
+            age = commit.at_ms - c.at_ms
+            if age <= window_ms:
+                kept.append(c)
+            elif age <= 2 * window_ms:
+                kept.append(Retained(c.version, c.at_ms, c.done))
+        return StateObject(state, commit.version, [*kept, commit])
+
+    def encode(self) -> bytes:
+        # "done" holds the ids of all commits in order (each row says how many are its own):
+        # ids stay one flat list of 16-byte strings, readable by other tools as before.
+        return bytes(
+            msgpack.packb(
+                {
+                    "f": FORMAT_VERSION,
+                    "version": self.version,
+                    "state": self.state,
+                    "done": [_pack_id(i) for i in self.done],
+                    "commits": [c.pack() for c in self.commits],
+                    # Beside the commit rows, not in them: a deploy that predates replies
+                    # reads the rows as before and ignores this key.
+                    "replies": {
+                        str(c.version): [[i, r] for i, r in c.replies]
+                        for c in self.commits
+                        if c.replies
+                    },
+                },
+                use_bin_type=True,
+            )
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes, etag: str, where: str, modified_ms: int) -> StateObject:
+        """Decode either format; ``modified_ms`` (LastModified) dates a version-1 commit."""
+        try:
+            m = msgpack.unpackb(raw, raw=False)
+            if not isinstance(m, dict) or m.get("f") not in (1, FORMAT_VERSION):
+                raise ValueError(f"not a state object of format version 1 or {FORMAT_VERSION}")
+            done = [_unpack_id(i) for i in m["done"]]
+            if m["f"] == 1:  # the last commit's outbox, the ids of the last few commits
+                rows = [[m["version"], modified_ms, len(done), m["outbox"], m["cancels"]]]
+            else:
+                rows = m["commits"]
+            commits = _split(rows, done)
+            kept = m.get("replies") or {}
+            for c in commits:
+                c.replies = [(str(i), bytes(r)) for i, r in kept.get(str(c.version), [])]
+            return cls(m["state"], int(m["version"]), commits, etag)
+        except Exception as e:
+            raise DecodeError(f"S3 object {where} is not a valid state object: {e}", raw) from e
+
+
+def _split(rows: list[list[Any]], done: list[str]) -> list[Retained]:
+    """Each commit row with its own slice of the flat id list."""
+    commits = []
+    start = 0
+    for row in rows:
+        end = start + int(row[2])
+        commits.append(Retained.unpack(row, done[start:end]))
+        start = end
+    if start != len(done):
+        raise ValueError(f"{len(done)} ids, the commits account for {start}")
+    return commits
+
+
+def _pack_id(message_id: str) -> bytes | str:
+    """16 bytes for a lowercase hex id (every id the runtime makes); any other id as it is,
+    so that it reads back unchanged."""
+    if len(message_id) == ID_LENGTH and set(message_id) <= _HEX:
+        return bytes.fromhex(message_id)
+    return message_id
+
+
+def _unpack_id(raw: Any) -> str:
+    return raw.hex() if isinstance(raw, bytes) else str(raw)
+
+
+class StateStore(Protocol):
+    """Each actor's state as one versioned object beside the turn store (S3), written only
+    over the version it was read at, and the commits of a replay window with it: what lets
+    the turn store lose its last writes without an effect lost or applied twice
+    (``adapters/composite.py`` composes it with the Redis turn store)."""
+
+    window_ms: int  # how long a commit's sends are kept for replay (its ids twice as long)
+
+    @property
+    def name(self) -> str:
+        """What ``stats`` calls the store (``s3://bucket/prefix``)."""
+
+    def where(self, actor: str) -> str:
+        """Where the actor's object lives, for errors and logs."""
+
+    def read(self, actor: str) -> StateObject:
+        """The actor's object, or an empty one (etag None) if it was never written."""
+
+    def write(self, actor: str, obj: StateObject, etag: str | None) -> str:
+        """Write ``obj`` if the object is still at ``etag`` (None: still absent); returns the
+        new etag, or raises WriteConflict when another writer came first."""
+
+    def remove(self, actor: str, etag: str) -> bool:
+        """Remove the object if it is still at ``etag``; whether it went (never raises)."""
+
+    def actors(self, since_ms: int) -> Iterator[str]:
+        """The actor keys of the objects written since ``since_ms``."""
+
+    def check(self) -> None:
+        """Raise a clear error if the store cannot be used (missing, no access)."""
+
+
+# -- deferred messages held outside the turn store (SQS, EventBridge Scheduler) -------------
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A deferred message handed back by an external delay queue: its JSON body and how to
+    delete it there."""
+
+    body: str
+    receipt: str
+
+
+class ExternalDelay(Protocol):
+    """Deferred messages held outside the turn store until near their due time. A commit
+    writes them into the Redis delay queue; the backend then offloads them here, and what
+    comes back (``receive``, or a Lambda trigger's event) lands in Redis: due messages in
+    mailboxes, near ones in the sorted set, far ones out again."""
+
+    hops: bool  # True: a message comes back early and is sent out again (SQS's 15 minutes)
+    near_s: float  # messages due within this stay in the Redis sorted set
+    receive_every_s: float  # how often a drain loop calls ``receive``
+    durable_s: float  # how long Redis must have held a landing before ``delete``
+
+    @property
+    def name(self) -> str:
+        """What ``stats`` calls the queue (``sqs:...``, ``scheduler:...``)."""
+
+    def offload(self, items: Sequence[Outgoing], now_ms: int) -> list[str]:
+        """Hold deferred messages; returns the ids now held (the others stay in Redis)."""
+
+    def receive(self) -> list[Received]:
+        """Messages handed back to be landed (none for a queue that pushes them itself)."""
+
+    def delete(self, receipts: Sequence[str]) -> None:
+        """Forget received messages once Redis holds their landing durably."""
+
+    def cancel(self, message_id: str) -> bool:
+        """Remove a held message where the store can (True if it went); a tombstone in
+        Redis drops a copy that still lands."""
+
+    def pending(self) -> int:
+        """About how many messages are held (-1 if unknown)."""
+
+    def check(self) -> None:
+        """Raise a clear error if the store cannot be used (missing, no access)."""

@@ -24,19 +24,25 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from actor_system.adapters.aws import AwsError
 from actor_system.adapters.delay import Held, SqsDelayQueue, deferred_in
 from actor_system.adapters.redis.backend import RedisBackend
-from actor_system.adapters.s3 import Retained, StateObject, WriteConflict
 from actor_system.envelope import ID_LENGTH, Outgoing, purge_message, purge_version
 from actor_system.errors import DecodeError
-from actor_system.ports import DONE, KEEP, Claim, Commit, Outcome
+from actor_system.ports import (
+    DONE,
+    KEEP,
+    Claim,
+    Commit,
+    Outcome,
+    Retained,
+    StateObject,
+    WriteConflict,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from actor_system.adapters.delay import ExternalDelay
     from actor_system.adapters.redis.keys import Keys
-    from actor_system.adapters.s3 import S3StateStore
     from actor_system.options import Options
-    from actor_system.ports import Clock
+    from actor_system.ports import Clock, ExternalDelay, StateStore
 
 log = logging.getLogger("actor_system")
 
@@ -129,7 +135,7 @@ class CompositeBackend:
         client: Any = None,
         options: Options | None = None,
         blocking: bool = True,
-        state: S3StateStore | None = None,
+        state: StateStore | None = None,
         delay: ExternalDelay | None = None,
         redis: RedisBackend | None = None,
     ) -> None:
@@ -753,7 +759,7 @@ class CompositeBackend:
             stats["deferred_elsewhere"] = self._pending_elsewhere()
             stats["deferred_store"] = self.delay.name
         if self.state_store is not None:
-            stats["state_store"] = f"s3://{self.state_store.bucket}/{self.state_store.prefix}"
+            stats["state_store"] = self.state_store.name
         return stats
 
     def close(self) -> None:

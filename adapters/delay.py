@@ -33,6 +33,7 @@ from actor_system.adapters.aws import (
 )
 from actor_system.envelope import ID_LENGTH, Outgoing, is_message_id
 from actor_system.errors import ConfigError, DecodeError
+from actor_system.ports import ExternalDelay, Received
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -53,14 +54,6 @@ DURABLE_S = 2.0
 # so it is short: a message received near its due time and lost with its receiver comes back
 # this much later (a receipt that expired first only makes a copy, which is dropped).
 VISIBILITY_MARGIN_S = 5
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    """A delay-queue message taken from SQS: its body and how to delete it."""
-
-    body: str
-    receipt: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,9 +496,6 @@ def _due_of(schedule: dict[str, Any]) -> int | None:
         return None
     due = body.get("due_ms") if isinstance(body, dict) else None
     return due if type(due) is int else None
-
-
-ExternalDelay = SqsDelayQueue | SchedulerDelayQueue
 
 
 def delay_from_url(url: str) -> ExternalDelay:

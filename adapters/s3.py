@@ -30,154 +30,23 @@ dated by the object's ``LastModified``; the next write turns it into version 2.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
-import msgpack
-
 from actor_system.adapters.aws import as_aws_error, aws_call, aws_client, error_code, url_number
-from actor_system.envelope import ID_LENGTH, Outgoing
-from actor_system.errors import ConfigError, DecodeError
+from actor_system.errors import ConfigError
+from actor_system.ports import FORMAT_VERSION, Retained, StateObject, WriteConflict
+
+__all__ = ["FORMAT_VERSION", "Retained", "S3StateStore", "StateObject", "WriteConflict"]
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-FORMAT_VERSION = 2
 REPLAY_WINDOW_S = 60.0
 # S3 answers a conditional PUT that lost with 412; one racing another in flight may get 409.
 _LOST_RACE = frozenset(("PreconditionFailed", "ConditionalRequestConflict"))
-_HEX = frozenset("0123456789abcdef")
 
 log = logging.getLogger("actor_system")
-
-
-class WriteConflict(Exception):
-    """A conditional PUT lost: another holder wrote the object since we read it."""
-
-
-@dataclass(slots=True)
-class Retained:
-    """One commit as the object keeps it: its outbox and replies for one window, its ids for
-    two."""
-
-    version: int
-    at_ms: int  # when it was committed, by the runtime's clock (Redis TIME on redis://)
-    done: list[str]  # ids of the messages it processed
-    outbox: list[Outgoing] = field(default_factory=list)  # everything its Redis commit sent
-    cancels: list[str] = field(default_factory=list)
-    replies: list[tuple[str, bytes]] = field(default_factory=list)  # (message id, record)
-
-    def pack(self) -> list[Any]:
-        outbox = [[o.target, o.id, o.due_ms, o.entry] for o in self.outbox]
-        return [self.version, self.at_ms, len(self.done), outbox, self.cancels]
-
-    @classmethod
-    def unpack(cls, row: list[Any], done: list[str]) -> Retained:
-        version, at_ms, _, outbox, cancels = row
-        sent = [Outgoing(str(o[1]), str(o[0]), bytes(o[3]), o[2]) for o in outbox]
-        return cls(int(version), int(at_ms), done, sent, [str(c) for c in cancels])
-
-
-@dataclass(slots=True)
-class StateObject:
-    """What one actor's S3 object holds, and the ETag it was read with (None: absent)."""
-
-    state: bytes | None = None
-    version: int = 0
-    commits: list[Retained] = field(default_factory=list)  # oldest first
-    etag: str | None = None
-
-    @property
-    def done(self) -> list[str]:
-        """The ids every retained commit processed, oldest first."""
-        return [i for c in self.commits for i in c.done]
-
-    @property
-    def outbox(self) -> list[Outgoing]:
-        """What the last commit sent."""
-        return self.commits[-1].outbox if self.commits else []
-
-    def successor(self, state: bytes | None, commit: Retained, window_ms: int) -> StateObject:
-        """The next version (``state`` None: a tombstone, the actor ended): ``commit``
-        appended; older commits keep their outbox for one window (counted back from
-        ``commit``) and their ids for two."""
-        kept = []
-        for c in self.commits:
-            age = commit.at_ms - c.at_ms
-            if age <= window_ms:
-                kept.append(c)
-            elif age <= 2 * window_ms:
-                kept.append(Retained(c.version, c.at_ms, c.done))
-        return StateObject(state, commit.version, [*kept, commit])
-
-    def encode(self) -> bytes:
-        # "done" holds the ids of all commits in order (each row says how many are its own):
-        # ids stay one flat list of 16-byte strings, readable by other tools as before.
-        return bytes(
-            msgpack.packb(
-                {
-                    "f": FORMAT_VERSION,
-                    "version": self.version,
-                    "state": self.state,
-                    "done": [_pack_id(i) for i in self.done],
-                    "commits": [c.pack() for c in self.commits],
-                    # Beside the commit rows, not in them: a deploy that predates replies
-                    # reads the rows as before and ignores this key.
-                    "replies": {
-                        str(c.version): [[i, r] for i, r in c.replies]
-                        for c in self.commits
-                        if c.replies
-                    },
-                },
-                use_bin_type=True,
-            )
-        )
-
-    @classmethod
-    def decode(cls, raw: bytes, etag: str, where: str, modified_ms: int) -> StateObject:
-        """Decode either format; ``modified_ms`` (LastModified) dates a version-1 commit."""
-        try:
-            m = msgpack.unpackb(raw, raw=False)
-            if not isinstance(m, dict) or m.get("f") not in (1, FORMAT_VERSION):
-                raise ValueError(f"not a state object of format version 1 or {FORMAT_VERSION}")
-            done = [_unpack_id(i) for i in m["done"]]
-            if m["f"] == 1:  # the last commit's outbox, the ids of the last few commits
-                rows = [[m["version"], modified_ms, len(done), m["outbox"], m["cancels"]]]
-            else:
-                rows = m["commits"]
-            commits = _split(rows, done)
-            kept = m.get("replies") or {}
-            for c in commits:
-                c.replies = [(str(i), bytes(r)) for i, r in kept.get(str(c.version), [])]
-            return cls(m["state"], int(m["version"]), commits, etag)
-        except Exception as e:
-            raise DecodeError(f"S3 object {where} is not a valid state object: {e}", raw) from e
-
-
-def _split(rows: list[list[Any]], done: list[str]) -> list[Retained]:
-    """Each commit row with its own slice of the flat id list."""
-    commits = []
-    start = 0
-    for row in rows:
-        end = start + int(row[2])
-        commits.append(Retained.unpack(row, done[start:end]))
-        start = end
-    if start != len(done):
-        raise ValueError(f"{len(done)} ids, the commits account for {start}")
-    return commits
-
-
-def _pack_id(message_id: str) -> bytes | str:
-    """16 bytes for a lowercase hex id (every id the runtime makes); any other id as it is,
-    so that it reads back unchanged."""
-    if len(message_id) == ID_LENGTH and set(message_id) <= _HEX:
-        return bytes.fromhex(message_id)
-    return message_id
-
-
-def _unpack_id(raw: Any) -> str:
-    return raw.hex() if isinstance(raw, bytes) else str(raw)
 
 
 def _window(url: str) -> float:
@@ -221,6 +90,10 @@ class S3StateStore:
     def key(self, actor: str) -> str:
         """``prefix/type/id``: readable in the console, one object per actor."""
         return f"{self.prefix}/{actor}" if self.prefix else actor
+
+    @property
+    def name(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
 
     def where(self, actor: str) -> str:
         return f"s3://{self.bucket}/{self.key(actor)}"
