@@ -172,10 +172,22 @@ local function timely(due)
   return tonumber(due) - TIMELY_MS
 end
 
+-- What this script run has marked ready: partition .. ' ' .. actor -> the time it was
+-- marked, or false for an actor resting. A run delivering many messages to one actor marks
+-- it once (its backoff and ready set are written by no one else meanwhile).
+local MARKED = {}
+
 local function mark_ready(prefix, part, now, actor)
+  local seen = part .. ' ' .. actor
+  local before = MARKED[seen]
+  if before == false or (before and before <= tonumber(now)) then
+    return
+  end
   if redis.call('ZSCORE', pkey(prefix, part, 'paused'), actor) then
+    MARKED[seen] = false
     return  -- waiting out a retry's backoff: poll makes it ready when that ends
   end
+  MARKED[seen] = tonumber(now)
   SIG.any_ready = true
   -- LT: an actor already ready keeps the earlier of the two times (the ready set is served
   -- oldest first); 1 only when it was not ready.
@@ -184,10 +196,31 @@ local function mark_ready(prefix, part, now, actor)
   end
 end
 
+-- Which of an actor's done sets exist, looked up once per script run: a run delivering many
+-- messages to one actor then asks only the sets it has (commit.lua records its ids before
+-- it delivers, so no set appears later in a run).
+local DONE_SETS = {}
+
 -- Whether an actor has processed a message id (either generation of its done set).
 local function was_done(prefix, part, actor, id)
-  return redis.call('SISMEMBER', akey(prefix, part, actor, 'done'), id) == 1
-    or redis.call('SISMEMBER', akey(prefix, part, actor, 'doneold'), id) == 1
+  local seen = part .. ' ' .. actor
+  local sets = DONE_SETS[seen]
+  if not sets then
+    sets = {}
+    for _, suffix in ipairs({'done', 'doneold'}) do
+      local key = akey(prefix, part, actor, suffix)
+      if redis.call('EXISTS', key) == 1 then
+        sets[#sets + 1] = key
+      end
+    end
+    DONE_SETS[seen] = sets
+  end
+  for _, key in ipairs(sets) do
+    if redis.call('SISMEMBER', key, id) == 1 then
+      return true
+    end
+  end
+  return false
 end
 
 -- Deliver one message: into the target's mailbox (due == '') or into the delay queue.

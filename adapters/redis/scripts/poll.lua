@@ -51,6 +51,7 @@ local function poll_part(part, pops)
   local rested = redis.call('ZRANGEBYSCORE', K[3], '-inf', now, 'LIMIT', 0, 100)
   for _, actor in ipairs(rested) do
     redis.call('ZREM', K[3], actor)
+    MARKED[part .. ' ' .. actor] = nil  -- found resting above, if its lease expired too
     mark_ready(prefix, part, now, actor)
   end
   -- Due deferred messages into their actors' mailboxes, each exactly once (processed ids are
