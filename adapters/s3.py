@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 REPLAY_WINDOW_S = 60.0
 # S3 answers a conditional PUT that lost with 412; one racing another in flight may get 409.
 _LOST_RACE = frozenset(("PreconditionFailed", "ConditionalRequestConflict"))
+_GONE = frozenset(("NoSuchKey", "404"))
 
 log = logging.getLogger("actor_system")
 
@@ -127,7 +128,8 @@ class S3StateStore:
                 **condition,
             )
         except (ClientError, BotoCoreError) as e:
-            if error_code(e) in _LOST_RACE:
+            if error_code(e) in _LOST_RACE or (etag is not None and error_code(e) in _GONE):
+                # Another holder wrote it, or removed it (If-Match on no object: 404).
                 raise WriteConflict(self.where(actor)) from e
             raise as_aws_error("PutObject", self.where(actor), e) from e
         return str(put["ETag"])
@@ -151,6 +153,8 @@ class S3StateStore:
         except (ClientError, BotoCoreError) as e:
             if error_code(e) in _LOST_RACE:
                 log.warning("%s was written again before its removal; it stays", where)
+            elif error_code(e) in _GONE:
+                log.info("%s was removed already", where)
             else:
                 log.error(
                     "removing %s failed; it stays: %s",
