@@ -498,14 +498,23 @@ def targets(res: dict[str, Any], single: str, cluster: str) -> list[tuple[str, b
             f"{one['drain_1']['round_trips_per_msg']:.4f})",
         )
     )
-    us = many["drain_1"]["redis_us_per_msg"]
-    out.append(
-        (
-            "Redis CPU <= 3 us / message at batch 100 (cluster, every master)",
-            us <= 3,
-            f"{us:.2f} us (one node {one['drain_1']['redis_us_per_msg']:.2f})",
+    # Judged on the redis-server processes' CPU time: commandstats sums the time spent in
+    # each command, a script's own commands again inside EVALSHA's (shown beside).
+    for name, res_of, where in (
+        ("one node: a shard's ceiling", one, "one node"),
+        ("cluster, summed over every master", many, "cluster"),
+    ):
+        d = res_of["drain_1"]
+        cpu = d["redis_process_cpu_us_per_msg"]
+        out.append(
+            (
+                f"Redis CPU <= 3 us / message at batch 100 ({name})",
+                cpu <= 3,
+                f"{cpu:.2f} us of process CPU ({where}; in scripts "
+                f"{d['redis_evalsha_us_per_msg']:.2f}, in commands counted twice "
+                f"{d['redis_us_per_msg']:.2f})",
+            )
         )
-    )
     return out
 
 

@@ -31,51 +31,74 @@ local function poll_part(part, pops)
          pkey(prefix, part, 'paused'), pkey(prefix, part, 'due'),
          pkey(prefix, part, 'outboxes')}
   end
-  local expired = redis.call('ZRANGEBYSCORE', K[1], '-inf', now, 'LIMIT', 0, 100)
-  for _, actor in ipairs(expired) do
-    -- The lease hash and the leases set move together (begin, renew, commit); a single node
-    -- checks the hash as well. A cluster script touches only the keys it declares, so that a
-    -- slot being moved refuses it whole.
-    local expiry = 0
-    if ARGV[2] == '1' then
-      expiry = tonumber(redis.call('HGET', akey(prefix, part, actor, 'lease'), 'e') or '0')
+  -- The earliest score of each upkeep set (leases, paused, due, outboxes): the work below
+  -- runs only where one is due, and the partition's next upkeep time comes from them.
+  local first = {}
+  local function earliest(k)
+    local got = redis.call('ZRANGE', K[k], 0, 0, 'WITHSCORES')
+    first[k] = got[2] and tonumber(got[2]) or nil
+  end
+  for _, k in ipairs({1, 3, 4, 5}) do
+    earliest(k)
+  end
+  local function due_now(k)
+    return first[k] ~= nil and first[k] <= now
+  end
+  if due_now(1) then
+    local expired = redis.call('ZRANGEBYSCORE', K[1], '-inf', now, 'LIMIT', 0, 100)
+    for _, actor in ipairs(expired) do
+      -- The lease hash and the leases set move together (begin, renew, commit); a single
+      -- node checks the hash as well. A cluster script touches only the keys it declares,
+      -- so that a slot being moved refuses it whole.
+      local expiry = 0
+      if ARGV[2] == '1' then
+        expiry = tonumber(redis.call('HGET', akey(prefix, part, actor, 'lease'), 'e') or '0')
+      end
+      if expiry > now then
+        redis.call('ZADD', K[1], expiry, actor)
+      else
+        redis.call('ZREM', K[1], actor)
+        mark_ready(prefix, part, now, actor)
+      end
     end
-    if expiry > now then
-      redis.call('ZADD', K[1], expiry, actor)
-    else
-      redis.call('ZREM', K[1], actor)
-      mark_ready(prefix, part, now, actor)
-    end
+    earliest(1)
   end
   -- Actors that waited out a retry's backoff are ready again.
-  local rested = redis.call('ZRANGEBYSCORE', K[3], '-inf', now, 'LIMIT', 0, 100)
-  for _, actor in ipairs(rested) do
-    redis.call('ZREM', K[3], actor)
-    MARKED[part .. ' ' .. actor] = nil  -- found resting above, if its lease expired too
-    mark_ready(prefix, part, now, actor)
+  if due_now(3) then
+    local rested = redis.call('ZRANGEBYSCORE', K[3], '-inf', now, 'LIMIT', 0, 100)
+    for _, actor in ipairs(rested) do
+      redis.call('ZREM', K[3], actor)
+      MARKED[part .. ' ' .. actor] = nil  -- found resting above, if its lease expired too
+      mark_ready(prefix, part, now, actor)
+    end
+    earliest(3)
   end
   -- Due deferred messages into their actors' mailboxes, each exactly once (processed ids are
   -- dropped). An actor whose message came due is taken before those made ready by immediate
   -- sends (timely in lib.lua), in due order.
-  local due = {}
-  if tonumber(ARGV[6]) > 0 then
-    due = redis.call('ZRANGEBYSCORE', K[4], '-inf', now, 'WITHSCORES', 'LIMIT', 0, ARGV[6])
-  end
   local promoted = 0
-  for i = 1, #due, 2 do
-    local id = due[i]
-    local v = take_body(prefix, part, id)
-    redis.call('ZREM', K[4], id)
-    if v then
-      local nl = string.find(v, '\n', 1, true)
-      promoted = promoted + deliver(prefix, timely(due[i + 1]), string.sub(v, 1, nl - 1), part,
-                                    id, '', id .. string.sub(v, nl + 1))
+  if tonumber(ARGV[6]) > 0 and due_now(4) then
+    local due = redis.call('ZRANGEBYSCORE', K[4], '-inf', now, 'WITHSCORES', 'LIMIT', 0, ARGV[6])
+    for i = 1, #due, 2 do
+      local id = due[i]
+      local v = take_body(prefix, part, id)
+      redis.call('ZREM', K[4], id)
+      if v then
+        local nl = string.find(v, '\n', 1, true)
+        promoted = promoted + deliver(prefix, timely(due[i + 1]), string.sub(v, 1, nl - 1),
+                                      part, id, '', id .. string.sub(v, nl + 1))
+      end
     end
+    earliest(4)
   end
   -- Outboxes whose committer did not deliver them in time: handed to this poller.
-  local stale = redis.call('ZRANGEBYSCORE', K[5], '-inf', now, 'LIMIT', 0, 16)
-  for _, actor in ipairs(stale) do
-    redis.call('ZADD', K[5], now + tonumber(ARGV[7]), actor)
+  local stale = {}
+  if due_now(5) then
+    stale = redis.call('ZRANGEBYSCORE', K[5], '-inf', now, 'LIMIT', 0, 16)
+    for _, actor in ipairs(stale) do
+      redis.call('ZADD', K[5], now + tonumber(ARGV[7]), actor)
+    end
+    earliest(5)
   end
   local popped = {}
   local memo = token ~= '' and (K[6] or pkey(prefix, part, 'polled:' .. token)) or nil
@@ -101,13 +124,13 @@ local function poll_part(part, pops)
   if left > 0 then
     leftover[tonumber(part)] = true
   end
+  if #popped > 0 and (first[1] == nil or now + lease_ms < first[1]) then
+    first[1] = now + lease_ms  -- the reservations just made
+  end
   local next_ms = -1
-  for k = 1, 5 do
-    if k ~= 2 then
-      local first = redis.call('ZRANGE', K[k], 0, 0, 'WITHSCORES')
-      if first[2] and (next_ms < 0 or tonumber(first[2]) < next_ms) then
-        next_ms = tonumber(first[2])
-      end
+  for _, k in ipairs({1, 3, 4, 5}) do
+    if first[k] ~= nil and (next_ms < 0 or first[k] < next_ms) then
+      next_ms = first[k]
     end
   end
   for _, v in ipairs({promoted, next_ms, left, tonumber(head[2] or '-1'), #popped, #stale}) do
