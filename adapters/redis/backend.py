@@ -582,8 +582,9 @@ class RedisBackend:
     def poll(
         self, now_ms: int, max_actors: int, lease_ms: int, awake_ms: int = 0, token: str = ""
     ) -> tuple[list[str], int]:
-        k = self.keys
-        hints = self._hints()
+        # On a cluster the hints call marks this poller as a running drain (P:{g}:awake, in
+        # the same slot); a single node's poll.lua does it in passing.
+        hints = self._hints(0 if self.fused else awake_ms)
         promoted = 0
         if not self.fused:
             # Due messages first (a cluster promotes in promote.lua), so that this poll pops
@@ -595,9 +596,6 @@ class RedisBackend:
         fresh = {p: gen for p, gen in hints.items() if self._looked.get(p) != gen}
         pops = self._share(list(self._heads), max_actors, fresh)
         parts = self._to_poll(now_ms, hints, token, set(pops))
-        if awake_ms > 0 and not self.fused:
-            # In its own slot on a cluster; a single node's poll.lua takes it in passing.
-            self._call("poll", self.client.set, k.awake, 1, px=awake_ms)
         promote = max(16, _PROMOTE_PER_POLL // max(len(parts), 1))
         actors, n_promoted, left, popped = self._poll_pass(
             now_ms, parts, pops, lease_ms, token, promote, hints, awake_ms
@@ -724,13 +722,15 @@ class RedisBackend:
             self._deliver_outboxes(stale, now_ms)
         return actors, promoted, left, popped
 
-    def _hints(self) -> dict[int, int]:
-        """The partitions with hints, after dropping those this process found empty."""
+    def _hints(self, awake_ms: int = 0) -> dict[int, int]:
+        """The partitions with hints, after dropping those this process found empty;
+        ``awake_ms`` > 0: the caller counts as a running drain for that long."""
         with self._lock:
             seen, self._seen_hints = self._seen_hints, {}
-        args = [x for p, gen in seen.items() for x in (p, gen)]
+        args = [awake_ms, *[x for p, gen in seen.items() for x in (p, gen)]]
+        k = self.keys
         try:
-            flat = self._run_plain("hints", [self.keys.hints, self.keys.wake], args)
+            flat = self._run_plain("hints", [k.hints, k.wake, k.awake], args)
         except BackendError:
             with self._lock:
                 self._seen_hints.update(seen)
