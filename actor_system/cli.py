@@ -11,6 +11,7 @@ import ast
 import base64
 import importlib
 import json
+import logging
 import os
 import re
 import signal
@@ -34,12 +35,16 @@ from actor_system.actor import ActorRef, ActorType
 from actor_system.envelope import Envelope, decode
 from actor_system.errors import (
     ActorSystemError,
+    BackendError,
     ConfigError,
     DecodeError,
     InvalidSend,
+    redact_url,
 )
 from actor_system.payloads import parse_payload
 from actor_system.system import ENV_PREFIX, ActorSystem
+
+log = logging.getLogger("actor_system")
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -143,6 +148,7 @@ class Settings:
         self.app = app
         self.json = as_json
         self.verbose = verbose
+        self.redis_url = ""  # the URL the system was built with, once it is
         self._system: ActorSystem | None = None
 
     def system(
@@ -170,6 +176,7 @@ class Settings:
                     env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
             actors = load_actors(self.app) if self.app else []
             self._system = ActorSystem.from_env(actors=actors, environ=env)
+            self.redis_url = env.get(f"{ENV_PREFIX}REDIS_URL", "")
         return self._system
 
     def out(
@@ -721,14 +728,56 @@ def dlq_purge(s: Settings, message_id: str | None, every: bool, yes: bool) -> No
 @click.option("--batch", type=int, help="messages per turn")
 @click.option("--lease-ms", type=int, help="lease of a turn")
 @click.option("--max-attempts", type=int, help="deliveries before dead-lettering")
+@click.option(
+    "--check",
+    "check_only",
+    is_flag=True,
+    help="reach Redis (and the AWS stores) once and exit: 0 if they answer, 2 if not",
+)
+@click.option("--child", is_flag=True, hidden=True)  # one of --concurrency's processes
 @pass_settings
 def worker(
-    s: Settings, concurrency: int, batch: int | None, lease_ms: int | None, max_attempts: int | None
+    s: Settings,
+    concurrency: int,
+    batch: int | None,
+    lease_ms: int | None,
+    max_attempts: int | None,
+    check_only: bool,
+    child: bool,
 ) -> None:
-    """Drain until SIGTERM or SIGINT (each stops after its current round)."""
+    """Drain until SIGTERM or SIGINT (each stops after its current round).
+
+    At start it reaches Redis once: credentials Redis refuses, a database it lacks or TLS
+    on one side only end it with one line and exit status 2; a Redis that does not answer
+    yet is waited for, as any outage later is."""
+    from actor_system.adapters.redis.backend import check_url
+
     options = {"batch": batch, "lease_ms": lease_ms, "max_attempts": max_attempts}
+    url = s.url or os.environ.get(f"{ENV_PREFIX}REDIS_URL", "")
+    if check_only:
+        check_url(url)
+        s.system(options=options).backend.check()  # Redis again, then the AWS stores
+        s.out({"ok": True, "redis": redact_url(url)})
+        return
+    try:
+        check_url(url)  # before the system is built: seconds, not the client's retries
+    except BackendError as e:
+        log.warning("%s; waiting for it", e)
+    system = s.system(needs_app=True, options=options)
+    where = redact_url(s.redis_url)
+    if not child:
+        logging.getLogger("actor_system").setLevel(min(logging.INFO, log.getEffectiveLevel()))
+        opts = system.options
+        log.info(
+            "worker starting: redis %s, actor types %s, %d process(es), batch %d, lease %d ms",
+            where,
+            ", ".join(sorted(a.name for a in system.registry)) or "-",
+            concurrency,
+            opts.batch,
+            opts.lease_ms,
+        )
     if concurrency == 1:
-        report = s.system(needs_app=True, options=options).worker().run()
+        report = system.worker().run()
         totals = {
             "turns": report.turns,
             "messages": report.messages,
@@ -736,7 +785,6 @@ def worker(
             "retries": report.retries,
         }
     else:
-        s.system(needs_app=True, options=options)  # fail here, once, on bad settings
         totals = _run_children(s, concurrency, options)
     s.out(totals)
 
@@ -745,7 +793,7 @@ def _run_children(s: Settings, n: int, options: dict[str, Any]) -> dict[str, int
     args = [sys.executable, "-m", "actor_system.cli", "--json", "--app", str(s.app)]
     if s.url:
         args += ["--url", s.url]
-    args.append("worker")
+    args += ["worker", "--child"]
     for name, value in options.items():
         if value is not None:
             args += [f"--{name.replace('_', '-')}", str(value)]

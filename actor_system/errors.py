@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for error messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
 
 class ActorSystemError(Exception):
     """Base class of every error raised by actor-system."""

@@ -310,6 +310,10 @@ class Backend(Mailbox, TurnStore, DelayQueue, DeadLetters, Inspector, Protocol):
     def server_clock(self) -> Clock:
         """The clock every process sharing these stores agrees on (the default clock)."""
 
+    def check(self) -> None:
+        """Reach every store once: ConfigError for what no retry fixes (credentials, a
+        database, TLS on one side only), BackendError or AwsError when one is unreachable."""
+
     def close(self) -> None: ...
 
 

@@ -17,7 +17,13 @@ from actor_system import replies, stored_state, tracing
 from actor_system.actor import ActorRef, ActorType, Registry, message_name
 from actor_system.budget import Budget
 from actor_system.envelope import ID_LENGTH, Outgoing, check_message_id
-from actor_system.errors import ActorBusy, ActorSystemError, ConfigError, InvalidSend
+from actor_system.errors import (
+    ActorBusy,
+    ActorSystemError,
+    ConfigError,
+    InvalidSend,
+    redact_url,
+)
 from actor_system.metrics import EmfMetrics
 from actor_system.options import Options
 from actor_system.ports import Commit, DeadLetter
@@ -107,7 +113,7 @@ class ActorSystem:
         scheme = urlsplit(url).scheme if isinstance(url, str) else ""
         if scheme not in _REDIS_SCHEMES:
             raise ConfigError(
-                f"unknown URL scheme {scheme!r} in {_redact(url)!r}; expected redis://, "
+                f"unknown URL scheme {scheme!r} in {redact_url(url)!r}; expected redis://, "
                 "rediss:// or fakeredis://"
             )
         opts = Options.from_mapping(options)
@@ -575,12 +581,12 @@ def _backend(url: str, options: Options, state: str | None, delay: str | None) -
     delay_scheme = urlsplit(delay).scheme if delay else "redis"
     if state_scheme not in ("redis", "s3"):
         raise ConfigError(
-            f"state URL {_redact(state or '')!r} is not supported; expected s3://bucket/prefix "
+            f"state URL {redact_url(state or '')!r} is not supported; expected s3://bucket/prefix "
             "or none (Redis)"
         )
     if delay_scheme not in ("redis", "sqs", "scheduler"):
         raise ConfigError(
-            f"delay URL {_redact(delay or '')!r} is not supported; expected sqs://queue-name, "
+            f"delay URL {redact_url(delay or '')!r} is not supported; expected sqs://queue-name, "
             "scheduler://group?target=...&role=... or none (the Redis sorted set)"
         )
     if state_scheme == "redis" and delay_scheme == "redis":
@@ -605,12 +611,3 @@ def _parse_option(key: str, raw: str, type_name: str) -> Any:
     except ValueError:
         raise ConfigError(f"{key}={raw!r} is not a valid {type_name}") from None
     return raw
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for error messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()

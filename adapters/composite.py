@@ -745,9 +745,10 @@ class CompositeBackend:
         return max(self.delay.pending() - held, 0)
 
     def check(self) -> None:
-        """Reach every AWS store once: AwsError names the first that is missing or refused
-        (the bucket, the queue, the schedule group). Call it at start-up if you like to
-        fail early; nothing else calls AWS before the first turn needs it."""
+        """Reach Redis and every AWS store once (``RedisBackend.check``; AwsError names the
+        first store that is missing or refused: the bucket, the queue, the schedule group).
+        Call it at start-up to fail early; nothing else calls AWS before a turn needs it."""
+        self.redis.check()
         if self.state_store is not None:
             self.state_store.check()
         if self.delay is not None:

@@ -256,7 +256,8 @@ def _stop(
             totals.append(int(json.loads(stdout.read())["messages"]))
         except (ValueError, KeyError, TypeError):
             totals.append(-1)
-        logged = stderr.read().decode(errors="replace").strip()
+        lines = stderr.read().decode(errors="replace").strip().splitlines()
+        logged = "\n".join(line for line in lines if "worker starting" not in line)
         if logged:
             problems.append(f"worker {p.pid} logged: {logged[-500:]}")
         if p.returncode not in (0, -signal.SIGTERM):

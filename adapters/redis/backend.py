@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
+import ssl
 import threading
 import time
 from importlib import resources
@@ -12,14 +14,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.cluster import RedisCluster
+from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actor_system.adapters.redis.clock import RedisClock
 from actor_system.adapters.redis.keys import Keys
 from actor_system.clock import SystemClock
 from actor_system.envelope import Outgoing, decode
-from actor_system.errors import BackendError, ConfigError, DecodeError
+from actor_system.errors import BackendError, ConfigError, DecodeError, redact_url
 from actor_system.ports import (
     Claim,
     Commit,
@@ -1254,6 +1257,21 @@ class RedisBackend:
             return SystemClock()
         return RedisClock(self.client)
 
+    def check(self) -> None:
+        """Reach Redis once. Raises ConfigError for what no retry fixes (the credentials, the
+        database index, TLS on one side only), BackendError when Redis cannot be reached (a
+        drain retries that)."""
+        if self._url is not None:
+            check_url(self._url)
+            return
+        try:
+            self.client.ping()
+        except RedisError as e:
+            problem = config_problem(e)
+            if problem is not None:
+                raise ConfigError(f"Redis: {problem}") from e
+            raise BackendError(f"Redis cannot be reached: {type(e).__name__}: {e}") from e
+
     def close(self) -> None:
         self._client.close()
 
@@ -1315,3 +1333,92 @@ def _outcomes(c: Commit) -> list[Any]:
                 raise TypeError(f"not an outcome: {outcome!r}")
     ids = c.ids if len(c.ids) == len(c.actions) else []
     return [bytes(codes), len(ids), *ids, len(details), *details]
+
+
+def check_url(url: str) -> None:
+    """Reach the Redis of ``url`` once, in seconds, on a connection of its own (a client's
+    retries are for what may pass, which a wrong setting never does). Raises ConfigError for
+    what no retry fixes (the credentials, the database index, TLS on one side only; the URL
+    shown without its password), BackendError when it cannot be reached."""
+    if urlsplit(url).scheme == "fakeredis":
+        return
+    where = redact_url(url)
+    try:
+        with _one_try_client(url) as client:
+            client.ping()
+        return
+    except RedisError as e:
+        error = e
+    problem = config_problem(error)
+    if problem is None and isinstance(error, RedisConnectionError | RedisTimeoutError):
+        problem = tls_mismatch(url)
+    if problem is not None:
+        raise ConfigError(f"Redis at {where}: {problem}") from error
+    raise BackendError(
+        f"Redis at {where} cannot be reached: {type(error).__name__}: {error}"
+    ) from error
+
+
+def _one_try_client(url: str, timeout_s: float = 3.0) -> redis.Redis:
+    """A client of ``url`` (any ?cluster= left out) that tries each command once."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query)
+    if any(k == "cluster" for k, _ in pairs):  # redis:// or rediss:// only (client_from_url)
+        query = urlencode([(k, v) for k, v in pairs if k != "cluster"])
+        url = urlunsplit(parts._replace(query=query))
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+_BAD_CREDENTIALS = ("WRONGPASS", "NOAUTH", "invalid password", "invalid username-password")
+_NO_DATABASE = ("DB index is out of range", "invalid DB index", "SELECT is not allowed")
+
+
+def config_problem(error: RedisError) -> str | None:
+    """What in the configuration a Redis error points at, if no retry can fix it."""
+    text = str(error)
+    if isinstance(error, AuthenticationError) or any(m in text for m in _BAD_CREDENTIALS):
+        return f"it refused the credentials ({text}); check the user and password of the URL"
+    if any(m in text for m in _NO_DATABASE):
+        return (
+            f"it has no such database ({text}); the URL's /N names one of its databases (only "
+            "0 on a cluster)"
+        )
+    if text.startswith("DENIED"):
+        return f"it refuses this client ({text[:120]})"
+    return None
+
+
+def tls_mismatch(url: str, timeout_s: float = 2.0) -> str | None:
+    """Why the first command to ``url`` failed, when the server speaks the other protocol:
+    TLS where the URL says redis://, plain Redis where it says rediss://. A look of its own
+    on a new connection; None when the server is not reached or the look shows nothing."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        return None
+    host, port = parts.hostname or "localhost", parts.port or 6379
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.settimeout(timeout_s)
+            if parts.scheme == "rediss":
+                sock.sendall(b"PING\r\n")
+                if sock.recv(64)[:1] in (b"+", b"-"):
+                    return "it answers without TLS: use redis://, not rediss://"
+                return None
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            with context.wrap_socket(sock, server_hostname=host):
+                return (
+                    "it speaks TLS (ElastiCache with encryption in transit, say): use "
+                    "rediss://, not redis://"
+                )
+    except (OSError, ssl.SSLError):
+        return None
