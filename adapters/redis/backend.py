@@ -1007,7 +1007,7 @@ class RedisBackend:
             k.cancelled(message_id),
             k.tomb(message_id),
         ]
-        return ("cancel", keys, [message_id, tombstone_ms, receipt_ms or 1])
+        return ("cancel", keys, [message_id, tombstone_ms, receipt_ms])
 
     def _cancel(self, message_id: str) -> tuple[bool, bool]:
         """(removed from the sorted set, not known as cancelled or landed elsewhere)."""
