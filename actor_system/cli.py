@@ -755,12 +755,14 @@ def worker(
     options = {"batch": batch, "lease_ms": lease_ms, "max_attempts": max_attempts}
     url = s.url or os.environ.get(f"{ENV_PREFIX}REDIS_URL", "")
     if check_only:
-        check_url(url)
+        if url:  # else building the system says what is missing
+            check_url(url)
         s.system(options=options).backend.check()  # Redis again, then the AWS stores
         s.out({"ok": True, "redis": redact_url(url)})
         return
     try:
-        check_url(url)  # before the system is built: seconds, not the client's retries
+        if url:  # else building the system says what is missing
+            check_url(url)  # before the system is built: seconds, not the client's retries
     except BackendError as e:
         log.warning("%s; waiting for it", e)
     system = s.system(needs_app=True, options=options)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, for error messages and logs."""
+    """The URL without its password (``user:password@`` or ``?password=``), for error
+    messages and logs."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()
+    if parts.password is not None:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        url = url.replace(parts.netloc, netloc, 1)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
 
 
 class ActorSystemError(Exception):

@@ -1342,6 +1342,8 @@ def check_url(url: str) -> None:
     shown without its password), BackendError when it cannot be reached."""
     if urlsplit(url).scheme == "fakeredis":
         return
+    url = _without_cluster(url)
+    client_from_url(url)  # ConfigError for a URL no client takes (connects to nothing)
     where = redact_url(url)
     try:
         with _one_try_client(url) as client:
@@ -1359,18 +1361,23 @@ def check_url(url: str) -> None:
     ) from error
 
 
+def _without_cluster(url: str) -> str:
+    """``url`` without its ?cluster= (a single node's client of the same server)."""
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query)
+    if not any(k == "cluster" for k, _ in pairs):
+        return url  # unchanged: urlunsplit would turn unix:///path into unix:/path
+    query = urlencode([(k, v) for k, v in pairs if k != "cluster"])
+    return urlunsplit(parts._replace(query=query))
+
+
 def _one_try_client(url: str, timeout_s: float = 3.0) -> redis.Redis:
     """A client of ``url`` (any ?cluster= left out) that tries each command once."""
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    parts = urlsplit(url)
-    pairs = parse_qsl(parts.query)
-    if any(k == "cluster" for k, _ in pairs):  # redis:// or rediss:// only (client_from_url)
-        query = urlencode([(k, v) for k, v in pairs if k != "cluster"])
-        url = urlunsplit(parts._replace(query=query))
     return redis.Redis.from_url(
-        url,
+        _without_cluster(url),
         socket_connect_timeout=timeout_s,
         socket_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),

@@ -197,3 +197,24 @@ def test_check_and_start_over_a_unix_socket(tmp_path: Path) -> None:
         assert ok.returncode == 0, ok.stderr
         assert took < 10
         assert f"unix://{sock}" in ok.stdout
+
+
+def test_a_url_no_client_takes_is_one_line_not_a_traceback(redis_url: str) -> None:
+    for url, says in (
+        (redis_url + "?foo=bar", "unknown parameter 'foo'"),
+        ("http://127.0.0.1:1/0", "unknown URL scheme 'http'"),
+    ):
+        for args in ((), ("--check",)):
+            done, took = worker(url, *args)
+            assert done.returncode == 2, (done.stdout, done.stderr)
+            assert done.stderr.splitlines() == [done.stderr.strip()], done.stderr
+            assert says in done.stderr
+            assert took < 10
+
+
+def test_a_password_given_as_a_parameter_is_not_shown(secured: int) -> None:
+    url = f"redis://127.0.0.1:{secured}/0?password=wrong-pw"
+    line = refused(url)
+    assert "refused the credentials" in line
+    assert "wrong-pw" not in line
+    assert "?password=***" in line
