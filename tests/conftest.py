@@ -60,6 +60,20 @@ def engine() -> str:
     return "valkey" if "valkey" in os.path.basename(SERVER) else "redis"
 
 
+def tls_cert(folder: Path) -> tuple[Path, Path]:
+    """A self-signed key and certificate for 127.0.0.1 (openssl), for a TLS redis-server."""
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    subject = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    files = ["-keyout", str(key), "-out", str(cert)]
+    new = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    subprocess.run(
+        [*new, *subject, *files],
+        check=True,
+        capture_output=True,
+    )
+    return key, cert
+
+
 class RedisServer:
     """A redis-server (or valkey-server) process of our own, on a free loopback port."""
 

@@ -12,7 +12,7 @@ import pytest
 
 from actor_system import ActorSystem, BackendError
 from tests.actors import Add, counter
-from tests.conftest import RedisServer, engine
+from tests.conftest import RedisServer, engine, tls_cert
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -107,29 +107,7 @@ def test_acl_user_and_password_come_from_the_url(
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a cert")
 @pytest.mark.skipif(engine() == "valkey", reason="the valkey-server used here is built without TLS")
 def test_rediss_url_connects_over_tls(tmp_path: Path) -> None:
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    key, cert = tls_cert(tmp_path)
     server = RedisServer(
         tmp_path,
         "--tls-cert-file",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import GENEROUS_S, SERVER, engine, free_port
+from tests.conftest import GENEROUS_S, SERVER, engine, free_port, tls_cert
 
 pytestmark = pytest.mark.integration
 
@@ -61,27 +61,7 @@ def tls_only(tmp_path: Path) -> Iterator[int]:
     """The port of a redis-server that speaks TLS only."""
     if engine() != "redis" or shutil.which("openssl") is None:
         pytest.skip("needs a redis-server built with TLS and openssl")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    key, cert = tls_cert(tmp_path)
     tls = ["--tls-cert-file", str(cert), "--tls-key-file", str(key)]
     tls += ["--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
     yield from serve(tmp_path, "--port", "0", "--tls-port", "{port}", *tls)
