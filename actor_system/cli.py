@@ -754,14 +754,16 @@ def worker(
 
     options = {"batch": batch, "lease_ms": lease_ms, "max_attempts": max_attempts}
     url = s.url or os.environ.get(f"{ENV_PREFIX}REDIS_URL", "")
+    # Other schemes (fakeredis://, a typo): building the system says what is wrong.
+    reachable = urlsplit(url).scheme in ("redis", "rediss", "unix")
     if check_only:
-        if url:  # else building the system says what is missing
+        if reachable:
             check_url(url)
         s.system(options=options).backend.check()  # Redis again, then the AWS stores
         s.out({"ok": True, "redis": redact_url(url)})
         return
     try:
-        if url:  # else building the system says what is missing
+        if reachable:
             check_url(url)  # before the system is built: seconds, not the client's retries
     except BackendError as e:
         log.warning("%s; waiting for it", e)
