@@ -148,7 +148,6 @@ class Settings:
         self.app = app
         self.json = as_json
         self.verbose = verbose
-        self.redis_url = ""  # the URL the system was built with, once it is
         self._system: ActorSystem | None = None
 
     def system(
@@ -176,7 +175,6 @@ class Settings:
                     env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
             actors = load_actors(self.app) if self.app else []
             self._system = ActorSystem.from_env(actors=actors, environ=env)
-            self.redis_url = env.get(f"{ENV_PREFIX}REDIS_URL", "")
         return self._system
 
     def out(
@@ -768,7 +766,7 @@ def worker(
     except BackendError as e:
         log.warning("%s; waiting for it", e)
     system = s.system(needs_app=True, options=options)
-    where = redact_url(s.redis_url)
+    where = redact_url(url)
     if not child:
         logging.getLogger("actor_system").setLevel(min(logging.INFO, log.getEffectiveLevel()))
         opts = system.options
