@@ -291,6 +291,24 @@ def main(
 
 
 @main.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--module", help="the Python package of the actors [default: the folder's name]")
+@click.option("--service", help="the Serverless service name [default: the module's, with -]")
+def init(directory: Path, module: str | None, service: str | None) -> None:
+    """Write a new project into DIRECTORY: an actor module, its Lambda entry, a test on the
+    manual clock, serverless.yml, package.json and requirements.txt naming this library."""
+    from actor_system import scaffold
+
+    project = scaffold.init(directory, module=module, service=service)
+    module_dir = project.handler.split("/")[0]
+    click.echo(f"wrote {directory}: actors in {module_dir}/actors.py; next, in that folder:")
+    click.echo("  python3 -m venv .venv && . .venv/bin/activate")
+    click.echo("  pip install -r requirements-dev.txt")
+    click.echo("  pytest")
+    click.echo("  npm ci --no-audit --no-fund && npx osls package --stage dev")
+
+
+@main.command()
 @click.argument("type_name", metavar="TYPE")
 @click.argument("actor_id", metavar="ID")
 @click.argument("message_type")

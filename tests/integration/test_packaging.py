@@ -86,6 +86,9 @@ def test_the_wheel_holds_only_actor_system(wheel: Path) -> None:
     assert "actor_system/adapters/redis/scripts/commit.lua" in names
     assert "actor_system/adapters/s3.py" in names
     assert "actor_system/py.typed" in names
+    assert "actor_system/project/serverless.yml" in names  # what `actor-system init` writes
+    assert "actor_system/project/app/handler.py.tmpl" in names
+    assert "actor_system/project/package-lock.json" in names
 
 
 def test_an_application_with_its_own_adapters_package(wheel: Path, tmp_path: Path) -> None:
@@ -112,3 +115,26 @@ def test_an_application_with_its_own_adapters_package(wheel: Path, tmp_path: Pat
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "2"
+
+
+def test_init_from_a_wheel_install(wheel: Path, tmp_path: Path) -> None:
+    """``actor-system init`` finds its template in the installed package, and the wheel it
+    writes for the new project holds the same files as the one it was installed from."""
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, system_site_packages=True, with_pip=False)
+    python = env_dir / "bin" / "python"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+         "--no-index", str(wheel)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    project = tmp_path / "shop"
+    subprocess.run(
+        [str(env_dir / "bin" / "actor-system"), "init", str(project)], check=True, cwd=tmp_path
+    )
+    assert (project / "shop" / "handler.py").exists()
+    [written] = (project / "wheels").glob("*.whl")
+    with zipfile.ZipFile(wheel) as a, zipfile.ZipFile(written) as b:
+        ours = {n for n in a.namelist() if n.startswith("actor_system/")}
+        theirs = {n for n in b.namelist() if n.startswith("actor_system/")}
+    assert ours == theirs

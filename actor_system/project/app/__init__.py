@@ -1,0 +1,1 @@
+"""{{service}}: its actors, and the Lambda module that runs them."""
