@@ -167,6 +167,9 @@ class ActorType(Generic[S]):
     ``idle_ttl_s``: an actor of this type that has had no turn for this long is gone, its
     state and dedup memory expiring together (its next message starts from the defaults);
     None keeps actors until ``ctx.delete()`` or ``system.delete``.
+    ``long_work``: every message of this type needs more time than a Lambda invocation has:
+    its actors are run only by workers without a time limit (the long-work lane,
+    ``actor-system worker --lane long``); a Lambda drain hands them over unrun.
     """
 
     def __init__(
@@ -181,6 +184,7 @@ class ActorType(Generic[S]):
         done_window_s: float | None = None,
         done_max: int | None = None,
         idle_ttl_s: float | None = None,
+        long_work: bool = False,
     ) -> None:
         if not isinstance(name, str) or not _TYPE_NAME.match(name):
             raise ConfigError(f"actor type name {name!r} must match {_TYPE_NAME.pattern}")
@@ -212,6 +216,8 @@ class ActorType(Generic[S]):
             )
         self.invalid_state = invalid_state
         self._retry_of: dict[str, RetryPolicy] = {}  # per message type, when a handler says
+        self.long_work = bool(long_work)
+        self._long_of: set[str] = set()  # message types whose handler is marked long_work
         self.name = name
         self.state_type = state
         # How long and how many processed ids (and so idempotency keys) each actor of this
@@ -224,17 +230,21 @@ class ActorType(Generic[S]):
         self._reply_of: dict[str, type[BaseModel]] = {}  # from a handler's return annotation
 
     @typing.overload
-    def handler(self, fn: F, *, retry: RetryPolicy | None = None) -> F: ...
+    def handler(self, fn: F, *, retry: RetryPolicy | None = None, long_work: bool = False) -> F: ...
 
     @typing.overload
-    def handler(self, fn: None = None, *, retry: RetryPolicy | None = None) -> Callable[[F], F]: ...
+    def handler(
+        self, fn: None = None, *, retry: RetryPolicy | None = None, long_work: bool = False
+    ) -> Callable[[F], F]: ...
 
     def handler(
-        self, fn: F | None = None, *, retry: RetryPolicy | None = None
+        self, fn: F | None = None, *, retry: RetryPolicy | None = None, long_work: bool = False
     ) -> F | Callable[[F], F]:
         """Register ``fn(ctx, msg)`` (or ``async def``); the annotation of ``msg`` picks the
         message type. ``@actor.handler(retry=RetryPolicy(...))`` overrides the actor type's
-        retry policy for this message type."""
+        retry policy for this message type; ``long_work=True``: this handler needs more time
+        than a Lambda invocation has, and its messages (with the actor's later ones, in
+        order) are run by a worker without a time limit (the long-work lane)."""
         # Annotations may name classes local to the caller (string annotations under
         # `from __future__ import annotations`); resolve them in the caller's scope too.
         caller = sys._getframe(1).f_locals
@@ -243,14 +253,20 @@ class ActorType(Generic[S]):
                 f"retry= of a handler of actor type {self.name!r} must be a RetryPolicy"
             )
         if fn is None:
-            return lambda f: self._register(f, retry, caller)
-        return self._register(fn, retry, caller)
+            return lambda f: self._register(f, retry, caller, long_work)
+        return self._register(fn, retry, caller, long_work)
+
+    def is_long_work(self, type_name: str) -> bool:
+        """Whether messages of this type go to the long-work lane."""
+        return self.long_work or type_name in self._long_of
 
     def policy(self, type_name: str) -> RetryPolicy:
         """The retry policy of a message type: its handler's, else the actor type's."""
         return self._retry_of.get(type_name, self.retry)
 
-    def _register(self, fn: F, retry: RetryPolicy | None, caller: dict[str, Any]) -> F:
+    def _register(
+        self, fn: F, retry: RetryPolicy | None, caller: dict[str, Any], long_work: bool = False
+    ) -> F:
         _check_not_awaitable(self.name, fn)
         model = _message_annotation(self.name, fn, caller)
         key = message_name(model)
@@ -266,6 +282,8 @@ class ActorType(Generic[S]):
             self._reply_of[key] = returns
         if retry is not None:
             self._retry_of[key] = retry
+        if long_work:
+            self._long_of.add(key)
         return fn
 
     def ref(self, actor_id: str) -> ActorRef:

@@ -25,6 +25,7 @@ from actor_system.budget import Budget
 from actor_system.errors import (
     ActorSystemError,
     BackendError,
+    ConfigError,
     InvalidSend,
     MessageTooLarge,
     UnknownActorType,
@@ -38,7 +39,7 @@ from actor_system.worker import Worker
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from actor_system.ports import Continuation, Waker
+    from actor_system.ports import Continuation, Launcher, Waker
     from actor_system.system import ActorSystem
 
 log = logging.getLogger("actor_system")
@@ -63,6 +64,7 @@ class LambdaOptions:
     continuation: Continuation | None = None
     margin_s: float = 0.25
     max_chain: int = 100
+    launcher: Launcher | None = None  # starts a long-work worker (ACTOR_SYSTEM_LONG_LANE_URL)
     warned: set[str] = field(default_factory=set)
     # Seconds the end of the last invocations took: the slowest commit plus the hand-over.
     end_costs: list[float] = field(default_factory=list)
@@ -82,9 +84,11 @@ class LambdaOptions:
     def from_env(
         cls, env: dict[str, str], margin_s: float, max_chain: int, waker: Waker | None = None
     ) -> LambdaOptions:
-        """``ACTOR_SYSTEM_WAKER_URL`` (sqs://queue) and ``ACTOR_SYSTEM_CONTINUE_URL``
-        (lambda://function or sqs://queue; default: the wake queue, else a self-invoke)."""
-        from actor_system.adapters.aws import LambdaContinuation, waker_from_url
+        """``ACTOR_SYSTEM_WAKER_URL`` (sqs://queue), ``ACTOR_SYSTEM_CONTINUE_URL``
+        (lambda://function or sqs://queue; default: the wake queue, else a self-invoke) and
+        ``ACTOR_SYSTEM_LONG_LANE_URL`` (ecs://cluster/task-definition?subnets=...: starts
+        a long-work worker when the long-work lane has work and none runs)."""
+        from actor_system.adapters.aws import LambdaContinuation, launcher_from_url, waker_from_url
 
         waker_url = env.get("ACTOR_SYSTEM_WAKER_URL")
         if waker is None and waker_url:
@@ -100,12 +104,21 @@ class LambdaOptions:
             continuation = waker_from_url(continue_url)
         elif continuation is None and env.get("AWS_LAMBDA_FUNCTION_NAME"):
             continuation = LambdaContinuation(function=env["AWS_LAMBDA_FUNCTION_NAME"])
+            try:
+                _ = continuation.client
+            except ConfigError as e:
+                # Not configured, only assumed (an emulator such as serverless-offline runs
+                # the function without boto3): work left goes to the next sweep instead.
+                log.warning("no continuation: %s; work left waits for the next sweep", e)
+                continuation = None
+        launch_url = env.get("ACTOR_SYSTEM_LONG_LANE_URL", "")
+        launcher: Launcher | None = launcher_from_url(launch_url) if launch_url else None
         # Create the clients now, in the init phase: at hand-over time the invocation has
         # only its margin left, less than a boto3 import takes.
-        for part in (waker, continuation):
+        for part in (waker, continuation, launcher):
             if part is not None:
                 _ = part.client
-        return cls(waker, continuation, margin_s, max_chain)
+        return cls(waker, continuation, margin_s, max_chain, launcher=launcher)
 
 
 def classify(event: Any) -> str | None:
@@ -264,6 +277,8 @@ def _handle(
     drained_at = time.monotonic()
     try:
         _hand_over(system, options, worker, depth, budget, could_drain)
+        if options.launcher is not None and (report.moved or kind == "schedule"):
+            _launch(system, options.launcher, report.moved)
     except ActorSystemError as e:
         # The drained work is committed; only the next start is in doubt. SQS redelivers
         # the wake; otherwise the periodic sweep picks the work up.
@@ -289,10 +304,35 @@ def _handle(
         "messages": report.messages,
         "dead_letters": report.dead_letters,
         "interrupted": report.interrupted,
+        "moved": report.moved,
     }
     if kind == "sqs":
         result["batchItemFailures"] = []
     return result
+
+
+# How long a started long-work worker has to come up and mark itself present before
+# another is started (a Fargate task starts in well under a minute).
+LAUNCH_MS = 180_000
+
+
+def _launch(system: ActorSystem, launcher: Launcher, moved: int) -> None:
+    """Start a long-work worker if the lane has work (this drain moved actors there, or a
+    sweep finds some) and none runs or is on its way: one for a burst, not one per drain."""
+    backend = system.backend
+    if not moved and backend.lane_size() == 0:
+        return
+    if not backend.claim_launch(LAUNCH_MS):
+        return
+    try:
+        task = launcher.start()
+    except ActorSystemError as e:
+        # Tried again by a sweep once the claim lapses, not by every drain meanwhile.
+        log.error(
+            "could not start a long-work worker (tried again in %d s): %s", LAUNCH_MS // 1000, e
+        )
+        return
+    log.info("started a long-work worker: %s", task)
 
 
 def _land(system: ActorSystem, event: dict[str, Any], kind: str) -> None:

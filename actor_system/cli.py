@@ -750,6 +750,17 @@ def dlq_purge(s: Settings, message_id: str | None, every: bool, yes: bool) -> No
     is_flag=True,
     help="reach Redis (and the AWS stores) once and exit: 0 if they answer, 2 if not",
 )
+@click.option(
+    "--lane",
+    type=click.Choice(["long"]),
+    help="drain the long-work lane only: actors whose work does not fit a Lambda invocation",
+)
+@click.option(
+    "--idle-exit",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="with --lane long: end once the lane has stayed empty this long [default: 60]",
+)
 @click.option("--child", is_flag=True, hidden=True)  # one of --concurrency's processes
 @pass_settings
 def worker(
@@ -759,13 +770,20 @@ def worker(
     lease_ms: int | None,
     max_attempts: int | None,
     check_only: bool,
+    lane: str | None,
+    idle_exit: float | None,
     child: bool,
 ) -> None:
     """Drain until SIGTERM or SIGINT (each stops after its current round).
 
     At start it reaches Redis once: credentials Redis refuses, a database it lacks or TLS
     on one side only end it with one line and exit status 2; a Redis that does not answer
-    yet is waited for, as any outage later is."""
+    yet is waited for, as any outage later is. With --lane long it drains only the
+    long-work lane (what Lambda drains hand over) and ends once that stays empty."""
+    if idle_exit is not None and lane is None:
+        raise CommandError("--idle-exit applies to --lane long only")
+    if lane == "long" and idle_exit is None:
+        idle_exit = 60.0
     from actor_system.adapters.redis.backend import check_url
 
     options = {"batch": batch, "lease_ms": lease_ms, "max_attempts": max_attempts}
@@ -789,15 +807,17 @@ def worker(
         logging.getLogger("actor_system").setLevel(min(logging.INFO, log.getEffectiveLevel()))
         opts = system.options
         log.info(
-            "worker starting: redis %s, actor types %s, %d process(es), batch %d, lease %d ms",
+            "worker starting: redis %s, actor types %s, lane %s, %d process(es), batch %d, "
+            "lease %d ms",
             where,
             ", ".join(sorted(a.name for a in system.registry)) or "-",
+            f"long (ends after {idle_exit:g} s idle)" if lane else "ordinary",
             concurrency,
             opts.batch,
             opts.lease_ms,
         )
     if concurrency == 1:
-        report = system.worker().run()
+        report = system.worker(lane="long" if lane else "", idle_exit_s=idle_exit).run()
         totals = {
             "turns": report.turns,
             "messages": report.messages,
@@ -805,7 +825,7 @@ def worker(
             "retries": report.retries,
         }
     else:
-        totals = _run_children(s, concurrency, options)
+        totals = _run_children(s, concurrency, {**options, "lane": lane, "idle_exit": idle_exit})
     s.out(totals)
 
 

@@ -23,6 +23,10 @@ class Options:
     for ``ask`` and ``reply``. process_s: how long ``send(..., process=True)`` may run the
     actor's turns in the caller. linger_s: how long a Lambda drain that had work waits for
     more before it ends (a burst of sends then costs one wake, not one per gap).
+    long_after: interruptions (a handler stopped because a limited budget, a Lambda
+    invocation, ran out) after which the actor goes to the long-work lane, which only workers
+    without a time limit drain (``actor-system worker --lane long``); 0: no lane, the message
+    is retried up to max_attempts.
     """
 
     prefix: str = "as"
@@ -43,6 +47,7 @@ class Options:
     reply_ttl_s: float = 300.0
     process_s: float = 1.0
     linger_s: float = 0.5
+    long_after: int = 0
 
     def __post_init__(self) -> None:
         positive = (
@@ -65,7 +70,7 @@ class Options:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(f"option {name}={value!r} must be a positive number")
-        for name in ("lambda_margin_s", "linger_s"):
+        for name in ("lambda_margin_s", "linger_s", "long_after"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
                 raise ConfigError(f"option {name}={value!r} must be a number >= 0")

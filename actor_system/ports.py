@@ -147,6 +147,10 @@ class Commit:
     reply_ttl_ms: int = 300_000
     delete: bool = False  # the actor ends: its state and every key of it go
     idle_ttl_ms: int = 0  # > 0: the actor's keys expire together this long after this commit
+    # The actor's lane: "" as it is; "l" to the long-work lane (only long-work workers take
+    # it, from the retry time if any); "e" a long-work worker's commit (back to the ordinary
+    # lane once its mailbox is empty).
+    lane: str = ""
 
 
 class Clock(Protocol):
@@ -196,9 +200,17 @@ class TurnStore(Protocol):
     """Leases, in-flight claims, state and the atomic commit of a turn."""
 
     def begin(
-        self, actors: Sequence[str], token: str, lease_ms: int, batch: int, now_ms: int
+        self,
+        actors: Sequence[str],
+        token: str,
+        lease_ms: int,
+        batch: int,
+        now_ms: int,
+        lane: str = "",
     ) -> list[Claim | None]:
-        """Take each actor's lease and claim up to ``batch`` entries; None where it is held."""
+        """Take each actor's lease and claim up to ``batch`` entries; None where it is held.
+        ``lane="long"``: a long-work worker's begin, which takes actors of that lane (an
+        ordinary one gets None for them)."""
 
     def commit(self, commits: Sequence[Commit], now_ms: int) -> list[int | None]:
         """Apply each commit and release its lease; the new state version, or None when the
@@ -215,6 +227,26 @@ class TurnStore(Protocol):
 
     def wait_reply(self, message_id: str, timeout_s: float) -> bytes | None:
         """The reply record, waiting up to ``timeout_s`` for the commit that writes it."""
+
+
+class LongLane(Protocol):
+    """The long-work lane: actors whose work does not fit a Lambda invocation, taken only
+    by workers without a time limit (``actor-system worker --lane long``)."""
+
+    def poll_lane(self, now_ms: int, max_actors: int, lease_ms: int) -> tuple[list[str], int]:
+        """Reserve up to ``max_actors`` actors of the lane for ``lease_ms``, those waiting
+        longest first. Returns (actor keys, how many actors the lane holds)."""
+
+    def lane_size(self) -> int:
+        """How many actors the lane holds."""
+
+    def lane_present(self, ttl_ms: int) -> None:
+        """A long-work worker runs, for ``ttl_ms`` (renewed while it does; 0: it ends);
+        the claim of the start that brought it ends."""
+
+    def claim_launch(self, ttl_ms: int) -> bool:
+        """True when the caller should start a long-work worker: none runs and none was
+        started within ``ttl_ms`` (this claim then holds for that long)."""
 
 
 class DelayQueue(Protocol):
@@ -289,6 +321,17 @@ class Waker(Protocol):
     def wake_now(self) -> None: ...
 
 
+class Launcher(Protocol):
+    """Starts a long-work worker (a container without a time limit) when the long-work lane
+    has work and none runs."""
+
+    @property
+    def client(self) -> Any: ...
+
+    def start(self) -> str:
+        """Start one worker; returns what names it (an ECS task ARN)."""
+
+
 class Continuation(Protocol):
     """Starts a fresh drain now, to continue work the current budget could not finish."""
 
@@ -298,7 +341,7 @@ class Continuation(Protocol):
     def continue_now(self, depth: int) -> None: ...
 
 
-class Backend(Mailbox, TurnStore, DelayQueue, DeadLetters, Inspector, Protocol):
+class Backend(Mailbox, TurnStore, LongLane, DelayQueue, DeadLetters, Inspector, Protocol):
     """Everything the drain loop needs from its stores."""
 
     def claim_wake(self, due_ms: int, now_ms: int) -> bool:

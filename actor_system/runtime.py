@@ -90,6 +90,7 @@ class DrainReport:
     lease_conflicts: int = 0
     leases_lost: int = 0
     interrupted: int = 0
+    moved: int = 0  # actors moved to the long-work lane
     idle: bool = True
 
     def add(self, other: DrainReport) -> None:
@@ -173,6 +174,7 @@ class _Turn:
     report: DrainReport = field(default_factory=DrainReport)
     # Stored fields the state model does not declare: every commit writes them back.
     unknown: dict[str, Any] = field(default_factory=dict)
+    lane: str = ""  # "l": the actor goes to the long-work lane (Commit.lane)
 
 
 class _Interrupted(Exception):
@@ -223,6 +225,10 @@ class Runtime:
         self.slowest_commit_s = 0.0  # the longest commit round trip (sizes Lambda's margin)
         self._turn_s = 0.0  # an actor's turn, wall time (moving average): sizes rounds
         self._unfinished: str | None = None  # the token of a round a backend error cut short
+        # "long": this runtime drains the long-work lane (actor-system worker --lane long),
+        # actors whose work does not fit a limited budget; "": the ordinary lane.
+        self.lane = ""
+        self.lane_waiting = 0  # actors in the long-work lane at its last poll
 
     def _now_ms(self) -> int:
         return int(self.clock.now() * 1000)
@@ -238,9 +244,14 @@ class Runtime:
         token = self._unfinished or uuid.uuid4().hex
         self._unfinished = token
         now_ms = self._now_ms()
-        actors, report.promoted = self.backend.poll(
-            now_ms, self._round_size(now_ms), opts.lease_ms, awake_ms, token
-        )
+        if self.lane == "long":
+            actors, self.lane_waiting = self.backend.poll_lane(
+                now_ms, opts.actors_per_round, opts.lease_ms
+            )
+        else:
+            actors, report.promoted = self.backend.poll(
+                now_ms, self._round_size(now_ms), opts.lease_ms, awake_ms, token
+            )
         if actors:
             report.idle = False
             started = time.monotonic()
@@ -309,7 +320,7 @@ class Runtime:
         token (the round's, which its poll remembered), a fresh one if not given."""
         token = token or uuid.uuid4().hex
         claims = self.backend.begin(
-            actors, token, self.options.lease_ms, self.options.batch, self._now_ms()
+            actors, token, self.options.lease_ms, self.options.batch, self._now_ms(), self.lane
         )
         claimed = sum(len(c.entries) for c in claims if c is not None)
         leased_at = time.monotonic()
@@ -346,6 +357,9 @@ class Runtime:
         if not pending:
             return
         started = time.monotonic()
+        if self.lane == "long":
+            for c, _, _ in pending:
+                c.lane = "e"  # back to the ordinary lane once its mailbox is empty
         results = self.backend.commit([c for c, _, _ in pending], self._now_ms())
         self.slowest_commit_s = max(self.slowest_commit_s, time.monotonic() - started)
         for (commit, turn_report, metrics), version in zip(pending, results, strict=True):
@@ -386,6 +400,7 @@ class Runtime:
             data = None  # nothing to write: every key of the actor goes
         return replace(
             bare,
+            lane=turn.lane,
             state=data,
             delete=turn.deleted,
             outbox=outbox.items + bare.outbox,
@@ -442,10 +457,23 @@ class Runtime:
         entry, failed = claim.entries[index]
         attempt = failed + 1  # the envelope's own count is not needed to bound retries here
         again: Outcome
+        long_after = self.options.long_after
         if turn.in_caller:
             # A sender's short budget ran out (process=, ask, the ingress): not the handler's
             # fault; a drain runs it with its own budget, no attempt counted.
             again = KEEP
+        elif long_after and attempt >= long_after:
+            # It does not fit an invocation: to the long-work lane, where a worker without a
+            # time limit runs it (and the actor's later messages, in order).
+            log.warning(
+                "%s goes to the long-work lane: its handler was interrupted %d times",
+                claim.actor,
+                attempt,
+                extra={"actor": claim.actor},
+            )
+            again = Failed("interrupted: the handler ran out of time")
+            turn.lane = "l"
+            turn.report.moved = 1
         elif attempt >= self._max_attempts(turn.actor, stop.env.type):
             reason = f"interrupted {attempt} times: the handler needs more than the time budget"
             again = self._dead(claim, entry, attempt, reason, None)
@@ -509,6 +537,10 @@ class Runtime:
             return commit, DrainReport(turns=1), None
         except ActorSystemError as e:
             return self._unloadable(claim, token, e)
+        if actor.long_work and budget.limited and claim.entries:
+            # Long work: a worker without a time limit takes the actor and its messages.
+            commit = replace(self._bare(claim, token, [KEEP] * len(claim.entries)), lane="l")
+            return commit, DrainReport(moved=1), None
         started = time.monotonic()
         turn = _Turn(claim, ref, actor, self.clock.now(), token, leased_at, budget)
         turn.unknown = loaded.unknown
@@ -561,6 +593,13 @@ class Runtime:
             if turn.ran and not turn.budget.can_start_turn():
                 # Not enough time for another handler: commit what is done, keep the rest.
                 turn.actions.extend([KEEP] * (len(turn.claim.entries) - index))
+                return None
+            if turn.budget.limited and turn.actor.is_long_work(env.type):
+                # A handler marked for long work: this message and those after it go to the
+                # long-work lane, in order; what ran before it is committed.
+                turn.actions.extend([KEEP] * (len(turn.claim.entries) - index))
+                turn.lane = "l"
+                turn.report.moved = 1
                 return None
             seen.add(env.id)
             self._keep_lease(turn)

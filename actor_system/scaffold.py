@@ -43,6 +43,7 @@ class Project:
     service: str
     handler: str
     patterns: tuple[str, ...]
+    app: str  # the actor types, for the long-work worker (ACTOR_SYSTEM_APP)
     requirements: str = "requirements.txt"
     generated: str = ""  # a comment line saying where the file comes from
 
@@ -55,6 +56,7 @@ class Project:
             patterns=lines,
             requirements=self.requirements,
             generated=self.generated,
+            app=self.app,
         )
 
 
@@ -67,6 +69,7 @@ REFERENCE = Project(
         "examples/**",
         "deploy/drain.py",
     ),
+    app="deploy.drain:ACTORS",
     requirements="deploy/requirements.txt",
     generated=(
         "# Rendered from actor_system/project/serverless.yml (the template `actor-system init`\n"
@@ -113,12 +116,13 @@ def init(directory: Path, *, module: str | None = None, service: str | None = No
     directory.mkdir(parents=True, exist_ok=True)
     wheel = build_wheel(directory / "wheels")
     handler = f"{module}/handler.handler"
-    project = Project(service=service, handler=handler, patterns=(f"{module}/**",))
+    app = f"{module}.actors:ACTORS"
+    project = Project(service=service, handler=handler, patterns=(f"{module}/**",), app=app)
     values = {"module": module, "service": service, "library": f"./wheels/{wheel.name}"}
     for source, relative in _template_files():
         target = directory / relative.replace("app/", f"{module}/", 1)
-        if relative == "gitignore":
-            target = directory / ".gitignore"
+        if relative in ("gitignore", "dockerignore"):
+            target = directory / f".{relative}"
         target = target.with_name(target.name.removesuffix(".tmpl"))
         target.parent.mkdir(parents=True, exist_ok=True)
         if relative == "serverless.yml":

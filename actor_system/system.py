@@ -8,7 +8,7 @@ import time
 import uuid
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel
@@ -485,25 +485,43 @@ class ActorSystem:
 
     # -- draining --------------------------------------------------------------------------
 
-    def run_until_idle(self, *, max_rounds: int = 1_000_000) -> DrainReport:
-        """Drain everything that is due now, then return what was done.
+    def run_until_idle(
+        self, *, max_rounds: int = 1_000_000, lane: Literal["", "long"] = ""
+    ) -> DrainReport:
+        """Drain everything that is due now, then return what was done. ``lane="long"``:
+        the long-work lane's actors instead (those a limited budget handed over).
 
         Deferred messages not yet due stay queued: with a ManualClock, ``advance`` it and
         call again.
         """
         report = DrainReport()
         budget = Budget.unlimited(self.clock)
-        for _ in range(max_rounds):
-            done = self.runtime.round(budget)
-            report.add(done)
-            if done.idle:
-                return report
+        before, self.runtime.lane = self.runtime.lane, lane
+        try:
+            for _ in range(max_rounds):
+                done = self.runtime.round(budget)
+                report.add(done)
+                if done.idle:
+                    return report
+        finally:
+            self.runtime.lane = before
         report.idle = False
         return report
 
-    def worker(self, *, budget: Budget | None = None) -> Worker:
-        """A long-running drain loop (``.run()``), stopped by SIGTERM/SIGINT or ``.stop()``."""
-        return Worker(self.runtime, budget=budget)
+    def worker(
+        self,
+        *,
+        budget: Budget | None = None,
+        lane: Literal["", "long"] = "",
+        idle_exit_s: float | None = None,
+    ) -> Worker:
+        """A long-running drain loop (``.run()``), stopped by SIGTERM/SIGINT or ``.stop()``.
+        ``lane="long"``: it drains the long-work lane only, and ends once that has stayed
+        empty ``idle_exit_s`` (None: never)."""
+        if lane not in ("", "long"):
+            raise ConfigError(f"lane={lane!r}: '' (the ordinary lane) or 'long'")
+        self.runtime.lane = lane
+        return Worker(self.runtime, budget=budget, idle_exit_s=idle_exit_s)
 
     def lambda_handler(
         self,
@@ -552,6 +570,7 @@ _URL_VARS = {
         "LOG_LEVEL",
         "WAKER_URL",
         "CONTINUE_URL",
+        "LONG_LANE_URL",
     )
 }
 

@@ -22,6 +22,9 @@ _MAX_BACKOFF_S = 5.0
 # How long one poll marks a drain as running (P:awake): senders with a waker start no drain
 # meanwhile. Polls come at least every poll_interval_s, or after each round of turns.
 AWAKE_MS = 30_000
+# How long a long-work worker counts as running after its last round (P:{g}:lane:present):
+# no other is started meanwhile.
+PRESENT_MS = 30_000
 
 
 class Worker:
@@ -33,10 +36,18 @@ class Worker:
     """
 
     def __init__(
-        self, runtime: Runtime, *, budget: Budget | None = None, exit_when_idle: bool = False
+        self,
+        runtime: Runtime,
+        *,
+        budget: Budget | None = None,
+        exit_when_idle: bool = False,
+        idle_exit_s: float | None = None,
     ) -> None:
         self.runtime = runtime
         self.exit_when_idle = exit_when_idle
+        # A long-work worker (runtime.lane "long") ends once the lane has stayed empty this
+        # long (None: never).
+        self.idle_exit_s = idle_exit_s
         self.idle_at_exit = False  # True when it stopped because nothing was left to do soon
         self.budget = budget or Budget.unlimited(runtime.clock)
         self.report = DrainReport()
@@ -63,12 +74,48 @@ class Worker:
         finally:
             for sig, handler in restore.items():
                 signal.signal(sig, handler)
+            if self.runtime.lane == "long":
+                self._present(0)
         return self.report
+
+    def _long_lane_round(self, idle_since: float) -> float:
+        """One round of a long-work worker; it stops once the lane has held no actor for
+        ``idle_exit_s``. Returns since when the lane has been empty."""
+        self._present(PRESENT_MS)
+        done = self.runtime.round(self.budget)
+        self.report.add(done)
+        self.idle_at_exit = done.idle
+        if not done.idle or self.runtime.lane_waiting:
+            # Work, or actors in the lane it cannot take yet: a retry's backoff, or reserved
+            # to a worker that may have died (their lease then ends).
+            idle_since = time.monotonic()
+        if not done.idle:
+            return idle_since
+        if self.idle_exit_s is not None and time.monotonic() - idle_since >= self.idle_exit_s:
+            log.info("the long-work lane stayed empty %.0f s: stopping", self.idle_exit_s)
+            self._stop.set()
+        else:
+            self._stop.wait(self.runtime.options.poll_interval_s)
+        return idle_since
+
+    def _present(self, ttl_ms: int) -> None:
+        """Tell drains that a long-work worker runs (``ttl_ms`` > 0) or has ended."""
+        try:
+            self.runtime.backend.lane_present(ttl_ms)
+        except BackendError as e:
+            log.warning("could not mark this long-work worker present: %s", e)
 
     def _loop(self) -> None:
         backoff_s = 0.1
+        long_lane = self.runtime.lane == "long"
+        idle_since = time.monotonic()
         while not self._stop.is_set() and self.budget.can_start_turn():
             try:
+                if long_lane:
+                    idle_since = self._long_lane_round(idle_since)
+                    backoff_s = 0.1
+                    self._failing = False
+                    continue
                 done = self.runtime.round(self.budget, awake_ms=self._awake_ms())
                 self.report.add(done)
                 self.idle_at_exit = done.idle

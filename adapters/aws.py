@@ -294,6 +294,93 @@ def waker_from_url(url: str) -> SqsWaker | SchedulerWaker | LambdaWaker:
     )
 
 
+class EcsLauncher:
+    """Starts a long-work worker: one ECS task (Fargate by default) of the task definition
+    whose command is ``actor-system worker --lane long``; it ends once the lane stays empty.
+    """
+
+    def __init__(
+        self,
+        *,
+        cluster: str,
+        task_definition: str,
+        subnets: tuple[str, ...] = (),
+        security_groups: tuple[str, ...] = (),
+        public_ip: bool = False,
+        launch_type: str = "FARGATE",
+        client: Any = None,
+    ) -> None:
+        self.cluster = cluster
+        self.task_definition = task_definition
+        self.subnets = subnets
+        self.security_groups = security_groups
+        self.public_ip = public_ip
+        self.launch_type = launch_type
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = aws_client("ecs", quick=True)
+        return self._client
+
+    def start(self) -> str:
+        """Run one task; returns its ARN. AwsError when ECS refuses it."""
+        kwargs: dict[str, Any] = {
+            "cluster": self.cluster,
+            "taskDefinition": self.task_definition,
+            "count": 1,
+            "launchType": self.launch_type,
+            "startedBy": "actor-system",
+        }
+        if self.subnets:
+            kwargs["networkConfiguration"] = {
+                "awsvpcConfiguration": {
+                    "subnets": list(self.subnets),
+                    "securityGroups": list(self.security_groups),
+                    "assignPublicIp": "ENABLED" if self.public_ip else "DISABLED",
+                }
+            }
+        resource = f"{self.cluster}/{self.task_definition}"
+        answer = aws_call("RunTask", resource, self.client.run_task, **kwargs)
+        failures = answer.get("failures") or []
+        tasks = answer.get("tasks") or []
+        if failures or not tasks:
+            reason = "; ".join(f"{f.get('arn', '')} {f.get('reason', '')}" for f in failures)
+            raise AwsError("RunTask", resource, "TaskNotStarted", reason or "no task started")
+        return str(tasks[0]["taskArn"])
+
+
+def launcher_from_url(url: str) -> EcsLauncher:
+    """``ecs://<cluster>/<task definition>?subnets=a,b&security_groups=sg&public_ip=1``:
+    Fargate tasks in those subnets (``launch_type=EC2`` for an EC2 cluster)."""
+    parts = urlsplit(url)
+    task = parts.path.strip("/")
+    if parts.scheme != "ecs" or not parts.netloc or not task:
+        raise ConfigError(
+            f"unknown long-work launcher URL {url!r}; expected "
+            "ecs://<cluster>/<task definition>?subnets=<ids>&security_groups=<ids>"
+        )
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(set(query) - {"subnets", "security_groups", "public_ip", "launch_type"})
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} in {url!r}")
+    launch_type = query.get("launch_type") or "FARGATE"
+    if launch_type not in ("FARGATE", "EC2", "EXTERNAL"):
+        raise ConfigError(f"launch_type={launch_type!r} in {url!r}: FARGATE, EC2 or EXTERNAL")
+    subnets = tuple(s for s in query.get("subnets", "").split(",") if s)
+    if launch_type == "FARGATE" and not subnets:
+        raise ConfigError(f"{url!r} names no subnets: a Fargate task needs subnets=<ids>")
+    return EcsLauncher(
+        cluster=parts.netloc,
+        task_definition=task,
+        subnets=subnets,
+        security_groups=tuple(s for s in query.get("security_groups", "").split(",") if s),
+        public_ip=query.get("public_ip", "") in ("1", "true", "ENABLED"),
+        launch_type=launch_type,
+    )
+
+
 def url_number(
     url: str, query: dict[str, str], name: str, default: float, *, positive: bool = False
 ) -> float:

@@ -221,6 +221,18 @@ class CompositeBackend:
     def wait_ready(self, timeout_s: float) -> bool:
         return self.redis.wait_ready(timeout_s)
 
+    def poll_lane(self, now_ms: int, max_actors: int, lease_ms: int) -> tuple[list[str], int]:
+        return self.redis.poll_lane(now_ms, max_actors, lease_ms)
+
+    def lane_size(self) -> int:
+        return self.redis.lane_size()
+
+    def lane_present(self, ttl_ms: int) -> None:
+        self.redis.lane_present(ttl_ms)
+
+    def claim_launch(self, ttl_ms: int) -> bool:
+        return self.redis.claim_launch(ttl_ms)
+
     def renew(self, actor: str, token: str, lease_ms: int, now_ms: int) -> bool:
         return self.redis.renew(actor, token, lease_ms, now_ms)
 
@@ -289,9 +301,15 @@ class CompositeBackend:
     # -- TurnStore: S3 state --------------------------------------------------------------
 
     def begin(
-        self, actors: Sequence[str], token: str, lease_ms: int, batch: int, now_ms: int
+        self,
+        actors: Sequence[str],
+        token: str,
+        lease_ms: int,
+        batch: int,
+        now_ms: int,
+        lane: str = "",
     ) -> list[Claim | None]:
-        claims = self.redis.begin(actors, token, lease_ms, batch, now_ms)
+        claims = self.redis.begin(actors, token, lease_ms, batch, now_ms, lane)
         store = self.state_store
         if store is None:
             return claims

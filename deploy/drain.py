@@ -8,5 +8,6 @@ from examples.counter import counter
 from examples.order_timeout import orders
 from examples.reminder import reminders
 
-system = ActorSystem.from_env(actors=[counter, orders, reminders])
+ACTORS = [counter, orders, reminders]  # also the long-work worker's (ACTOR_SYSTEM_APP)
+system = ActorSystem.from_env(actors=ACTORS)
 handler = system.lambda_handler()

@@ -57,6 +57,8 @@ _SCRIPTS = (
     "unstage",
     "promote",
     "awake",
+    "lane",
+    "launch",
 )
 # Scripts whose answer starts with their signals (lib.lua): applied by the script itself on
 # a single node, returned for signal.lua on a cluster.
@@ -844,10 +846,18 @@ class RedisBackend:
     # -- TurnStore ------------------------------------------------------------------------
 
     def begin(
-        self, actors: Sequence[str], token: str, lease_ms: int, batch: int, now_ms: int
+        self,
+        actors: Sequence[str],
+        token: str,
+        lease_ms: int,
+        batch: int,
+        now_ms: int,
+        lane: str = "",
     ) -> list[Claim | None]:
+        flag = "l" if lane == "long" else ""
         calls = [
-            ("begin", self.keys.begin_keys(a), [token, lease_ms, now_ms, batch, a]) for a in actors
+            ("begin", self.keys.begin_keys(a), [token, lease_ms, now_ms, batch, a, flag])
+            for a in actors
         ]
         claims: list[Claim | None] = []
         outboxes: dict[str, list[bytes]] = {}
@@ -935,7 +945,7 @@ class RedisBackend:
             ]
             for mid, record in c.replies:
                 args += [mid, record]
-            args += [1 if c.delete else 0, c.idle_ttl_ms]
+            args += [1 if c.delete else 0, c.idle_ttl_ms, c.lane]
             keys = k.commit_keys(c.actor)
             if not fused:
                 # Every other key the commit touches, declared (lib.lua): its local sends',
@@ -958,6 +968,74 @@ class RedisBackend:
             now_ms,
         )
         return versions
+
+    # -- the long-work lane ------------------------------------------------------------------
+
+    def poll_lane(self, now_ms: int, max_actors: int, lease_ms: int) -> tuple[list[str], int]:
+        """Reserve up to ``max_actors`` actors of the long-work lane for ``lease_ms``, those
+        waiting longest first. Returns (actor keys, how many actors the lane holds)."""
+        k = self.keys
+        parts = list(self._parts())
+        found = self._pipe(
+            "lane",
+            lambda pipe: [
+                x
+                for p in parts
+                for x in (
+                    pipe.zcard(k.long(p)),
+                    pipe.zrangebyscore(k.long(p), "-inf", now_ms, 0, max_actors, withscores=True),
+                )
+            ],
+        )
+        waiting = sum(int(n) for n in found[0::2])
+        due = sorted(
+            (score, p, actor.decode())
+            for p, rows in zip(parts, found[1::2], strict=True)
+            for actor, score in rows
+        )[:max_actors]
+        if not due:
+            return [], waiting
+        common = [k.prefix, now_ms, lease_ms]
+        if self.fused:
+            calls: list[tuple[str, Sequence[Any], Sequence[Any]]] = [
+                ("lane", [], [*common, *[x for _, p, a in due for x in (p, a)]])
+            ]
+        else:
+            by_part: dict[int, list[str]] = {}
+            for _, p, a in due:
+                by_part.setdefault(p, []).append(a)
+            calls = [
+                ("lane", [k.long(p)], [*common, *[x for a in actors for x in (p, a)]])
+                for p, actors in by_part.items()
+            ]
+        results = self._run(calls, "lane")
+        return [a.decode() for got in results for a in got], waiting
+
+    def lane_size(self) -> int:
+        """How many actors the long-work lane holds."""
+        k = self.keys
+        counts = self._pipe("lane", lambda pipe: [pipe.zcard(k.long(p)) for p in self._parts()])
+        return sum(int(n) for n in counts)
+
+    def lane_present(self, ttl_ms: int) -> None:
+        """A long-work worker runs, for ``ttl_ms`` (renewed while it does; 0: it ends)."""
+        k = self.keys
+        if ttl_ms > 0:
+            # The worker a drain started has arrived: the next one may start as soon as this
+            # one ends, not when the start's claim lapses.
+            self._pipe(
+                "lane",
+                lambda pipe: [pipe.set(k.lane_present, 1, px=ttl_ms), pipe.delete(k.lane_launch)],
+            )
+        else:
+            self._call("lane", self.client.delete, k.lane_present)
+
+    def claim_launch(self, ttl_ms: int) -> bool:
+        """True when the caller should start a long-work worker: none runs and none was
+        started within ``ttl_ms`` (this claim then holds for that long)."""
+        k = self.keys
+        [started] = self._run([("launch", [k.lane_present, k.lane_launch], [ttl_ms])], "launch")
+        return bool(int(started))
 
     def reply(self, message_id: str) -> bytes | None:
         """The stored reply record of a message, if any."""
@@ -1149,11 +1227,13 @@ class RedisBackend:
             for n in self._parts():
                 pipe.zcard(k.ready(n))
                 pipe.zcard(k.leases(n))
+                pipe.zcard(k.long(n))
 
         got = self._pipe("stats", counts)
         return {
-            "ready_actors": int(sum(got[0::2])),
-            "leases_held": int(sum(got[1::2])),
+            "ready_actors": int(sum(got[0::3])),
+            "leases_held": int(sum(got[1::3])),
+            "long_lane_actors": int(sum(got[2::3])),
             "mailbox_messages": sum(depths.values()),
             "in_flight_messages": sum(inflight.values()),
             "mailboxes": dict(sorted(depths.items(), key=lambda kv: -kv[1])),

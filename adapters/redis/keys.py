@@ -103,6 +103,18 @@ class Keys:
     def outboxes(self, p: int) -> str:
         return self.part(p, "outboxes")
 
+    def long(self, p: int) -> str:
+        """The long-work lane's actors, each from the ms a long-work worker may take it."""
+        return self.part(p, "long")
+
+    @property
+    def lane_present(self) -> str:
+        return self._g("lane:present")
+
+    @property
+    def lane_launch(self) -> str:
+        return self._g("lane:launch")
+
     def bucket(self, target: str, message_id: str) -> str:
         """The bucket hash of a deferred message to ``target`` (mkey in lib.lua)."""
         return self.bucket_at(self.part_of(target), message_id)
@@ -154,7 +166,7 @@ class Keys:
         keys = [self.actor(actor, n) for n in names] + [self.leases(p), self.ready(p), self.dlq(p)]
         tail = [self.actor(actor, "outbox"), self.outboxes(p)]
         done = [self.actor(actor, "doneold"), self.actor(actor, "donetime")]
-        return [*keys, self.actor(actor, "err"), self.paused(p), *tail, *done]
+        return [*keys, self.actor(actor, "err"), self.paused(p), *tail, *done, self.long(p)]
 
     def poll_keys(self, p: int) -> list[str]:
         return [self.leases(p), self.ready(p), self.paused(p), self.due(p), self.outboxes(p)]

@@ -73,7 +73,13 @@ def test_template_passes_cfn_lint(packaged: Path) -> None:
 
 def test_iam_policies_name_no_wildcard_action_or_resource(template: dict[str, Any]) -> None:
     roles = {k: r for k, r in template["Resources"].items() if r["Type"] == "AWS::IAM::Role"}
-    assert set(roles) == {"DrainRole", "IngressRole", "SchedulerRole"}
+    assert set(roles) == {
+        "DrainRole",
+        "IngressRole",
+        "SchedulerRole",
+        "LongWorkExecutionRole",
+        "LongWorkTaskRole",
+    }
     statements = 0
     for name, role in roles.items():
         for policy in role["Properties"]["Policies"]:
@@ -82,6 +88,11 @@ def test_iam_policies_name_no_wildcard_action_or_resource(template: dict[str, An
                 actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
                 assert all("*" not in a for a in actions), (name, actions)
                 resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+                if actions == ["ecr:GetAuthorizationToken"]:
+                    # The one action AWS grants on "*" only (no resource-level permissions):
+                    # ECS needs it to pull the worker's image.
+                    assert (name, resources) == ("LongWorkExecutionRole", ["*"])
+                    continue
                 for resource in resources:
                     assert resource != "*", (name, st)
                     named = json.dumps(resource).replace(":*", "")  # log streams
@@ -101,6 +112,72 @@ def test_iam_policies_name_no_wildcard_action_or_resource(template: dict[str, An
     assert "sqs:DeleteMessage" not in ingress
     assert "lambda:" not in ingress
     assert "/actors/*" in ingress
+    # The drain starts the long-work task of its own task definition, in its own cluster,
+    # and passes only that task's roles (and the Scheduler's).
+    [run] = [st for st in roles["DrainRole"]["Properties"]["Policies"][0]["PolicyDocument"][
+        "Statement"] if st["Action"] == "ecs:RunTask"]  # fmt: skip
+    assert run["Resource"] == {"Ref": "LongWorkTaskDefinition"}
+    assert run["Condition"] == {
+        "ArnEquals": {"ecs:cluster": {"Fn::GetAtt": ["LongWorkCluster", "Arn"]}}
+    }
+    [passes] = [st for st in roles["DrainRole"]["Properties"]["Policies"][0]["PolicyDocument"][
+        "Statement"] if st["Action"] == "iam:PassRole"]  # fmt: skip
+    assert {r["Fn::GetAtt"][0] for r in passes["Resource"]} == {
+        "SchedulerRole",
+        "LongWorkTaskRole",
+        "LongWorkExecutionRole",
+    }
+    task = json.dumps(roles["LongWorkTaskRole"])
+    assert "/actors/*" in task
+    assert "sqs:ReceiveMessage" not in task
+    assert "ecs:" not in task
+    assert "lambda:" not in task
+
+
+def test_long_work_task_and_its_launcher(template: dict[str, Any]) -> None:
+    res = template["Resources"]
+    definition = res["LongWorkTaskDefinition"]["Properties"]
+    assert definition["RequiresCompatibilities"] == ["FARGATE"]
+    [container] = definition["ContainerDefinitions"]
+    assert container["Command"] == ["actor-system", "worker", "--lane", "long"]
+    assert container["HealthCheck"]["Command"] == ["CMD", "actor-system", "worker", "--check"]
+    env = {e["Name"]: e["Value"] for e in container["Environment"]}
+    assert env["ACTOR_SYSTEM_APP"] == "deploy.drain:ACTORS"
+    logs = container["LogConfiguration"]["Options"]
+    assert logs["awslogs-group"] == {"Ref": "LongWorkLogGroup"}
+    assert res["LongWorkLogGroup"]["Properties"]["RetentionInDays"] == 14
+    variables = res["DrainLambdaFunction"]["Properties"]["Environment"]["Variables"]
+    # On once the task's subnets are given (a CloudFormation condition on that parameter).
+    assert variables["ACTOR_SYSTEM_LONG_AFTER"] == {"Fn::If": ["HasWorkerSubnets", "2", "0"]}
+    lane = json.dumps(variables["ACTOR_SYSTEM_LONG_LANE_URL"])
+    assert '"ecs://", {"Ref": "LongWorkCluster"}, "/", {"Ref": "LongWorkTaskDefinition"}' in lane
+    assert template["Conditions"]["HasWorkerSubnets"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "WorkerSubnets"}, ""]}]
+    }
+
+
+def test_the_local_stage_has_plain_values_and_no_authorizer(tmp_path: Path) -> None:
+    """``--stage local`` (serverless-offline) replaces every CloudFormation reference in
+    the functions' environment and drops the IAM authorizer, which the emulator refuses."""
+    if shutil.which("npx") is None or not (ROOT / "node_modules" / "osls").exists():
+        pytest.skip("run `npm ci` first")
+    out = tmp_path / "local"
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "fake", "AWS_SECRET_ACCESS_KEY": "fake"}
+    env["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9"
+    done = subprocess.run(
+        ["npx", "osls", "package", "--stage", "local", "--package", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    template = json.loads((out / "cloudformation-template-update-stack.json").read_text())
+    res = template["Resources"]
+    for function in ("DrainLambdaFunction", "IngressLambdaFunction"):
+        variables = res[function]["Properties"]["Environment"]["Variables"]
+        assert all(isinstance(v, str) for v in variables.values()), variables
+        assert variables["ACTOR_SYSTEM_WAKER_URL"] == ""
+        assert variables["ACTOR_SYSTEM_LONG_LANE_URL"] == ""
+    route = res["HttpApiRoutePostActorsTypeVarIdVarMessages"]["Properties"]
+    assert "AuthorizationType" not in route
 
 
 def test_drain_function_triggers_and_resources(template: dict[str, Any]) -> None:

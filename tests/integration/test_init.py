@@ -8,15 +8,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from actor_system import scaffold
+from tests.conftest import free_port
 from tests.integration.test_deploy import lambda_runtime_dir
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "actor_system.cli"]
@@ -52,6 +58,8 @@ def test_init_writes_the_project(project: Path) -> None:
         "requirements-dev.txt",
         "README.md",
         ".gitignore",
+        "Dockerfile",
+        ".dockerignore",
         "wheels/actor_system-0.1.0-py3-none-any.whl",
     } <= files
     texts = [f for f in files if not f.endswith(".whl")]
@@ -64,6 +72,12 @@ def test_init_writes_the_project(project: Path) -> None:
     assert "    - my_shop/**\n" in yml
     assert "examples" not in yml
     assert "deploy/" not in yml
+    assert "Value: my_shop.actors:ACTORS" in yml  # the long-work worker's actor types
+    docker = (project / "Dockerfile").read_text()
+    assert docker.startswith("# The long-work worker")
+    assert "FROM python:3.12-slim" in docker
+    assert "COPY my_shop/ my_shop/" in docker
+    assert 'CMD ["actor-system", "worker", "--lane", "long"]' in docker
     package = json.loads((project / "package.json").read_text())
     lock = json.loads((project / "package-lock.json").read_text())
     assert package["name"] == lock["name"] == lock["packages"][""]["name"] == "my-shop"
@@ -214,3 +228,74 @@ def test_the_packaged_handler_runs_an_invocation(
     assert result.get("messages") == 1, result
     state = run(*send, "state", "counter", "c1", env=env)
     assert json.loads(state)["count"] == 5
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_local_stage_runs_under_serverless_offline(
+    project: Path, redis_url: str, tmp_path: Path
+) -> None:
+    """``npx osls offline --stage local`` in the new project, against a local redis-server:
+    a POST to the ingress is answered 202 and the message is committed; with
+    ``?wait=commit`` the answer waits for the commit; a bad payload gets a 400."""
+    if not (ROOT / "node_modules" / "serverless-offline").exists():
+        if os.environ.get("CI"):
+            pytest.fail("serverless-offline is missing; .ci/run installs it with npm ci")
+        pytest.skip("run `npm ci` first")
+    work = tmp_path / "my-shop"
+    shutil.copytree(project, work)
+    (work / "node_modules").symlink_to(ROOT / "node_modules")
+    http, lam = free_port(), free_port()
+    # serverless-offline runs `python3` from PATH ($VIRTUAL_ENV/bin first): this interpreter.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    if sys.prefix != sys.base_prefix:
+        env["VIRTUAL_ENV"] = sys.prefix
+    env.update(AWS_ACCESS_KEY_ID="fake", AWS_SECRET_ACCESS_KEY="fake")
+    command = ["npx", "osls", "offline", "--stage", "local", f"--param=redisUrl={redis_url}"]
+    command += ["--httpPort", str(http), "--lambdaPort", str(lam)]
+    log = tmp_path / "offline.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            command, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_until(lambda: port_open(http), timeout_s=120, what="serverless-offline listening")
+        base = f"http://127.0.0.1:{http}/actors/counter/c1/messages"
+        status, body = post(base, {"type": "Add", "payload": {"n": 2}})
+        assert status == 202, (body, log.read_text())
+        assert len(json.loads(body)["id"]) == 32
+        status, body = post(f"{base}?wait=commit", {"type": "Add", "payload": {"n": 3}})
+        assert status == 200, (body, log.read_text())
+        status, body = post(base, {"type": "Add", "payload": {"n": "x"}})
+        assert status == 400, body
+        assert "invalid Add payload: n:" in body
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    env["PYTHONPATH"] = str(work)
+    app = ["--url", redis_url, "--app", "my_shop.actors:ACTORS"]
+    state = run(*CLI, *app, "state", "counter", "c1", env=env)
+    assert json.loads(state)["count"] == 5
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def post(url: str, body: dict[str, object]) -> tuple[int, str]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()

@@ -626,7 +626,7 @@ def test_a_lambda_drain_at_rest_arms_a_wake_that_recovers_a_dead_callers_message
     # A drain runs meanwhile (woken for other work, or the sweep): nothing is ready.
     handler = make_handler(system, LambdaOptions(waker=waker, continuation=waker))
     result = handler({"actor_system": "wake"}, LambdaContext(time.time() + 3, "req", "drain"))
-    assert result == {"turns": 0, "messages": 0, "dead_letters": 0, "interrupted": 0}
+    assert result == {"turns": 0, "messages": 0, "dead_letters": 0, "interrupted": 0, "moved": 0}
     assert [due for due, _ in waker.at] == [expiry_ms]
     assert (waker.now, waker.continued) == (0, [])
     assert awake_exists(system) == 0

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from actor_system import ActorSystem, ManualClock
+import logging
+import sys
+
+import pytest
+
+from actor_system import ActorSystem, ConfigError, ManualClock
 from actor_system.aws_lambda import LambdaOptions, classify, make_handler
 from tests.actors import Add, counter
 
@@ -80,3 +85,25 @@ def test_works_under_powertools_logger_and_context(capsys) -> None:
         if line.startswith("{") and "function_request_id" in line
     ]
     assert logged[0]["function_request_id"] == "req-7"
+
+
+def test_without_boto3_an_assumed_self_invoke_is_dropped_and_a_configured_one_is_refused(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An emulator (serverless-offline) runs the function without boto3: the continuation
+    the handler only assumes (a self-invoke, from AWS_LAMBDA_FUNCTION_NAME) is left out,
+    and work left waits for the sweep; a waker or launcher the environment names still
+    needs boto3 and says so."""
+    monkeypatch.setitem(sys.modules, "boto3", None)  # import boto3 raises ImportError
+    env = {"AWS_LAMBDA_FUNCTION_NAME": "drain"}
+    with caplog.at_level(logging.WARNING, logger="actor_system"):
+        options = LambdaOptions.from_env(env, margin_s=0.25, max_chain=10)
+    assert options.continuation is None
+    assert "no continuation" in caplog.text
+    assert "needs boto3" in caplog.text
+    for name, url in (
+        ("ACTOR_SYSTEM_WAKER_URL", "sqs://wake"),
+        ("ACTOR_SYSTEM_LONG_LANE_URL", "ecs://c/t?subnets=s"),
+    ):
+        with pytest.raises(ConfigError, match="needs boto3"):
+            LambdaOptions.from_env({**env, name: url}, margin_s=0.25, max_chain=10)

@@ -5,6 +5,7 @@
 -- KEYS[13] P:{A}:doneold
 -- (P:{A}: the actor's keys, P: its partition's, both under the partition's tag: lib.lua)
 -- ARGV[1] token  ARGV[2] lease ms  ARGV[3] now ms  ARGV[4] batch  ARGV[5] actor key
+-- ARGV[6] 'l' for a long-work worker: it takes an actor resting in the long-work lane
 -- Returns 0 when the lease is held by someone else, else
 -- {fence, state or '', version, recovered, duplicates, n outbox, outbox record..., n entries,
 -- entry..., then for each entry that failed before: its position (from 1), its attempts,
@@ -59,7 +60,11 @@ if expiry > now then
 end
 -- Popped before the commit that made it rest (a retry's backoff): not before that time.
 local rest = redis.call('ZSCORE', KEYS[10], ARGV[5])
-if rest then
+if rest and tonumber(rest) >= LANE_MS then
+  if ARGV[6] ~= 'l' then
+    return 0  -- in the long-work lane: not for this drain
+  end
+elseif rest then
   if tonumber(rest) > now then
     return 0
   end

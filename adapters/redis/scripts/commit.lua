@@ -3,6 +3,7 @@
 -- KEYS[5] P:{A}:att  KEYS[6] P:{A}:done  KEYS[7] P:leases  KEYS[8] P:ready  KEYS[9] P:dlq
 -- KEYS[10] P:{A}:err (first error of a message still being retried)  KEYS[11] P:paused
 -- KEYS[12] P:{A}:outbox  KEYS[13] P:outboxes  KEYS[14] P:{A}:doneold  KEYS[15] P:{A}:donetime
+-- KEYS[16] P:long (the long-work lane)
 -- (P: the actor's partition)
 -- ARGV[1] prefix  ARGV[2] inline signals  ARGV[3] token  ARGV[4] actor key  ARGV[5] now ms
 -- ARGV[6] state bytes ('' = unchanged)  ARGV[7] fence  ARGV[8] dedup window ms
@@ -24,7 +25,10 @@
 --   (0: none; a retry's backoff); then the replies' lifetime ms and n replies, each 2 args:
 --   message id, reply record (kept under P:reply:<id>; the first reply of an id stays);
 --   then '1' if the actor ends (ctx.delete: its state, dedup set, attempts and errors go) or
---   '0', and the ms after which an idle actor's keys expire together (0: never)
+--   '0', and the ms after which an idle actor's keys expire together (0: never); then the
+--   lane: '' (the actor's lane is left as it is), 'l' (it goes to, or stays in, the long-work
+--   lane: only long-work workers take it, from the retry time if any) or 'e' (a long-work
+--   worker's commit: the actor goes back to the ordinary lane once its mailbox is empty)
 -- Keys of an idle actor go away: the done sets expire a dedup window after the last commit,
 -- the lease 5 s after the commit (its receipt), att/err/mb/inflight when empty, the fence
 -- with its lease (begin.lua), the state as above. Only state that differs from the defaults
@@ -164,6 +168,7 @@ local reply_ms = ARGV[r]
 local n_replies = tonumber(ARGV[r + 1])
 local ends = ARGV[r + 2 + 2 * n_replies] == '1'
 local idle_ms = tonumber(ARGV[r + 3 + 2 * n_replies])
+local lane = ARGV[r + 4 + 2 * n_replies] or ''
 for j = 1, n_replies do
   -- A list of one, so that an asker can block on it (BLMOVE to itself) and a later reader
   -- still finds it.
@@ -203,7 +208,17 @@ end
 redis.call('HSET', KEYS[1], 'e', 0, 'c', version)
 redis.call('PEXPIRE', KEYS[1], 5000)
 redis.call('ZREM', KEYS[7], actor)
-if pause > now then
+if lane == 'e' and redis.call('LLEN', KEYS[2]) == 0 then
+  -- Its long work is done: what arrives next is for any drain.
+  redis.call('ZREM', KEYS[16], actor)
+  redis.call('ZREM', KEYS[11], actor)
+elseif lane ~= '' then
+  -- The long-work lane: no ordinary drain takes it (it rests for good); long-work workers
+  -- take it from the retry time, if any.
+  redis.call('ZADD', KEYS[16], pause > now and pause or now, actor)
+  redis.call('ZADD', KEYS[11], LANE_MS, actor)
+  redis.call('ZREM', KEYS[8], actor)
+elseif pause > now then
   -- A retry with backoff keeps the actor's order: the actor rests (is not taken, whatever
   -- arrives) until the retry time; poll makes it ready then.
   redis.call('ZADD', KEYS[11], pause, actor)

@@ -6,7 +6,11 @@
 --                              message that came due: timely below)
 --   P:{pn}:leases        zset  A -> lease expiry ms, from the moment poll pops A (so an
 --                              actor popped by a drainer that then dies is recovered)
---   P:{pn}:paused        zset  A -> ms until which it rests: a retry's backoff keeping order
+--   P:{pn}:paused        zset  A -> ms until which it rests: a retry's backoff keeping order;
+--                              LANE_MS for an actor in the long-work lane (no drain of the
+--                              ordinary lane takes it)
+--   P:{pn}:long          zset  A -> ms from which a long-work worker may take it: actors whose
+--                              work does not fit a Lambda invocation (lane.lua)
 --   P:{pn}:dlq           list  msgpack dead-letter records, newest first
 --   P:{pn}:due           zset  id -> due ms of the partition's deferred messages; equal due
 --                              times stay in id order, which is send order for one sender
@@ -49,6 +53,8 @@
 --   P:{g}:poke           str   a send found P:{g}:awake taken: a drain about to rest looks
 --                              again
 --   P:{g}:armed          int   the due time of the timed wake on its way
+--   P:{g}:lane:present   str   a long-work worker runs (renewed while it does)
+--   P:{g}:lane:launch    str   a long-work worker was started and is on its way
 -- On a cluster every script declares every key it touches (poll.lua's lease check and
 -- promotion, which find their keys as they run, are left to a single node; promote.lua does
 -- it on a cluster): a slot being moved to another node holds some keys on each node for a
@@ -58,6 +64,8 @@
 -- applies it to the {g} keys itself (ARGV[2] = '1'), on a cluster it returns it and the
 -- caller applies it with signal.lua once the script has run.
 local unpack = unpack or table.unpack
+-- The rest of an actor in the long-work lane: past any real time (the year 37,000).
+local LANE_MS = 2 ^ 50
 
 -- One command over many arguments, in chunks that Lua's unpack can take; the replies of a
 -- command that answers one value per argument (ZMSCORE, HMGET) are joined in order. A

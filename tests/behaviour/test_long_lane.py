@@ -1,0 +1,192 @@
+"""The long-work lane: work that does not fit a limited budget (a Lambda invocation) goes to
+workers without a time limit, in order, each message applied once; the actor comes back to
+the ordinary lane when its mailbox is empty. On fakeredis, a redis-server and a cluster."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from pydantic import BaseModel, Field
+
+from actor_system import ActorSystem, ActorType, Budget, ConfigError, Context, ManualClock
+
+
+class Log(BaseModel):
+    log: list[str] = Field(default_factory=list)
+
+
+class Note(BaseModel):
+    text: str
+
+
+class Crunch(BaseModel):
+    text: str
+    seconds: float = 0.0
+
+
+FAILS: dict[str, int] = {}
+
+
+def lane_types(name: str) -> tuple[ActorType[Log], ActorType[Log]]:
+    """A type whose every message is long work, and one with a single long handler."""
+    heavy = ActorType(f"{name}-heavy", state=Log, long_work=True)
+
+    @heavy.handler
+    def note(ctx: Context[Log], msg: Note) -> None:
+        ctx.state.log.append(msg.text)
+
+    mixed = ActorType(f"{name}-mixed", state=Log)
+
+    @mixed.handler
+    def quick(ctx: Context[Log], msg: Note) -> None:
+        ctx.state.log.append(msg.text)
+
+    @mixed.handler(long_work=True)
+    def crunch(ctx: Context[Log], msg: Crunch) -> None:
+        if FAILS.get(msg.text, 0) > 0:
+            FAILS[msg.text] -= 1
+            raise RuntimeError("flaky")
+        time.sleep(msg.seconds)
+        ctx.state.log.append(f"crunched {msg.text}")
+
+    return heavy, mixed
+
+
+def lambda_round(system: ActorSystem, clock: ManualClock) -> None:
+    """One drain round on a limited budget, as a Lambda invocation runs it."""
+    system.runtime.round(Budget(clock.now() + 60, clock=clock))
+
+
+def test_a_long_work_type_runs_only_in_the_long_lane(url: str, clock: ManualClock) -> None:
+    heavy, _ = lane_types("t1")
+    system = ActorSystem.from_url(url, actors=[heavy], clock=clock)
+    ref = heavy.ref("a")
+    for text in ("one", "two"):
+        system.send(ref, Note(text=text))
+    lambda_round(system, clock)
+    assert system.state(ref).log == []  # handed over unrun
+    assert system.stats()["long_lane_actors"] == 1
+    assert system.run_until_idle().messages == 0  # an ordinary drain does not take it
+    report = system.run_until_idle(lane="long")
+    assert report.messages == 2
+    assert system.state(ref).log == ["one", "two"]
+    assert system.stats()["long_lane_actors"] == 0
+    system.close()
+
+
+def test_a_long_handler_moves_its_message_and_those_after_it_in_order(
+    url: str, clock: ManualClock
+) -> None:
+    _, mixed = lane_types("t2")
+    system = ActorSystem.from_url(url, actors=[mixed], clock=clock)
+    ref = mixed.ref("m")
+    system.send(ref, Note(text="before"))
+    system.send(ref, Crunch(text="big"))
+    system.send(ref, Note(text="after"))
+    lambda_round(system, clock)
+    assert system.state(ref).log == ["before"]  # what came before the long one committed
+    system.send(ref, Note(text="later"))  # arrives while the actor is in the lane
+    assert system.run_until_idle().messages == 0
+    assert system.state(ref).log == ["before"]
+    assert system.run_until_idle(lane="long").messages == 3
+    assert system.state(ref).log == ["before", "crunched big", "after", "later"]
+    # Back in the ordinary lane: quick messages run in any drain again.
+    system.send(ref, Note(text="quick"))
+    assert system.run_until_idle().messages == 1
+    assert system.stats()["long_lane_actors"] == 0
+    system.close()
+
+
+def test_a_retry_in_the_long_lane_stays_there_until_its_backoff_ends(
+    url: str, clock: ManualClock
+) -> None:
+    _, mixed = lane_types("t3")
+    FAILS["retried"] = 1
+    system = ActorSystem.from_url(url, actors=[mixed], clock=clock)
+    ref = mixed.ref("r")
+    system.send(ref, Crunch(text="retried"))
+    lambda_round(system, clock)
+    report = system.run_until_idle(lane="long")
+    assert report.retries == 1
+    assert system.state(ref).log == []
+    assert system.run_until_idle().messages == 0  # resting in the lane, not ordinary work
+    assert system.run_until_idle(lane="long").messages == 0  # its backoff has not ended
+    clock.advance(10)
+    assert system.run_until_idle().messages == 0
+    assert system.run_until_idle(lane="long").messages == 1
+    assert system.state(ref).log == ["crunched retried"]
+    system.close()
+
+
+def test_a_handler_interrupted_long_after_times_goes_to_the_long_lane(url: str) -> None:
+    """The guard interrupts a handler at the end of a limited budget; at the second
+    interruption the message goes to the lane instead of the dead letters (max_attempts 2),
+    where it runs to its end once."""
+    slow = ActorType("t4-slow", state=Log)
+
+    @slow.handler
+    def crunch(ctx: Context[Log], msg: Crunch) -> None:
+        time.sleep(msg.seconds)
+        ctx.state.log.append(msg.text)
+
+    system = ActorSystem.from_url(url, actors=[slow], long_after=2, max_attempts=2)
+    ref = slow.ref("s")
+    system.send(ref, Crunch(text="big", seconds=1.5))
+    first = system.worker(budget=Budget.seconds(0.4)).run()
+    assert (first.interrupted, first.moved) == (1, 0)
+    second = system.worker(budget=Budget.seconds(0.4)).run()
+    assert (second.interrupted, second.moved) == (1, 1)
+    assert system.dead_letters() == []
+    assert system.stats()["long_lane_actors"] == 1
+    report = system.run_until_idle(lane="long")
+    assert report.messages == 1
+    assert system.state(ref).log == ["big"]
+    system.close()
+
+
+def test_without_long_after_an_interrupted_handler_is_dead_lettered_as_before(url: str) -> None:
+    slow = ActorType("t5-slow", state=Log)
+
+    @slow.handler
+    def crunch(ctx: Context[Log], msg: Crunch) -> None:
+        time.sleep(msg.seconds)
+
+    system = ActorSystem.from_url(url, actors=[slow], max_attempts=2)
+    system.send(slow.ref("s"), Crunch(text="big", seconds=1.5))
+    for _ in range(2):
+        system.worker(budget=Budget.seconds(0.4)).run()
+    [dead] = system.dead_letters()
+    assert "interrupted 2 times" in dead.reason
+    assert system.stats()["long_lane_actors"] == 0
+    system.close()
+
+
+def test_one_launch_for_a_burst_and_none_while_a_worker_runs(url: str) -> None:
+    system = ActorSystem.from_url(url, actors=[])
+    backend = system.backend
+    assert backend.claim_launch(60_000)
+    assert not any(backend.claim_launch(60_000) for _ in range(20))  # the rest of the burst
+    backend.lane_present(5_000)  # the started worker came up
+    assert not backend.claim_launch(60_000)
+    backend.lane_present(0)  # and ended: the next burst starts another at once
+    assert backend.claim_launch(60_000)
+    assert not backend.claim_launch(60_000)
+    system.close()
+
+
+def test_a_long_lane_worker_ends_when_idle_and_says_so(url: str) -> None:
+    heavy, _ = lane_types("t6")
+    system = ActorSystem.from_url(url, actors=[heavy], poll_interval_s=0.05)
+    ref = heavy.ref("w")
+    system.send(ref, Note(text="x"))
+    system.runtime.round(Budget.seconds(30))  # handed over
+    started = time.monotonic()
+    report = system.worker(lane="long", idle_exit_s=0.3).run()
+    assert report.messages == 1
+    assert time.monotonic() - started < 10
+    assert system.state(ref).log == ["x"]
+    assert system.backend.claim_launch(1_000)  # its presence went with it
+    with pytest.raises(ConfigError, match="lane="):
+        system.worker(lane="longer")  # type: ignore[arg-type]
+    system.close()
