@@ -5,6 +5,7 @@ the ordinary lane when its mailbox is empty. On fakeredis, a redis-server and a 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from pydantic import BaseModel, Field
@@ -190,3 +191,19 @@ def test_a_long_lane_worker_ends_when_idle_and_says_so(url: str) -> None:
     with pytest.raises(ConfigError, match="lane="):
         system.worker(lane="longer")  # type: ignore[arg-type]
     system.close()
+
+
+def test_the_lane_on_every_store(make_system: Any, clock: ManualClock) -> None:
+    """State in S3 and deferred messages in SQS or Scheduler move through the lane alike."""
+    _, mixed = lane_types("t7")
+    system = make_system(mixed)
+    ref = mixed.ref("s")
+    system.send(ref, Note(text="before"))
+    system.send(ref, Crunch(text="big"))
+    system.send(ref, Note(text="after"), delay=5)
+    lambda_round(system, clock)
+    assert system.state(ref).log == ["before"]
+    clock.advance(6)
+    assert system.run_until_idle().messages == 0  # the deferred one waits behind it
+    assert system.run_until_idle(lane="long").messages == 2
+    assert system.state(ref).log == ["before", "crunched big", "after"]
