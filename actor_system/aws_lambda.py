@@ -275,9 +275,14 @@ def _handle(
             return failures
         raise
     drained_at = time.monotonic()
+    # A long-work worker is started when this drain handed work over, or a sweep or a
+    # continuation finds the lane holding some. A drain that handed work over at the end of
+    # its time (an interrupted handler) leaves the start to a continuation, which has time.
+    launch = options.launcher is not None and bool(report.moved or kind == "schedule" or depth)
+    launch_later = launch and report.moved > 0 and budget.remaining_s() < LAUNCH_S
     try:
-        _hand_over(system, options, worker, depth, budget, could_drain)
-        if options.launcher is not None and (report.moved or kind == "schedule"):
+        _hand_over(system, options, worker, depth, budget, could_drain, launch_later)
+        if launch and not launch_later and options.launcher is not None:
             _launch(system, options.launcher, report.moved)
     except ActorSystemError as e:
         # The drained work is committed; only the next start is in doubt. SQS redelivers
@@ -314,6 +319,9 @@ def _handle(
 # How long a started long-work worker has to come up and mark itself present before
 # another is started (a Fargate task starts in well under a minute).
 LAUNCH_MS = 180_000
+# The time a start needs at the end of an invocation: RunTask on the quick client (a 1 s
+# connect, a 3 s read, tried twice); with less, a continuation starts the worker.
+LAUNCH_S = 8.0
 
 
 def _launch(system: ActorSystem, launcher: Launcher, moved: int) -> None:
@@ -374,6 +382,7 @@ def _hand_over(
     depth: int,
     budget: Budget,
     could_drain: bool,
+    launch_later: bool = False,
 ) -> None:
     backend = system.backend
     now_ms = int(system.clock.now() * 1000)
@@ -385,8 +394,9 @@ def _hand_over(
             budget.margin_s,
         )
         return
-    if not worker.idle_at_exit:
-        # The budget ended with work possibly left: continue in a fresh invocation.
+    if not worker.idle_at_exit or launch_later:
+        # The budget ended with work possibly left (or a long-work worker to start): continue
+        # in a fresh invocation.
         if depth + 1 > options.max_chain:
             log.error(
                 "continuation chain depth %d reached max_chain=%d; remaining work waits "

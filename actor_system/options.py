@@ -74,6 +74,11 @@ class Options:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
                 raise ConfigError(f"option {name}={value!r} must be a number >= 0")
+        if self.long_after > self.max_attempts:
+            raise ConfigError(
+                f"option long_after={self.long_after!r} must be at most "
+                f"max_attempts={self.max_attempts!r}: the message would be dead-lettered first"
+            )
         if self.partitions > 16384 or self.partitions & (self.partitions - 1):
             raise ConfigError(
                 f"option partitions={self.partitions!r} must be a power of two up to 16384"

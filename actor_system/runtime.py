@@ -12,11 +12,13 @@ import inspect
 import logging
 import math
 import random
+import threading
 import time
 import traceback
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
@@ -63,7 +65,7 @@ from actor_system.ports import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
+    from collections.abc import Coroutine, Iterator
     from datetime import datetime, timedelta
     from types import EllipsisType
 
@@ -73,6 +75,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("actor_system")
 
 _GROUP_COMMIT_S = 0.02
+# How long a long-work worker counts as running after it last said so (P:{g}:lane:present):
+# no other is started meanwhile. Renewed every round and, during a long handler, by the
+# heartbeat.
+PRESENT_MS = 30_000
 _STATE_WAIT_S = 30  # a state this deploy cannot read, when it waits: retried this often
 
 
@@ -91,11 +97,16 @@ class DrainReport:
     leases_lost: int = 0
     interrupted: int = 0
     moved: int = 0  # actors moved to the long-work lane
+    # Turns of a sender (process=, ask, the ingress) that left long work to a drain.
+    left_long: int = 0
     idle: bool = True
+    lane_waiting: int = 0  # a long-work round: actors in the lane when it polled
 
     def add(self, other: DrainReport) -> None:
         for f in fields(self):
-            if f.name != "idle":
+            if f.name == "lane_waiting":
+                self.lane_waiting = other.lane_waiting
+            elif f.name != "idle":
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
@@ -175,6 +186,7 @@ class _Turn:
     # Stored fields the state model does not declare: every commit writes them back.
     unknown: dict[str, Any] = field(default_factory=dict)
     lane: str = ""  # "l": the actor goes to the long-work lane (Commit.lane)
+    long_round: bool = False  # run by a long-work worker: its presence is kept with the lease
 
 
 class _Interrupted(Exception):
@@ -202,6 +214,51 @@ _BAD_INPUT = (DecodeError, MessageTooLarge, UnknownMessageType, ValidationError)
 _Done = tuple[Commit, DrainReport, TurnMetrics | None]
 
 
+class _Heartbeat:
+    """Renews the lease of the turn whose handler is running, from a thread of its own: a
+    handler may run longer than a lease (long work), and the drain renews it only between
+    handlers. A long-work worker's presence is renewed with it. The thread starts with the
+    first handler and does nothing between handlers (a frozen Lambda environment is frozen
+    between invocations, never inside a handler)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._turn: _Turn | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    @contextmanager
+    def during(self, turn: _Turn) -> Iterator[None]:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="actor-system-heartbeat", daemon=True
+            )
+            self._thread.start()
+        self._turn = turn
+        try:
+            yield
+        finally:
+            self._turn = None
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def _run(self) -> None:
+        rt = self._runtime
+        lease_ms = rt.options.lease_ms
+        while not self._closed.wait(lease_ms / 6000):
+            turn = self._turn
+            if turn is None or (time.monotonic() - turn.leased_at) * 1000 < lease_ms / 3:
+                continue
+            try:
+                if rt.backend.renew(turn.claim.actor, turn.token, lease_ms, rt._now_ms()):
+                    turn.leased_at = time.monotonic()
+                if turn.long_round:
+                    rt.backend.lane_present(PRESENT_MS)
+            except ActorSystemError as e:  # the drain's own renewal or commit will tell
+                log.warning("could not renew the lease of %s: %s", turn.claim.actor, e)
+
+
 class Runtime:
     """Runs rounds of turns against a backend."""
 
@@ -225,17 +282,18 @@ class Runtime:
         self.slowest_commit_s = 0.0  # the longest commit round trip (sizes Lambda's margin)
         self._turn_s = 0.0  # an actor's turn, wall time (moving average): sizes rounds
         self._unfinished: str | None = None  # the token of a round a backend error cut short
-        # "long": this runtime drains the long-work lane (actor-system worker --lane long),
-        # actors whose work does not fit a limited budget; "": the ordinary lane.
-        self.lane = ""
-        self.lane_waiting = 0  # actors in the long-work lane at its last poll
+        self._heartbeat = _Heartbeat(self)
 
     def _now_ms(self) -> int:
         return int(self.clock.now() * 1000)
 
-    def round(self, budget: Budget, awake_ms: int = 0) -> DrainReport:
+    def round(
+        self, budget: Budget, awake_ms: int = 0, lane: Literal["", "long"] = ""
+    ) -> DrainReport:
         """One round: poll for ready actors, run their turns, group-commit them.
-        ``awake_ms``: the poll marks a drain as running for that long (Lambda wakes)."""
+        ``awake_ms``: the poll marks a drain as running for that long (Lambda wakes).
+        ``lane="long"``: the long-work lane's actors instead (actor-system worker --lane
+        long): those whose work does not fit a limited budget."""
         report = DrainReport()
         opts = self.options
         # A round that failed on the backend (a broken connection, twice) is resumed under
@@ -244,8 +302,8 @@ class Runtime:
         token = self._unfinished or uuid.uuid4().hex
         self._unfinished = token
         now_ms = self._now_ms()
-        if self.lane == "long":
-            actors, self.lane_waiting = self.backend.poll_lane(
+        if lane == "long":
+            actors, report.lane_waiting = self.backend.poll_lane(
                 now_ms, opts.actors_per_round, opts.lease_ms
             )
         else:
@@ -255,7 +313,7 @@ class Runtime:
         if actors:
             report.idle = False
             started = time.monotonic()
-            self._turns(actors, budget, report, token=token)
+            self._turns(actors, budget, report, token=token, lane=lane)
             per_actor = (time.monotonic() - started) / len(actors)
             self._turn_s = per_actor if not self._turn_s else 0.8 * self._turn_s + 0.2 * per_actor
         self._unfinished = None
@@ -292,7 +350,13 @@ class Runtime:
             turn = DrainReport()
             claimed = self._turns([actor], budget, turn, committed, in_caller=True)
             report.add(turn)
-            if turn.lease_conflicts or turn.leases_lost or turn.interrupted or not committed:
+            if (
+                turn.lease_conflicts
+                or turn.leases_lost
+                or turn.interrupted
+                or turn.left_long
+                or not committed
+            ):
                 break  # held elsewhere (that holder goes on), or out of time
             last = committed[-1]
             waiting.difference_update(
@@ -314,13 +378,15 @@ class Runtime:
         committed: list[Commit] | None = None,
         in_caller: bool = False,
         token: str = "",
+        lane: str = "",
     ) -> int:
         """Begin, run and commit the turns of ``actors``; returns how many messages were
         claimed. ``committed`` collects the commits that were written. ``token``: the lease
-        token (the round's, which its poll remembered), a fresh one if not given."""
+        token (the round's, which its poll remembered), a fresh one if not given. ``lane``:
+        "long" for a long-work round."""
         token = token or uuid.uuid4().hex
         claims = self.backend.begin(
-            actors, token, self.options.lease_ms, self.options.batch, self._now_ms(), self.lane
+            actors, token, self.options.lease_ms, self.options.batch, self._now_ms(), lane
         )
         claimed = sum(len(c.entries) for c in claims if c is not None)
         leased_at = time.monotonic()
@@ -336,7 +402,7 @@ class Runtime:
                 pending.append((self._abandon(claim, token), DrainReport(), None))
                 continue
             try:
-                pending.append(self._turn(claim, token, leased_at, budget, in_caller))
+                pending.append(self._turn(claim, token, leased_at, budget, in_caller, lane))
             except LeaseLost as e:
                 report.leases_lost += 1
                 log.warning("%s; its batch will be redelivered", e)
@@ -346,18 +412,22 @@ class Runtime:
                 pending.append(self._broken(claim, token, e))
             # Group commit: fast turns share one round trip, slow ones are not held back.
             if time.monotonic() - flushed_at > _GROUP_COMMIT_S:
-                self._flush(pending, report, committed)
+                self._flush(pending, report, committed, lane)
                 flushed_at = time.monotonic()
-        self._flush(pending, report, committed)
+        self._flush(pending, report, committed, lane)
         return claimed
 
     def _flush(
-        self, pending: list[_Done], report: DrainReport, committed: list[Commit] | None
+        self,
+        pending: list[_Done],
+        report: DrainReport,
+        committed: list[Commit] | None,
+        lane: str = "",
     ) -> None:
         if not pending:
             return
         started = time.monotonic()
-        if self.lane == "long":
+        if lane == "long":
             for c, _, _ in pending:
                 c.lane = "e"  # back to the ordinary lane once its mailbox is empty
         results = self.backend.commit([c for c, _, _ in pending], self._now_ms())
@@ -519,7 +589,13 @@ class Runtime:
         return self._bare(claim, token, actions), report, None
 
     def _turn(
-        self, claim: Claim, token: str, leased_at: float, budget: Budget, in_caller: bool = False
+        self,
+        claim: Claim,
+        token: str,
+        leased_at: float,
+        budget: Budget,
+        in_caller: bool = False,
+        lane: str = "",
     ) -> _Done:
         try:
             ref = ActorRef.from_key(claim.actor)
@@ -538,13 +614,17 @@ class Runtime:
         except ActorSystemError as e:
             return self._unloadable(claim, token, e)
         if actor.long_work and budget.limited and claim.entries:
-            # Long work: a worker without a time limit takes the actor and its messages.
-            commit = replace(self._bare(claim, token, [KEEP] * len(claim.entries)), lane="l")
-            return commit, DrainReport(moved=1), None
+            # Long work: a worker without a time limit takes the actor and its messages. A
+            # sender's turn leaves that to the drain it wakes, which starts such a worker.
+            keep = self._bare(claim, token, [KEEP] * len(claim.entries))
+            if in_caller:
+                return keep, DrainReport(left_long=1), None
+            return replace(keep, lane="l"), DrainReport(moved=1), None
         started = time.monotonic()
         turn = _Turn(claim, ref, actor, self.clock.now(), token, leased_at, budget)
         turn.unknown = loaded.unknown
         turn.in_caller = in_caller
+        turn.long_round = lane == "long"
         turn.report.turns = 1
         outbox = Outbox(self.registry, turn.now_s)
         turn.trace = self.registry.tracing.turn(claim.actor, ref.type, claim.entries)
@@ -596,10 +676,14 @@ class Runtime:
                 return None
             if turn.budget.limited and turn.actor.is_long_work(env.type):
                 # A handler marked for long work: this message and those after it go to the
-                # long-work lane, in order; what ran before it is committed.
+                # long-work lane, in order; what ran before it is committed. A sender's turn
+                # leaves the move to the drain it wakes, which starts a worker for it.
                 turn.actions.extend([KEEP] * (len(turn.claim.entries) - index))
-                turn.lane = "l"
-                turn.report.moved = 1
+                if turn.in_caller:
+                    turn.report.left_long = 1
+                else:
+                    turn.lane = "l"
+                    turn.report.moved = 1
                 return None
             seen.add(env.id)
             self._keep_lease(turn)
@@ -611,11 +695,13 @@ class Runtime:
             error: BaseException | None = None
             started = time.monotonic()
             try:
-                if self._is_async(fn):
-                    result = self._call_async(fn, ctx, msg, turn.budget.handler_time_s(), limit_s)
-                else:
-                    with timeout_guard(turn.budget.handler_time_s(), limit_s):
-                        result = self._call(fn, ctx, msg)
+                with self._heartbeat.during(turn):
+                    if self._is_async(fn):
+                        time_s = turn.budget.handler_time_s()
+                        result = self._call_async(fn, ctx, msg, time_s, limit_s)
+                    else:
+                        with timeout_guard(turn.budget.handler_time_s(), limit_s):
+                            result = self._call(fn, ctx, msg)
                 state = self._state_after(turn.actor, ctx)
                 saved = stored_state.encode(turn.actor, state, turn.unknown)
                 reply = self._reply(turn, env, result, outbox)
@@ -801,7 +887,8 @@ class Runtime:
         return self._loop
 
     def close(self) -> None:
-        """Close the event loop of async handlers, if one was made."""
+        """Close the event loop of async handlers, if one was made, and stop renewing."""
+        self._heartbeat.close()
         if self._loop is not None and not self._loop.is_closed():
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()

@@ -31,8 +31,15 @@ TEMPLATE = Path(__file__).resolve().parent / "project"
 DISTRIBUTION = "actor-system"
 
 _SERVICE = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,39}$")
-# Module names that would hide a package the project needs.
-_TAKEN = {"actor_system", "tests", "wheels", "node_modules", *sys.stdlib_module_names}
+# Module names that would hide a package the project needs: the standard library's, this
+# library's and its dependencies' (and boto3's, on Lambda), and the project's own folders.
+_TAKEN = {
+    *sys.stdlib_module_names,
+    *("actor_system", "redis", "msgpack", "pydantic", "pydantic_core", "click", "fakeredis"),
+    *("lupa", "sortedcontainers", "annotated_types", "typing_extensions", "typing_inspection"),
+    *("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "pytest"),
+    *("tests", "wheels", "node_modules"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +120,23 @@ def init(directory: Path, *, module: str | None = None, service: str | None = No
     module = module or module_name(directory)
     service = service or module.replace("_", "-")
     check_names(module, service)
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write(directory, module, service)
+    except BaseException:
+        # Nothing half-written stays behind: the folder may be given to init again.
+        for path in sorted(directory.rglob("*"), reverse=True):
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+            else:
+                path.unlink()
+        if created:
+            directory.rmdir()
+        raise
+
+
+def _write(directory: Path, module: str, service: str) -> Project:
     wheel = build_wheel(directory / "wheels")
     handler = f"{module}/handler.handler"
     app = f"{module}.actors:ACTORS"

@@ -409,9 +409,11 @@ class ActorSystem:
         lease_ms = self.options.lease_ms
         while True:
             token = uuid.uuid4().hex
-            [claim] = self.backend.begin([ref.key], token, lease_ms, 0, self._now_ms())
+            # lane "long": an actor resting in the long-work lane is taken too, and leaves
+            # the lane unless messages wait behind the ending.
+            [claim] = self.backend.begin([ref.key], token, lease_ms, 0, self._now_ms(), "long")
             if claim is not None:
-                end = Commit(ref.key, token, claim.fence, None, [], delete=True)
+                end = Commit(ref.key, token, claim.fence, None, [], delete=True, lane="e")
                 if self.backend.commit([end], self._now_ms())[0] is not None:
                     return claim.state is not None
             if time.monotonic() >= deadline:
@@ -496,15 +498,11 @@ class ActorSystem:
         """
         report = DrainReport()
         budget = Budget.unlimited(self.clock)
-        before, self.runtime.lane = self.runtime.lane, lane
-        try:
-            for _ in range(max_rounds):
-                done = self.runtime.round(budget)
-                report.add(done)
-                if done.idle:
-                    return report
-        finally:
-            self.runtime.lane = before
+        for _ in range(max_rounds):
+            done = self.runtime.round(budget, lane=lane)
+            report.add(done)
+            if done.idle:
+                return report
         report.idle = False
         return report
 
@@ -520,8 +518,7 @@ class ActorSystem:
         empty ``idle_exit_s`` (None: never)."""
         if lane not in ("", "long"):
             raise ConfigError(f"lane={lane!r}: '' (the ordinary lane) or 'long'")
-        self.runtime.lane = lane
-        return Worker(self.runtime, budget=budget, idle_exit_s=idle_exit_s)
+        return Worker(self.runtime, budget=budget, lane=lane, idle_exit_s=idle_exit_s)
 
     def lambda_handler(
         self,

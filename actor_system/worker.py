@@ -7,11 +7,11 @@ import math
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from actor_system.budget import Budget
 from actor_system.errors import BackendError, ConfigError
-from actor_system.runtime import DrainReport, Runtime
+from actor_system.runtime import PRESENT_MS, DrainReport, Runtime
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -22,9 +22,6 @@ _MAX_BACKOFF_S = 5.0
 # How long one poll marks a drain as running (P:awake): senders with a waker start no drain
 # meanwhile. Polls come at least every poll_interval_s, or after each round of turns.
 AWAKE_MS = 30_000
-# How long a long-work worker counts as running after its last round (P:{g}:lane:present):
-# no other is started meanwhile.
-PRESENT_MS = 30_000
 
 
 class Worker:
@@ -41,12 +38,14 @@ class Worker:
         *,
         budget: Budget | None = None,
         exit_when_idle: bool = False,
+        lane: Literal["", "long"] = "",
         idle_exit_s: float | None = None,
     ) -> None:
         self.runtime = runtime
         self.exit_when_idle = exit_when_idle
-        # A long-work worker (runtime.lane "long") ends once the lane has stayed empty this
-        # long (None: never).
+        # "long": it drains the long-work lane only, and ends once the lane has held no
+        # actor for idle_exit_s (None: never).
+        self.lane = lane
         self.idle_exit_s = idle_exit_s
         self.idle_at_exit = False  # True when it stopped because nothing was left to do soon
         self.budget = budget or Budget.unlimited(runtime.clock)
@@ -74,7 +73,7 @@ class Worker:
         finally:
             for sig, handler in restore.items():
                 signal.signal(sig, handler)
-            if self.runtime.lane == "long":
+            if self.lane == "long":
                 self._present(0)
         return self.report
 
@@ -82,20 +81,25 @@ class Worker:
         """One round of a long-work worker; it stops once the lane has held no actor for
         ``idle_exit_s``. Returns since when the lane has been empty."""
         self._present(PRESENT_MS)
-        done = self.runtime.round(self.budget)
+        done = self.runtime.round(self.budget, lane="long")
         self.report.add(done)
         self.idle_at_exit = done.idle
-        if not done.idle or self.runtime.lane_waiting:
+        if not done.idle or done.lane_waiting:
             # Work, or actors in the lane it cannot take yet: a retry's backoff, or reserved
             # to a worker that may have died (their lease then ends).
             idle_since = time.monotonic()
         if not done.idle:
             return idle_since
         if self.idle_exit_s is not None and time.monotonic() - idle_since >= self.idle_exit_s:
-            log.info("the long-work lane stayed empty %.0f s: stopping", self.idle_exit_s)
-            self._stop.set()
-        else:
-            self._stop.wait(self.runtime.options.poll_interval_s)
+            # No longer present first, then a last look: work handed over meanwhile either
+            # is seen here or finds no worker present, and its drain starts one.
+            self._present(0)
+            if self.runtime.backend.lane_size() == 0:
+                log.info("the long-work lane stayed empty %.0f s: stopping", self.idle_exit_s)
+                self._stop.set()
+                return idle_since
+            return time.monotonic()
+        self._stop.wait(self.runtime.options.poll_interval_s)
         return idle_since
 
     def _present(self, ttl_ms: int) -> None:
@@ -107,7 +111,7 @@ class Worker:
 
     def _loop(self) -> None:
         backoff_s = 0.1
-        long_lane = self.runtime.lane == "long"
+        long_lane = self.lane == "long"
         idle_since = time.monotonic()
         while not self._stop.is_set() and self.budget.can_start_turn():
             try:

@@ -406,9 +406,9 @@ class CompositeBackend:
                 else:
                     log.error("S3 commit of %s failed, batch abandoned: %s", c.actor, put)
                 lost.add(i)
-                final.append(
-                    self._redis_commit(c, None, [KEEP] * len(c.actions), [], [], replies=[])
-                )
+                # Given back whole: nor does the actor move to the long-work lane.
+                give_back = self._redis_commit(c, None, [KEEP] * len(c.actions), [], [], replies=[])
+                final.append(replace(give_back, lane=""))
                 continue
             final.append(c)
         results = self.redis.commit(final, now_ms)
@@ -432,7 +432,7 @@ class CompositeBackend:
         if turn is None:  # begin did not see this turn: write nothing, give it back
             log.error("commit of %s without its S3 read; batch abandoned", c.actor)
             keep: list[Outcome] = [KEEP] * len(c.actions)
-            nothing = self._redis_commit(c, None, keep, [], [], replies=[])
+            nothing = replace(self._redis_commit(c, None, keep, [], [], replies=[]), lane="")
             return nothing, _S3Turn(None, False, [], missing=True), None
         actions = iter(c.actions)
         full = [DONE if pos in turn.skipped else next(actions) for pos in range(len(turn.entries))]

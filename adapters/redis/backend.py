@@ -62,6 +62,9 @@ _SCRIPTS = (
 )
 # Scripts whose answer starts with their signals (lib.lua): applied by the script itself on
 # a single node, returned for signal.lua on a cluster.
+# The rest of an actor in the long-work lane (lib.lua): past any real time.
+LANE_MS = 2**50
+
 _SIGNALLING = frozenset({"push", "poll", "commit", "land", "redrive", "promote"})
 _PUSH_CHUNK = 500  # messages per push script call, to bound one script's run time
 # Due messages moved per poll, split over the partitions that have some due: Redis runs a
@@ -1167,7 +1170,8 @@ class RedisBackend:
         def build(pipe: Any) -> None:
             for n in self._parts():
                 pipe.zrange(k.due(n), 0, 0, withscores=True)
-                pipe.zrange(k.paused(n), 0, 0, withscores=True)
+                # Not an actor resting in the long-work lane (LANE_MS): nothing comes due.
+                pipe.zrangebyscore(k.paused(n), "-inf", f"({LANE_MS}", 0, 1, withscores=True)
 
         firsts = self._pipe("next due", build)
         dues = [int(f[0][1]) for f in firsts if f]

@@ -4,6 +4,7 @@ the ordinary lane when its mailbox is empty. On fakeredis, a redis-server and a 
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from actor_system import ActorSystem, ActorType, Budget, ConfigError, Context, ManualClock
+from actor_system.runtime import DrainReport
 
 
 class Log(BaseModel):
@@ -191,6 +193,8 @@ def test_a_long_lane_worker_ends_when_idle_and_says_so(url: str) -> None:
     with pytest.raises(ConfigError, match="lane="):
         system.worker(lane="longer")  # type: ignore[arg-type]
     system.close()
+    with pytest.raises(ConfigError, match="long_after=6 must be at most max_attempts=5"):
+        ActorSystem.from_url(url, actors=[], long_after=6)
 
 
 def test_the_lane_on_every_store(make_system: Any, clock: ManualClock) -> None:
@@ -207,3 +211,75 @@ def test_the_lane_on_every_store(make_system: Any, clock: ManualClock) -> None:
     assert system.run_until_idle().messages == 0  # the deferred one waits behind it
     assert system.run_until_idle(lane="long").messages == 2
     assert system.state(ref).log == ["before", "crunched big", "after"]
+
+
+def test_nothing_comes_due_for_an_actor_in_the_lane(url: str, clock: ManualClock) -> None:
+    """Its rest in the lane is not a due time: no wake is armed for it, stats read."""
+    heavy, _ = lane_types("t8")
+    system = ActorSystem.from_url(url, actors=[heavy], clock=clock)
+    system.send(heavy.ref("d"), Note(text="x"))
+    lambda_round(system, clock)
+    assert system.stats()["long_lane_actors"] == 1
+    assert system.backend.next_due_ms() is None
+    assert system.stats()["next_due_ms"] is None
+    system.close()
+
+
+def test_delete_ends_an_actor_resting_in_the_lane(url: str, clock: ManualClock) -> None:
+    _, mixed = lane_types("t9")
+    system = ActorSystem.from_url(url, actors=[mixed], clock=clock)
+    ref = mixed.ref("x")
+    system.send(ref, Note(text="kept"))
+    system.run_until_idle()
+    system.send(ref, Crunch(text="big"))
+    lambda_round(system, clock)
+    assert system.stats()["long_lane_actors"] == 1
+    assert system.delete(ref, timeout=2)  # not "busy" for good
+    # The long message waits behind the ending, in the lane, and starts the actor anew.
+    assert system.run_until_idle(lane="long").messages == 1
+    assert system.state(ref).log == ["crunched big"]
+    assert system.stats()["long_lane_actors"] == 0
+    system.close()
+
+
+def test_a_senders_turn_leaves_long_work_to_a_drain(url: str, clock: ManualClock) -> None:
+    """send(process=...) runs the turn in the caller on a short budget: it leaves the long
+    message where it is, for a drain, which moves it (and starts a worker for it)."""
+    _, mixed = lane_types("t10")
+    system = ActorSystem.from_url(url, actors=[mixed], clock=clock)
+    ref = mixed.ref("p")
+    system.send(ref, Note(text="first"), process=True)
+    system.send(ref, Crunch(text="big"), process=True)
+    assert system.state(ref).log == ["first"]
+    assert system.stats()["long_lane_actors"] == 0  # not moved by the sender
+    assert system.stats()["ready_actors"] == 1  # ready for a drain
+    lambda_round(system, clock)
+    assert system.stats()["long_lane_actors"] == 1
+    system.close()
+
+
+def test_a_handler_longer_than_the_lease_keeps_it(redis_url: str) -> None:
+    """The heartbeat renews the lease while a long handler runs: a second long-work worker
+    meanwhile meets a held lease, and the message is applied once."""
+    _, mixed = lane_types("t11")
+    first = ActorSystem.from_url(redis_url, actors=[mixed], lease_ms=600)
+    second = ActorSystem.from_url(redis_url, actors=[mixed], lease_ms=600)
+    ref = mixed.ref("h")
+    first.send(ref, Crunch(text="slow", seconds=2.0))
+    first.runtime.round(Budget.seconds(30))  # moved to the lane
+    done: list[DrainReport] = []
+    runner = threading.Thread(target=lambda: done.append(first.run_until_idle(lane="long")))
+    runner.start()
+    time.sleep(0.2)
+    conflicts = 0
+    while runner.is_alive():
+        report = second.run_until_idle(lane="long")
+        assert report.messages == 0
+        conflicts += report.lease_conflicts
+        time.sleep(0.1)
+    runner.join()
+    assert done[0].messages == 1
+    assert conflicts >= 1  # it did try, 3 leases into the handler
+    assert first.state(ref).log == ["crunched slow"]
+    first.close()
+    second.close()

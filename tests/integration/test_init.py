@@ -119,6 +119,7 @@ def test_init_refuses_a_folder_in_use_and_bad_names(project: Path, tmp_path: Pat
     cases = [
         ([str(project)], "exists and is not an empty folder"),
         ([str(tmp_path / "json")], "would hide another one"),
+        ([str(tmp_path / "redis")], "would hide another one"),
         ([str(tmp_path / "x"), "--module", "class"], "not a lower-case Python package name"),
         ([str(tmp_path / "y"), "--service", "9lives"], "not a service name"),
     ]

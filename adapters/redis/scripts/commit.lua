@@ -28,7 +28,8 @@
 --   '0', and the ms after which an idle actor's keys expire together (0: never); then the
 --   lane: '' (the actor's lane is left as it is), 'l' (it goes to, or stays in, the long-work
 --   lane: only long-work workers take it, from the retry time if any) or 'e' (a long-work
---   worker's commit: the actor goes back to the ordinary lane once its mailbox is empty)
+--   worker's commit, or an ending: an actor in the lane goes back to the ordinary lane once
+--   its mailbox is empty; one not in the lane is left as it is)
 -- Keys of an idle actor go away: the done sets expire a dedup window after the last commit,
 -- the lease 5 s after the commit (its receipt), att/err/mb/inflight when empty, the fence
 -- with its lease (begin.lua), the state as above. Only state that differs from the defaults
@@ -208,6 +209,9 @@ end
 redis.call('HSET', KEYS[1], 'e', 0, 'c', version)
 redis.call('PEXPIRE', KEYS[1], 5000)
 redis.call('ZREM', KEYS[7], actor)
+if lane == 'e' and not redis.call('ZSCORE', KEYS[16], actor) then
+  lane = ''  -- not in the lane (any more): nothing to leave
+end
 if lane == 'e' and redis.call('LLEN', KEYS[2]) == 0 then
   -- Its long work is done: what arrives next is for any drain.
   redis.call('ZREM', KEYS[16], actor)
