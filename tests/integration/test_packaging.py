@@ -91,10 +91,10 @@ def test_the_wheel_holds_only_actor_system(wheel: Path) -> None:
     assert "actor_system/project/package-lock.json" in names
 
 
-def test_an_application_with_its_own_adapters_package(wheel: Path, tmp_path: Path) -> None:
-    env_dir = tmp_path / "venv"
-    # The dependencies come from this interpreter's site-packages (offline); the package
-    # itself from the wheel, installed into the venv's own site-packages, which come first.
+def installed(wheel: Path, env_dir: Path) -> Path:
+    """A venv with the wheel installed; returns its bin folder. The dependencies come from
+    this interpreter's site-packages (offline); the package itself from the wheel, installed
+    into the venv's own site-packages, which come first."""
     venv.create(env_dir, system_site_packages=True, with_pip=False)
     python = env_dir / "bin" / "python"
     subprocess.run(
@@ -102,6 +102,11 @@ def test_an_application_with_its_own_adapters_package(wheel: Path, tmp_path: Pat
          "--no-index", str(wheel)],
         check=True, capture_output=True,
     )  # fmt: skip
+    return env_dir / "bin"
+
+
+def test_an_application_with_its_own_adapters_package(wheel: Path, tmp_path: Path) -> None:
+    python = installed(wheel, tmp_path / "venv") / "python"
     app = tmp_path / "app"
     (app / "adapters" / "redis").mkdir(parents=True)
     (app / "adapters" / "__init__.py").write_text("MINE = True\n")
@@ -120,18 +125,9 @@ def test_an_application_with_its_own_adapters_package(wheel: Path, tmp_path: Pat
 def test_init_from_a_wheel_install(wheel: Path, tmp_path: Path) -> None:
     """``actor-system init`` finds its template in the installed package, and the wheel it
     writes for the new project holds the same files as the one it was installed from."""
-    env_dir = tmp_path / "venv"
-    venv.create(env_dir, system_site_packages=True, with_pip=False)
-    python = env_dir / "bin" / "python"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-         "--no-index", str(wheel)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    bin_dir = installed(wheel, tmp_path / "venv")
     project = tmp_path / "shop"
-    subprocess.run(
-        [str(env_dir / "bin" / "actor-system"), "init", str(project)], check=True, cwd=tmp_path
-    )
+    subprocess.run([str(bin_dir / "actor-system"), "init", str(project)], check=True, cwd=tmp_path)
     assert (project / "shop" / "handler.py").exists()
     [written] = (project / "wheels").glob("*.whl")
     with zipfile.ZipFile(wheel) as a, zipfile.ZipFile(written) as b:
