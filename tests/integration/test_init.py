@@ -186,6 +186,7 @@ def test_the_package_holds_the_project_the_library_and_its_dependencies(packaged
     assert {"redis/client.py", "pydantic/main.py", "msgpack/__init__.py"} <= names
     tops = {n.split("/")[0] for n in names}
     assert not tops & {"examples", "deploy", "tests", "bench", "adapters", "wheels", "node_modules"}
+    assert not tops & {"fakeredis", "lupa", "sortedcontainers"}  # the embedded Redis stays out
     assert not any("/project/" in n for n in names)  # the init template stays out
     template = json.loads((packaged / "cloudformation-template-update-stack.json").read_text())
     drain = template["Resources"]["DrainLambdaFunction"]["Properties"]
