@@ -330,7 +330,7 @@ def _launch(system: ActorSystem, launcher: Launcher, moved: int) -> None:
     backend = system.backend
     if not moved and backend.lane_size() == 0:
         return
-    if not backend.claim_launch(LAUNCH_MS):
+    if not backend.claim_launch(LAUNCH_MS, int(system.clock.now() * 1000)):
         return
     try:
         task = launcher.start()

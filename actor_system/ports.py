@@ -240,11 +240,11 @@ class LongLane(Protocol):
     def lane_size(self) -> int:
         """How many actors the lane holds."""
 
-    def lane_present(self, ttl_ms: int) -> None:
-        """A long-work worker runs, for ``ttl_ms`` (renewed while it does; 0: it ends);
-        the claim of the start that brought it ends."""
+    def lane_present(self, worker: str, ttl_ms: int, now_ms: int) -> None:
+        """Long-work worker ``worker`` runs, until ``ttl_ms`` from now (renewed while it
+        does; 0: it ends); the claim of the start that brought it ends."""
 
-    def claim_launch(self, ttl_ms: int) -> bool:
+    def claim_launch(self, ttl_ms: int, now_ms: int) -> bool:
         """True when the caller should start a long-work worker: none runs and none was
         started within ``ttl_ms`` (this claim then holds for that long)."""
 

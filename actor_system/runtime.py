@@ -254,7 +254,7 @@ class _Heartbeat:
                 if rt.backend.renew(turn.claim.actor, turn.token, lease_ms, rt._now_ms()):
                     turn.leased_at = time.monotonic()
                 if turn.long_round:
-                    rt.backend.lane_present(PRESENT_MS)
+                    rt.backend.lane_present(rt.id, PRESENT_MS, rt._now_ms())
             except ActorSystemError as e:  # the drain's own renewal or commit will tell
                 log.warning("could not renew the lease of %s: %s", turn.claim.actor, e)
 
@@ -283,6 +283,7 @@ class Runtime:
         self._turn_s = 0.0  # an actor's turn, wall time (moving average): sizes rounds
         self._unfinished: str | None = None  # the token of a round a backend error cut short
         self._heartbeat = _Heartbeat(self)
+        self.id = uuid.uuid4().hex  # names this process's long-work worker (its presence)
 
     def _now_ms(self) -> int:
         return int(self.clock.now() * 1000)

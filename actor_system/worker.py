@@ -105,7 +105,8 @@ class Worker:
     def _present(self, ttl_ms: int) -> None:
         """Tell drains that a long-work worker runs (``ttl_ms`` > 0) or has ended."""
         try:
-            self.runtime.backend.lane_present(ttl_ms)
+            rt = self.runtime
+            rt.backend.lane_present(rt.id, ttl_ms, rt._now_ms())
         except BackendError as e:
             log.warning("could not mark this long-work worker present: %s", e)
 

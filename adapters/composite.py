@@ -227,11 +227,11 @@ class CompositeBackend:
     def lane_size(self) -> int:
         return self.redis.lane_size()
 
-    def lane_present(self, ttl_ms: int) -> None:
-        self.redis.lane_present(ttl_ms)
+    def lane_present(self, worker: str, ttl_ms: int, now_ms: int) -> None:
+        self.redis.lane_present(worker, ttl_ms, now_ms)
 
-    def claim_launch(self, ttl_ms: int) -> bool:
-        return self.redis.claim_launch(ttl_ms)
+    def claim_launch(self, ttl_ms: int, now_ms: int) -> bool:
+        return self.redis.claim_launch(ttl_ms, now_ms)
 
     def renew(self, actor: str, token: str, lease_ms: int, now_ms: int) -> bool:
         return self.redis.renew(actor, token, lease_ms, now_ms)

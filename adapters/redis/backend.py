@@ -1020,24 +1020,31 @@ class RedisBackend:
         counts = self._pipe("lane", lambda pipe: [pipe.zcard(k.long(p)) for p in self._parts()])
         return sum(int(n) for n in counts)
 
-    def lane_present(self, ttl_ms: int) -> None:
-        """A long-work worker runs, for ``ttl_ms`` (renewed while it does; 0: it ends)."""
+    def lane_present(self, worker: str, ttl_ms: int, now_ms: int) -> None:
+        """Long-work worker ``worker`` runs, until ``ttl_ms`` from now (renewed while it
+        does; 0: it ends); the claim of the start that brought it ends."""
         k = self.keys
         if ttl_ms > 0:
-            # The worker a drain started has arrived: the next one may start as soon as this
-            # one ends, not when the start's claim lapses.
+            # Its expiry, each worker its own: one that ends does not hide the others.
             self._pipe(
                 "lane",
-                lambda pipe: [pipe.set(k.lane_present, 1, px=ttl_ms), pipe.delete(k.lane_launch)],
+                lambda pipe: [
+                    pipe.zadd(k.lane_present, {worker: now_ms + ttl_ms}),
+                    pipe.zremrangebyscore(k.lane_present, "-inf", now_ms),
+                    # The worker a drain started has arrived: the next one may start as soon
+                    # as this one ends, not when the start's claim lapses.
+                    pipe.delete(k.lane_launch),
+                ],
             )
         else:
-            self._call("lane", self.client.delete, k.lane_present)
+            self._call("lane", self.client.zrem, k.lane_present, worker)
 
-    def claim_launch(self, ttl_ms: int) -> bool:
+    def claim_launch(self, ttl_ms: int, now_ms: int) -> bool:
         """True when the caller should start a long-work worker: none runs and none was
         started within ``ttl_ms`` (this claim then holds for that long)."""
         k = self.keys
-        [started] = self._run([("launch", [k.lane_present, k.lane_launch], [ttl_ms])], "launch")
+        calls = [("launch", [k.lane_present, k.lane_launch], [ttl_ms, now_ms])]
+        [started] = self._run(calls, "launch")
         return bool(int(started))
 
     def reply(self, message_id: str) -> bytes | None:

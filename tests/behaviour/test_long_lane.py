@@ -168,13 +168,18 @@ def test_without_long_after_an_interrupted_handler_is_dead_lettered_as_before(ur
 def test_one_launch_for_a_burst_and_none_while_a_worker_runs(url: str) -> None:
     system = ActorSystem.from_url(url, actors=[])
     backend = system.backend
-    assert backend.claim_launch(60_000)
-    assert not any(backend.claim_launch(60_000) for _ in range(20))  # the rest of the burst
-    backend.lane_present(5_000)  # the started worker came up
-    assert not backend.claim_launch(60_000)
-    backend.lane_present(0)  # and ended: the next burst starts another at once
-    assert backend.claim_launch(60_000)
-    assert not backend.claim_launch(60_000)
+    now = int(time.time() * 1000)
+    assert backend.claim_launch(60_000, now)
+    assert not any(backend.claim_launch(60_000, now) for _ in range(20))  # the burst's rest
+    backend.lane_present("w1", 5_000, now)  # the started worker came up
+    assert not backend.claim_launch(60_000, now)
+    backend.lane_present("w2", 5_000, now)  # and another
+    backend.lane_present("w1", 0, now)  # the first ends: the second still runs
+    assert not backend.claim_launch(60_000, now)
+    assert backend.claim_launch(60_000, now + 6_000)  # the second stopped renewing (killed)
+    backend.lane_present("w2", 5_000, now)
+    backend.lane_present("w2", 0, now)  # all ended: the next burst starts another at once
+    assert backend.claim_launch(60_000, now)
     system.close()
 
 
@@ -189,7 +194,7 @@ def test_a_long_lane_worker_ends_when_idle_and_says_so(url: str) -> None:
     assert report.messages == 1
     assert time.monotonic() - started < 10
     assert system.state(ref).log == ["x"]
-    assert system.backend.claim_launch(1_000)  # its presence went with it
+    assert system.backend.claim_launch(1_000, int(time.time() * 1000))  # its presence went
     with pytest.raises(ConfigError, match="lane="):
         system.worker(lane="longer")  # type: ignore[arg-type]
     system.close()

@@ -18,6 +18,7 @@ import boto3
 import pytest
 
 from actor_system import ActorSystem, scaffold
+from actor_system.runtime import PRESENT_MS
 from actor_system.testing import LambdaHarness
 from tests.long_app import ACTORS, Job, job
 from tests.waiting import wait_until
@@ -163,7 +164,12 @@ def test_a_burst_of_long_jobs_starts_one_task_whose_worker_drains_them_once(
         0,
         0,
     )
-    assert system.backend.claim_launch(1_000)  # no worker marked present any more
+    # The second worker took its presence with it; the killed one's lapses on its own.
+    backend = system.backend
+    assert backend.client.zcard(backend.keys.lane_present) == 1
+    assert not backend.claim_launch(1_000, int(time.time() * 1000))
+    killed_lapsed = int(time.time() * 1000) + PRESENT_MS + 1_000
+    assert system.backend.claim_launch(1_000, killed_lapsed)
     # A sweep with an empty lane starts nothing.
     with LambdaHarness("tests.long_app:handler", timeout_s=5, env=lambda_env, cwd=ROOT) as lam:
         lam.invoke({"actor_system": "sweep"})

@@ -53,7 +53,7 @@
 --   P:{g}:poke           str   a send found P:{g}:awake taken: a drain about to rest looks
 --                              again
 --   P:{g}:armed          int   the due time of the timed wake on its way
---   P:{g}:lane:present   str   a long-work worker runs (renewed while it does)
+--   P:{g}:lane:present   zset  long-work worker id -> ms until which it runs (renewed)
 --   P:{g}:lane:launch    str   a long-work worker was started and is on its way
 -- On a cluster every script declares every key it touches (poll.lua's lease check and
 -- promotion, which find their keys as they run, are left to a single node; promote.lua does
