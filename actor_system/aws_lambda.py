@@ -278,12 +278,12 @@ def _handle(
     # A long-work worker is started when this drain handed work over, or a sweep or a
     # continuation finds the lane holding some. A drain that handed work over at the end of
     # its time (an interrupted handler) leaves the start to a continuation, which has time.
-    launch = options.launcher is not None and bool(report.moved or kind == "schedule" or depth)
-    launch_later = launch and report.moved > 0 and budget.remaining_s() < LAUNCH_S
+    launcher = options.launcher if report.moved or kind == "schedule" or depth else None
+    launch_later = launcher is not None and report.moved > 0 and budget.remaining_s() < LAUNCH_S
     try:
         _hand_over(system, options, worker, depth, budget, could_drain, launch_later)
-        if launch and not launch_later and options.launcher is not None:
-            _launch(system, options.launcher, report.moved)
+        if launcher is not None and not launch_later:
+            _launch(system, launcher, report.moved)
     except ActorSystemError as e:
         # The drained work is committed; only the next start is in doubt. SQS redelivers
         # the wake; otherwise the periodic sweep picks the work up.

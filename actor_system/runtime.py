@@ -254,7 +254,7 @@ class _Heartbeat:
                 if rt.backend.renew(turn.claim.actor, turn.token, lease_ms, rt._now_ms()):
                     turn.leased_at = time.monotonic()
                 if turn.long_round:
-                    rt.backend.lane_present(rt.id, PRESENT_MS, rt._now_ms())
+                    rt.present(PRESENT_MS)
             except ActorSystemError as e:  # the drain's own renewal or commit will tell
                 log.warning("could not renew the lease of %s: %s", turn.claim.actor, e)
 
@@ -287,6 +287,10 @@ class Runtime:
 
     def _now_ms(self) -> int:
         return int(self.clock.now() * 1000)
+
+    def present(self, ttl_ms: int) -> None:
+        """This process's long-work worker runs for ``ttl_ms`` more (0: it has ended)."""
+        self.backend.lane_present(self.id, ttl_ms, self._now_ms())
 
     def round(
         self, budget: Budget, awake_ms: int = 0, lane: Literal["", "long"] = ""

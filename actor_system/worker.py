@@ -105,8 +105,7 @@ class Worker:
     def _present(self, ttl_ms: int) -> None:
         """Tell drains that a long-work worker runs (``ttl_ms`` > 0) or has ended."""
         try:
-            rt = self.runtime
-            rt.backend.lane_present(rt.id, ttl_ms, rt._now_ms())
+            self.runtime.present(ttl_ms)
         except BackendError as e:
             log.warning("could not mark this long-work worker present: %s", e)
 

@@ -368,14 +368,18 @@ def launcher_from_url(url: str) -> EcsLauncher:
     launch_type = query.get("launch_type") or "FARGATE"
     if launch_type not in ("FARGATE", "EC2", "EXTERNAL"):
         raise ConfigError(f"launch_type={launch_type!r} in {url!r}: FARGATE, EC2 or EXTERNAL")
-    subnets = tuple(s for s in query.get("subnets", "").split(",") if s)
+
+    def ids(name: str) -> tuple[str, ...]:
+        return tuple(s for s in query.get(name, "").split(",") if s)
+
+    subnets = ids("subnets")
     if launch_type == "FARGATE" and not subnets:
         raise ConfigError(f"{url!r} names no subnets: a Fargate task needs subnets=<ids>")
     return EcsLauncher(
         cluster=parts.netloc,
         task_definition=task,
         subnets=subnets,
-        security_groups=tuple(s for s in query.get("security_groups", "").split(",") if s),
+        security_groups=ids("security_groups"),
         public_ip=query.get("public_ip", "") in ("1", "true", "ENABLED"),
         launch_type=launch_type,
     )

@@ -60,11 +60,10 @@ _SCRIPTS = (
     "lane",
     "launch",
 )
-# Scripts whose answer starts with their signals (lib.lua): applied by the script itself on
-# a single node, returned for signal.lua on a cluster.
 # The rest of an actor in the long-work lane (lib.lua): past any real time.
 LANE_MS = 2**50
-
+# Scripts whose answer starts with their signals (lib.lua): applied by the script itself on
+# a single node, returned for signal.lua on a cluster.
 _SIGNALLING = frozenset({"push", "poll", "commit", "land", "redrive", "promote"})
 _PUSH_CHUNK = 500  # messages per push script call, to bound one script's run time
 # Due messages moved per poll, split over the partitions that have some due: Redis runs a
