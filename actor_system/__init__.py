@@ -23,6 +23,7 @@ from actor_system.errors import (
 from actor_system.options import Options
 from actor_system.policy import RetryPolicy
 from actor_system.ports import DeadLetter
+from actor_system.reminders import Reminder
 from actor_system.replies import HandlerFailed, NoReply, Replied
 from actor_system.runtime import DrainReport
 from actor_system.system import ActorSystem
@@ -50,6 +51,7 @@ __all__ = [
     "MessageTooLarge",
     "NoReply",
     "Options",
+    "Reminder",
     "Replied",
     "Retry",
     "RetryPolicy",

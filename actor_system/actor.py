@@ -73,12 +73,30 @@ class _Sender(Protocol):
 
     def delete(self) -> None: ...
 
+    def remind(self, name: str, msg: BaseModel, spec: dict[str, Any]) -> None: ...
+
+    def forget(self, name: str) -> bool: ...
+
 
 class Context(Generic[S]):
     """What a handler sees: its actor's state and ref, the message's id and attempt, the time,
-    and ``send``/``cancel``, which take effect only when the turn commits."""
+    and ``send``/``cancel``/``remind``/``forget``, which take effect only when the turn
+    commits. For a message fired by a reminder, ``reminder`` is its name, ``occurrence`` the
+    due time of the occurrence delivered (of a coalesced delivery: the latest one folded in)
+    and ``missed`` how many earlier occurrences were folded into it; for any other message
+    None, None and 0."""
 
-    __slots__ = ("_sender", "attempt", "message_id", "now", "self", "state")
+    __slots__ = (
+        "_sender",
+        "attempt",
+        "message_id",
+        "missed",
+        "now",
+        "occurrence",
+        "reminder",
+        "self",
+        "state",
+    )
 
     def __init__(
         self,
@@ -95,6 +113,9 @@ class Context(Generic[S]):
         self.attempt = attempt
         self.now = now
         self._sender = sender
+        self.reminder: str | None = None
+        self.occurrence: datetime | None = None
+        self.missed = 0
 
     def send(
         self,
@@ -116,6 +137,48 @@ class Context(Generic[S]):
     def cancel(self, message_id: str) -> None:
         """Cancel a deferred message when this turn commits (no effect if already delivered)."""
         self._sender.cancel(message_id)
+
+    def remind(
+        self,
+        name: str,
+        msg: BaseModel,
+        *,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        every: float | timedelta | None = None,
+        cron: str | None = None,
+        tz: str = "UTC",
+        times: int | None = None,
+        until: datetime | None = None,
+        jitter: float | timedelta | None = None,
+        catchup: Literal["coalesce", "all"] = "coalesce",
+    ) -> None:
+        """Set the reminder ``name`` of this actor when the turn commits: ``msg`` comes back
+        to this actor after ``delay``, at ``at``, every ``every`` (from now, or from
+        ``delay``/``at``) or at the times of the five-field ``cron`` in the IANA zone ``tz``.
+        ``times`` caps the occurrences, ``until`` ends them (none at or after it), ``jitter``
+        shifts this actor's schedule by a fixed offset within that window, ``catchup`` says
+        what a late delivery does with the occurrences that fell due meanwhile: fold them
+        into one (``"coalesce"``, counted by ``ctx.missed``) or deliver each (``"all"``).
+        A reminder of the same name is replaced: its pending occurrence is cancelled, and one
+        already queued is dropped undelivered (actor_system.reminders)."""
+        spec = {
+            "delay": delay,
+            "at": at,
+            "every": every,
+            "cron": cron,
+            "tz": tz,
+            "times": times,
+            "until": until,
+            "jitter": jitter,
+            "catchup": catchup,
+        }
+        self._sender.remind(name, msg, spec)
+
+    def forget(self, name: str) -> bool:
+        """Remove the reminder ``name`` when the turn commits (its pending occurrence is
+        cancelled, or dropped undelivered if already queued); whether the actor had it."""
+        return self._sender.forget(name)
 
     def delete(self) -> None:
         """End this actor when the turn commits: its state and every key of it go (sends and
@@ -390,6 +453,25 @@ class Registry:
     def __iter__(self) -> typing.Iterator[ActorType[Any]]:
         return iter(self._types.values())
 
+    def _model(self, ref: ActorRef, msg: BaseModel) -> type[BaseModel]:
+        """The message model ``ref``'s type handles ``msg`` as; InvalidSend,
+        UnknownActorType or UnknownMessageType otherwise."""
+        if not isinstance(ref, ActorRef):
+            raise InvalidSend(f"target must be an ActorRef (use actor.ref(id)), got {ref!r}")
+        if not isinstance(msg, BaseModel):
+            raise InvalidSend(f"message must be a pydantic model instance, got {msg!r}")
+        model, _ = self.get(ref.type).resolve(message_name(type(msg)))
+        if type(msg) is not model:
+            raise UnknownMessageType(
+                f"{type(msg).__qualname__} is not the {model.__qualname__} that actor type "
+                f"{ref.type!r} handles under the name {model.__name__!r}"
+            )
+        return model
+
+    def message_type(self, ref: ActorRef, msg: BaseModel) -> str:
+        """The name ``ref``'s actor type handles ``msg`` under (checked as a send is)."""
+        return message_name(self._model(ref, msg))
+
     def prepare(
         self,
         ref: ActorRef,
@@ -409,16 +491,7 @@ class Registry:
         ``reply``: who wants the handler's reply (Envelope.reply); an actor key must name an
         actor type that handles ``Replied``. ``trace``: the trace context it carries
         (Envelope.trace); by default the current span's, when tracing is on."""
-        if not isinstance(ref, ActorRef):
-            raise InvalidSend(f"target must be an ActorRef (use actor.ref(id)), got {ref!r}")
-        if not isinstance(msg, BaseModel):
-            raise InvalidSend(f"message must be a pydantic model instance, got {msg!r}")
-        model, _ = self.get(ref.type).resolve(message_name(type(msg)))
-        if type(msg) is not model:
-            raise UnknownMessageType(
-                f"{type(msg).__qualname__} is not the {model.__qualname__} that actor type "
-                f"{ref.type!r} handles under the name {model.__name__!r}"
-            )
+        model = self._model(ref, msg)
         if reply:
             from actor_system.replies import Replied
 

@@ -563,6 +563,74 @@ def deferred_cancel(s: Settings, message_id: str) -> None:
     s.out({"cancelled": message_id} if s.json else f"cancelled {message_id}")
 
 
+@main.group()
+def reminders() -> None:
+    """List or forget actors' reminders."""
+
+
+@reminders.command("list")
+@click.argument("type_name", metavar="[TYPE", required=False)
+@click.argument("actor_id", metavar="[ID]]", required=False)
+@click.option("--limit", type=int, default=100, show_default=True, help="actors listed at most")
+@pass_settings
+def reminders_list(s: Settings, type_name: str | None, actor_id: str | None, limit: int) -> None:
+    """The reminders of one actor, of the actors of a type, or of every actor (from the
+    index each commit keeps), the earliest due first within each actor."""
+    system = s.system()
+    if type_name is not None and actor_id is not None:
+        actors = [ActorRef(type_name, actor_id).key]
+    else:
+        if type_name is not None:
+            ActorRef(type_name, "-")  # the type name's own check, one line if it fails
+        actors = system.backend.reminder_actors(limit, type_name)
+    data = []
+    for key in actors:
+        ref = ActorRef.from_key(key)
+        for r in system.reminders(ref):
+            if r.every is not None:
+                schedule = f"every {r.every.total_seconds():g}s"
+            elif r.cron is not None:
+                schedule = f"cron {r.cron} {r.tz}"
+            else:
+                schedule = "once"
+            data.append(
+                {
+                    "actor": key,
+                    "name": r.name,
+                    "type": r.message_type,
+                    "due": r.due.isoformat(timespec="milliseconds"),
+                    "schedule": schedule,
+                    "remaining": r.remaining,
+                    "until": None if r.until is None else r.until.isoformat(),
+                    "catchup": r.catchup,
+                }
+            )
+    s.out(
+        data,
+        [
+            (d["actor"], d["name"], d["type"], d["due"], d["schedule"], d["remaining"] or "-")
+            for d in data
+        ],
+        ("ACTOR", "NAME", "TYPE", "DUE (UTC)", "SCHEDULE", "LEFT"),
+    )
+
+
+@reminders.command("forget")
+@click.argument("type_name", metavar="TYPE")
+@click.argument("actor_id", metavar="ID")
+@click.argument("name")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="seconds to wait")
+@pass_settings
+def reminders_forget(s: Settings, type_name: str, actor_id: str, name: str, timeout: float) -> None:
+    """Remove a reminder (applied in the actor's turn: needs --app or ACTOR_SYSTEM_APP)."""
+    system = s.system(writes=True)
+    ref = ActorRef(type_name, actor_id)
+    if not any(r.name == name for r in system.reminders(ref)):
+        raise InvalidSend(f"actor {ref.key} has no reminder {name!r}")
+    system.forget(ref, name, timeout=timeout)
+    s.out({"forgotten": name, "actor": ref.key} if s.json else f"forgot {name} of {ref.key}")
+
+
 @main.command()
 @pass_settings
 def recover(s: Settings) -> None:

@@ -2,9 +2,11 @@
 
 On the wire a mailbox entry is the 32-character hex message id followed by the msgpack body
 [format version, target, type, payload, attempt, sent-at ms, due-at ms] and, for a message
-whose sender wants its reply, an eighth field (see Envelope.reply), and for a message sent
+whose sender wants its reply, an eighth field (see Envelope.reply), for a message sent
 within a trace a ninth (see Envelope.trace; the eighth is then nil if nobody wants the reply),
-so that Lua scripts read the id (for de-duplication) without decoding msgpack.
+and for an occurrence of a reminder a tenth (see Envelope.reminder; the eighth and ninth then
+nil where unset), so that Lua scripts read the id (for de-duplication) without decoding
+msgpack.
 
 A message id is 128 bits in hex: 48 bits of send time in ms and a 16-bit sequence (so that
 ids from one sender sort in send order: the delay queue breaks ties of equal due times by
@@ -64,6 +66,9 @@ class Envelope:
     # one), when it was made within a trace (see actor_system.tracing); None otherwise. On
     # the wire: the ninth field, [traceparent] or [traceparent, tracestate].
     trace: dict[str, str] | None = None
+    # An occurrence of a reminder (actor_system.reminders): (its name, the generation of the
+    # schedule that armed it, its due time in epoch ms). On the wire the tenth field.
+    reminder: tuple[str, str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,10 +145,12 @@ def encode(env: Envelope) -> bytes:
         env.sent_at_ms,
         env.due_at_ms,
     ]
-    if env.reply is not None or env.trace is not None:
+    if env.reply is not None or env.trace is not None or env.reminder is not None:
         fields.append(env.reply)
-    if env.trace is not None:
-        fields.append(_trace_field(env.trace))
+    if env.trace is not None or env.reminder is not None:
+        fields.append(None if env.trace is None else _trace_field(env.trace))
+    if env.reminder is not None:
+        fields.append(list(env.reminder))
     body: bytes = msgpack.packb(fields, use_bin_type=True)
     return env.id.encode("ascii") + body
 
@@ -159,15 +166,16 @@ def decode(raw: bytes) -> Envelope:
         fields = msgpack.unpackb(raw[ID_LENGTH:], raw=False, strict_map_key=True)
     except Exception as e:  # msgpack raises several unrelated exception types
         raise DecodeError(f"undecodable msgpack: {type(e).__name__}: {e}", raw) from e
-    # Fields after the ninth are ignored: a later format may add some, and a deploy that
+    # Fields after the tenth are ignored: a later format may add some, and a deploy that
     # predates them must still run the message (the first seven keep their meaning; a deploy
-    # that predates the ninth, the trace, ignores it).
+    # that predates the ninth, the trace, or the tenth, the reminder, ignores it).
     if not isinstance(fields, list) or len(fields) < _FIELDS:
         raise DecodeError(f"envelope is not an array of at least {_FIELDS} fields", raw)
     version, target, mtype, payload, attempt, sent_at, due_at = fields[:_FIELDS]
     reply = fields[_FIELDS] if len(fields) > _FIELDS else None
     # A trace context that is not well formed is ignored, never a reason to dead-letter.
     trace = _trace_of(fields[_FIELDS + 1]) if len(fields) > _FIELDS + 1 else None
+    reminder = fields[_FIELDS + 2] if len(fields) > _FIELDS + 2 else None
     if version != FORMAT_VERSION:
         raise DecodeError(f"unsupported envelope format version {version!r}", raw)
     checks = (
@@ -178,11 +186,24 @@ def decode(raw: bytes) -> Envelope:
         type(sent_at) is int,
         due_at is None or type(due_at) is int,
         reply is None or (isinstance(reply, str) and (reply == "" or "/" in reply)),
+        reminder is None or _is_reminder(reminder),
     )
     if not all(checks):
         raise DecodeError("envelope fields have wrong types", raw)
     mid = prefix.decode("ascii")
-    return Envelope(mid, target, mtype, payload, attempt, sent_at, due_at, reply, trace)
+    occurrence = None if reminder is None else (reminder[0], reminder[1], reminder[2])
+    return Envelope(mid, target, mtype, payload, attempt, sent_at, due_at, reply, trace, occurrence)
+
+
+def _is_reminder(field: object) -> bool:
+    """A tenth field: [name, generation, due ms]."""
+    return (
+        isinstance(field, list)
+        and len(field) == 3
+        and isinstance(field[0], str)
+        and isinstance(field[1], str)
+        and type(field[2]) is int
+    )
 
 
 def _trace_field(trace: dict[str, str]) -> list[str]:

@@ -151,6 +151,9 @@ class Commit:
     # it, from the retry time if any); "e" a long-work worker's commit (back to the ordinary
     # lane once its mailbox is empty).
     lane: str = ""
+    # How many reminders the actor has after this commit (-1: unchanged), for the index that
+    # ``stats`` and ``actor-system reminders list`` read.
+    reminders: int = -1
 
 
 class Clock(Protocol):
@@ -307,7 +310,11 @@ class Inspector(Protocol):
         external delay queue's are counted by ``stats`` only)."""
 
     def stats(self) -> dict[str, Any]:
-        """Counts: ready actors, leases, mailbox depths, in-flight, deferred, dead letters."""
+        """Counts: ready actors, leases, mailbox depths, in-flight, deferred, reminders, dead
+        letters."""
+
+    def reminder_actors(self, limit: int, actor_type: str | None = None) -> list[str]:
+        """Up to ``limit`` actor keys that have reminders (of ``actor_type`` only), sorted."""
 
 
 class Waker(Protocol):

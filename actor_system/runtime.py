@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from actor_system import replies, stored_state, tracing
+from actor_system import reminders, replies, stored_state, tracing
 from actor_system.actor import ActorRef, ActorType, Context, Handler, Registry, utc
 from actor_system.budget import timeout_guard
 from actor_system.envelope import (
@@ -101,6 +101,9 @@ class DrainReport:
     left_long: int = 0
     idle: bool = True
     lane_waiting: int = 0  # a long-work round: actors in the lane when it polled
+    # Occurrences of reminders that were replaced or forgotten after they were queued:
+    # dropped undelivered (actor_system.reminders).
+    stale_occurrences: int = 0
 
     def add(self, other: DrainReport) -> None:
         for f in fields(self):
@@ -111,15 +114,64 @@ class DrainReport:
 
 
 class Outbox:
-    """Sends and cancels made by handlers during a turn; written by the commit."""
+    """Sends, cancels and reminders made by handlers during a turn; written by the commit."""
 
-    def __init__(self, registry: Registry, now_s: float) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        now_s: float,
+        actor: str = "",
+        kept: dict[str, reminders.Entry] | None = None,
+    ) -> None:
         self._registry = registry
         self._now_s = now_s
+        self._actor = actor
         self.items: list[Outgoing] = []
         self.cancels: list[str] = []
         self.deleted = False  # the running handler called ctx.delete()
         self.traced = False  # the turn is traced: sends carry the current span's context
+        # The actor's reminders as the turn leaves them (the turn's savepoints copy it).
+        self.reminders: dict[str, reminders.Entry] = {} if kept is None else kept
+
+    def remind(self, name: str, msg: BaseModel, spec: dict[str, Any]) -> None:
+        if not self._actor:
+            raise InvalidSend("reminders are set from a handler or with system.remind")
+        ref = ActorRef.from_key(self._actor)
+        model_name = self._registry.message_type(ref, msg)
+        now_ms = int(self._now_s * 1000)
+        entry = reminders.plan(
+            self._actor,
+            name,
+            model_name,
+            now_ms,
+            max_delay_s=self._registry.options.max_delay_s,
+            **spec,
+        )
+        self.set_reminder(name, entry, msg.model_dump(mode="json"), now_ms)
+
+    def set_reminder(
+        self, name: str, entry: reminders.Entry, payload: dict[str, Any], now_ms: int
+    ) -> None:
+        """Set (or replace) a reminder and arm its first occurrence."""
+        first = reminders.occurrence(
+            self._actor,
+            name,
+            entry,
+            payload,
+            now_ms,
+            self._registry.options.max_message_bytes,
+            trace=self._registry.tracing.carrier() if self.traced else None,
+        )
+        self.forget(name)
+        self.reminders[name] = entry
+        self.items.append(first)
+
+    def forget(self, name: str) -> bool:
+        old = self.reminders.pop(reminders.check_name(name), None)
+        if old is None:
+            return False
+        self.cancels.append(reminders.occurrence_id(self._actor, name, old.gen, old.due))
+        return True
 
     def delete(self) -> None:
         self.deleted = True
@@ -187,6 +239,9 @@ class _Turn:
     unknown: dict[str, Any] = field(default_factory=dict)
     lane: str = ""  # "l": the actor goes to the long-work lane (Commit.lane)
     long_round: bool = False  # run by a long-work worker: its presence is kept with the lease
+    # The actor's reminders as loaded, and as of the savepoint (what the commit writes).
+    loaded_reminders: dict[str, reminders.Entry] = field(default_factory=dict)
+    saved_reminders: dict[str, reminders.Entry] = field(default_factory=dict)
 
 
 class _Interrupted(Exception):
@@ -471,8 +526,20 @@ class Runtime:
         data, n_items, n_cancels = turn.saved
         outbox.truncate(n_items, n_cancels)
         bare = self._bare(turn.claim, turn.token, turn.actions, turn.pause_ms, turn.actor)
+        kept = turn.saved_reminders
+        count = len(kept) if kept != turn.loaded_reminders else -1
+        idle_ms = bare.idle_ttl_ms
         if turn.deleted:
             data = None  # nothing to write: every key of the actor goes
+            # Its reminders go with it: their pending occurrences too.
+            outbox.cancels += [
+                reminders.occurrence_id(turn.claim.actor, n, e.gen, e.due) for n, e in kept.items()
+            ]
+            count = 0
+        elif kept and idle_ms:
+            # An actor with reminders is not idle before its next occurrence.
+            last_due = max(e.due for e in kept.values())
+            idle_ms = max(idle_ms, last_due - int(turn.now_s * 1000) + idle_ms)
         return replace(
             bare,
             lane=turn.lane,
@@ -482,6 +549,8 @@ class Runtime:
             cancels=outbox.cancels,
             replies=turn.replies + bare.replies,
             state_is_default=data is not None and data == self._default_state(turn.actor),
+            reminders=count,
+            idle_ttl_ms=idle_ms,
         )
 
     def _bare(
@@ -558,6 +627,10 @@ class Runtime:
         del turn.actions[index:]
         turn.actions += [again] + [KEEP] * (len(claim.entries) - index - 1)
         turn.report.interrupted = 1
+        outbox.truncate(turn.saved[1], turn.saved[2])
+        outbox.reminders = dict(turn.saved_reminders)
+        if isinstance(again, Dead):
+            self._dead_occurrence(turn, entry, outbox)
         return self._commit(turn, outbox)
 
     def _max_attempts(self, actor: ActorType[Any], message_type: str) -> int:
@@ -631,7 +704,9 @@ class Runtime:
         turn.in_caller = in_caller
         turn.long_round = lane == "long"
         turn.report.turns = 1
-        outbox = Outbox(self.registry, turn.now_s)
+        turn.loaded_reminders = reminders.load(loaded.reminders)
+        turn.saved_reminders = dict(turn.loaded_reminders)
+        outbox = Outbox(self.registry, turn.now_s, claim.actor, dict(turn.loaded_reminders))
         turn.trace = self.registry.tracing.turn(claim.actor, ref.type, claim.entries)
         outbox.traced = turn.trace is not None
         try:
@@ -663,12 +738,21 @@ class Runtime:
             except _BAD_INPUT as e:
                 turn.actions.append(self._dead(turn.claim, entry, failed + 1, _reason(e), None))
                 turn.report.dead_letters += 1
+                self._dead_occurrence(turn, entry, outbox)
                 continue
             if opened is None:
                 # The runtime's own purge message: an S3 backend removes the object of an
                 # ended actor with it; without state in S3 (the system was moved off it)
                 # there is nothing to remove.
                 turn.actions.append(DONE)
+                continue
+            if isinstance(opened, Envelope):  # system.remind or system.forget
+                if opened.id in seen:
+                    turn.actions.append(DONE)
+                    turn.report.duplicates += 1
+                else:
+                    seen.add(opened.id)
+                    self._run_control(turn, opened, entry, failed, outbox)
                 continue
             env, msg, fn = opened
             if env.id in seen:
@@ -691,9 +775,21 @@ class Runtime:
                     turn.report.moved = 1
                 return None
             seen.add(env.id)
+            fold = None
+            if env.reminder is not None:
+                fold = self._occurrence(turn, env, outbox)
+                if fold is None:
+                    # Replaced or forgotten after it was queued: dropped undelivered.
+                    turn.actions.append(DONE)
+                    turn.report.stale_occurrences += 1
+                    continue
             self._keep_lease(turn)
             outbox.deleted = False
             ctx: Context[Any] = Context(state, turn.ref, env.id, env.attempt + failed, now, outbox)
+            if fold is not None and env.reminder is not None:
+                ctx.reminder = env.reminder[0]
+                ctx.occurrence = utc(fold[0] / 1000)
+                ctx.missed = fold[1]
             limit_s = turn.actor.policy(env.type).time_limit_s
             # The handler's span (tracing on) is current while it runs: its sends carry it.
             span = None if turn.trace is None else turn.trace.handler(env, ctx.attempt, turn.now_s)
@@ -708,7 +804,11 @@ class Runtime:
                         with timeout_guard(turn.budget.handler_time_s(), limit_s):
                             result = self._call(fn, ctx, msg)
                 state = self._state_after(turn.actor, ctx)
-                saved = stored_state.encode(turn.actor, state, turn.unknown)
+                if fold is not None:
+                    self._move_on(turn, env, fold, outbox)
+                saved = stored_state.encode(
+                    turn.actor, state, turn.unknown, reminders.store(outbox.reminders)
+                )
                 reply = self._reply(turn, env, result, outbox)
             except BudgetExhausted as e:
                 error = e
@@ -723,6 +823,7 @@ class Runtime:
                 if span is not None:
                     span.end(error)
             turn.saved = (saved, len(outbox.items), len(outbox.cancels))
+            turn.saved_reminders = dict(outbox.reminders)
             if reply is not None:
                 turn.replies.append((env.id, reply))
             turn.budget.observe_handler(time.monotonic() - started)
@@ -898,9 +999,12 @@ class Runtime:
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
 
-    def _open(self, turn: _Turn, entry: bytes) -> tuple[Envelope, BaseModel, Handler] | None:
+    def _open(
+        self, turn: _Turn, entry: bytes
+    ) -> tuple[Envelope, BaseModel, Handler] | Envelope | None:
         """Decode an entry and validate its payload; raises one of _BAD_INPUT. None for a
-        purge message (PURGE_TYPE), which has no handler."""
+        purge message (PURGE_TYPE), which has no handler; the envelope alone for a message
+        that sets or forgets a reminder (reminders.CONTROL_TYPES)."""
         check_size(entry, self.options.max_message_bytes, "mailbox entry")
         env = decode(entry)
         if env.target != turn.claim.actor:
@@ -911,8 +1015,109 @@ class Runtime:
             )
         if env.type == PURGE_TYPE:
             return None
+        if env.type in reminders.CONTROL_TYPES:
+            return env
         model, fn = turn.actor.resolve(env.type)
         return env, model.model_validate(env.payload), fn
+
+    # -- reminders ------------------------------------------------------------------------
+
+    def _occurrence(self, turn: _Turn, env: Envelope, outbox: Outbox) -> tuple[int, int] | None:
+        """(the occurrence delivered, how many earlier ones it folds in) for an occurrence
+        of a reminder the actor has as it was armed; None for a stale one (the reminder was
+        replaced or forgotten after this occurrence was queued)."""
+        assert env.reminder is not None
+        name, gen, due = env.reminder
+        entry = outbox.reminders.get(name)
+        if entry is None or entry.gen != gen or entry.due != due:
+            log.debug("stale occurrence %s of reminder %r of %s dropped", env.id, name, env.target)
+            return None
+        return entry.fold(due, int(turn.now_s * 1000))
+
+    def _move_on(self, turn: _Turn, env: Envelope, fold: tuple[int, int], outbox: Outbox) -> None:
+        """Arm the next occurrence of the reminder whose occurrence ``env`` was settled (or
+        remove the reminder when its schedule ends), unless the handler replaced or forgot
+        it meanwhile."""
+        assert env.reminder is not None
+        name, gen, due = env.reminder
+        entry = outbox.reminders.get(name)
+        if entry is None or entry.gen != gen or entry.due != due:
+            return  # replaced or forgotten by the handler: its own choice stands
+        nxt = entry.moved_on(*fold)
+        if nxt is None:
+            del outbox.reminders[name]
+            return
+        outbox.reminders[name] = nxt
+        outbox.items.append(
+            reminders.occurrence(
+                turn.claim.actor,
+                name,
+                nxt,
+                env.payload,
+                int(turn.now_s * 1000),
+                self.options.max_message_bytes,
+            )
+        )
+
+    def _dead_occurrence(self, turn: _Turn, entry: bytes, outbox: Outbox) -> None:
+        """A dead-lettered occurrence still moves its reminder on: a failing occurrence
+        never stops the schedule. The savepoint takes the change."""
+        try:
+            env = decode(entry)
+        except DecodeError:
+            return
+        if env.reminder is None:
+            return
+        fold = self._occurrence(turn, env, outbox)
+        if fold is None:
+            return
+        self._move_on(turn, env, fold, outbox)
+        self._save_reminders(turn, outbox)
+
+    def _save_reminders(self, turn: _Turn, outbox: Outbox) -> None:
+        """A savepoint of the reminders alone: the state as of the last one, with them."""
+        base = turn.saved[0] or turn.claim.state or self._default_state(turn.actor)
+        data = stored_state.with_reminders(base, reminders.store(outbox.reminders))
+        turn.saved = (data, len(outbox.items), len(outbox.cancels))
+        turn.saved_reminders = dict(outbox.reminders)
+
+    def _run_control(
+        self, turn: _Turn, env: Envelope, entry: bytes, failed: int, outbox: Outbox
+    ) -> None:
+        """Carry out a system.remind or system.forget: a turn's step without a handler."""
+        payload = env.payload
+        try:
+            name = reminders.check_name(payload.get("name"))
+            value: Any
+            if env.type == reminders.FORGET_TYPE:
+                value = outbox.forget(name)
+            else:
+                found = reminders.Entry.unpack(payload.get("entry"))
+                if found is None:
+                    raise InvalidSend(f"reminder {name!r}: its schedule cannot be read")
+                model, _ = turn.actor.resolve(found.type)
+                message = model.model_validate(payload.get("payload"))
+                outbox.set_reminder(
+                    name, found, message.model_dump(mode="json"), int(turn.now_s * 1000)
+                )
+                value = found.pack()
+            reply = (
+                replies.encode_value(value, self.options.max_message_bytes)
+                if env.reply == ""
+                else None
+            )
+        except (*_BAD_INPUT, InvalidSend) as e:
+            outbox.truncate(turn.saved[1], turn.saved[2])
+            outbox.reminders = dict(turn.saved_reminders)
+            turn.actions.append(self._dead(turn.claim, entry, failed + 1, _reason(e), None))
+            turn.report.dead_letters += 1
+            return
+        self._save_reminders(turn, outbox)
+        if reply is not None:
+            turn.replies.append((env.id, reply))
+        turn.actions.append(DONE)
+        turn.ran += 1
+        turn.report.messages += 1
 
     @staticmethod
     def _state_after(actor: ActorType[Any], ctx: Context[Any]) -> BaseModel:
@@ -933,9 +1138,13 @@ class Runtime:
         entry, failed = entries[failure.index]
         _, n_items, n_cancels = turn.saved
         outbox.truncate(n_items, n_cancels)
-        turn.actions.append(self._failed_action(turn, failure, entry, failed, outbox))
+        outbox.reminders = dict(turn.saved_reminders)
+        action = self._failed_action(turn, failure, entry, failed, outbox)
+        turn.actions.append(action)
         turn.actions.extend([KEEP] * (len(entries) - failure.index - 1))
         turn.saved = (turn.saved[0], len(outbox.items), len(outbox.cancels))
+        if isinstance(action, Dead):
+            self._dead_occurrence(turn, entry, outbox)
 
     def _failed_action(
         self, turn: _Turn, failure: _Failure, entry: bytes, failed: int, outbox: Outbox

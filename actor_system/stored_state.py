@@ -3,7 +3,9 @@
 A stored state is a msgpack map of the model's fields (``model_dump(mode="json")``) plus
 the reserved key ``"_v"``, the version of the state model that wrote it (pydantic fields
 cannot start with ``_``, so it never clashes). Bytes without ``"_v"`` (all state stored
-before versions existed) are version 1.
+before versions existed) are version 1. The reserved key ``"_r"`` holds the actor's
+reminders (actor_system.reminders), when it has any: committed with the state, in the same
+write, wherever the state lives.
 
 Reading runs the actor type's migrations from the stored version up to the current one,
 then validates. Stored fields the current model does not declare are handed back as
@@ -17,6 +19,7 @@ deploy wrote it), which keeps the raw bytes: the caller must not overwrite that 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
@@ -31,11 +34,23 @@ if TYPE_CHECKING:
 
     from actor_system.actor import ActorType
 
-__all__ = ["VERSION_KEY", "Loaded", "StateInvalid", "StateTooNew", "decode", "encode", "raw"]
+__all__ = [
+    "REMINDERS_KEY",
+    "VERSION_KEY",
+    "Loaded",
+    "StateInvalid",
+    "StateTooNew",
+    "decode",
+    "encode",
+    "raw",
+    "reminders_of",
+    "with_reminders",
+]
 
 S = TypeVar("S", bound=BaseModel)
 
 VERSION_KEY = "_v"
+REMINDERS_KEY = "_r"
 _INPUT_CHARS = 60  # how much of a rejected input an error line quotes
 
 
@@ -73,6 +88,7 @@ class Loaded(Generic[S]):
     state: S
     unknown: dict[str, Any]
     version: int
+    reminders: dict[str, Any] = dataclasses.field(default_factory=dict)  # the stored "_r", as it is
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +121,8 @@ def decode(actor: ActorType[S], data: bytes | None) -> Loaded[S]:
         return Loaded(model(), {}, actor.version)
     mapping = _unpack(data, actor.name)
     version = _stored_version(actor, mapping.pop(VERSION_KEY, 1), data)
+    kept = mapping.pop(REMINDERS_KEY, None)
+    reminders = kept if isinstance(kept, dict) else {}
     if version != actor.version:
         mapping = _migrate(actor, mapping, version, data)
     fields, unknown = _split(_shape(model), mapping)
@@ -114,7 +132,27 @@ def decode(actor: ActorType[S], data: bytes | None) -> Loaded[S]:
         raise _invalid(actor, version, data, e) from None  # the message holds its errors
     except Exception as e:
         raise _invalid(actor, version, data, e) from e
-    return Loaded(state, unknown, version)
+    return Loaded(state, unknown, version, reminders)
+
+
+def reminders_of(data: bytes | None) -> dict[str, Any]:
+    """The stored reminders of state bytes, without validating the state (for readers that
+    need no actor type: ``system.reminders``, the CLI). Raises DecodeError."""
+    if data is None:
+        return {}
+    kept = _unpack(data, None).get(REMINDERS_KEY)
+    return kept if isinstance(kept, dict) else {}
+
+
+def with_reminders(data: bytes, reminders: Mapping[str, Any]) -> bytes:
+    """Stored state bytes with their reminders replaced (none: the key goes), the rest as it
+    is: a turn whose handler failed still moves its reminders on."""
+    mapping = _unpack(data, None)
+    if reminders:
+        mapping[REMINDERS_KEY] = dict(reminders)
+    else:
+        mapping.pop(REMINDERS_KEY, None)
+    return _pack(mapping)
 
 
 def _invalid(actor: ActorType[Any], version: int, data: bytes, e: Exception) -> StateInvalid:
@@ -135,16 +173,24 @@ def _invalid(actor: ActorType[Any], version: int, data: bytes, e: Exception) -> 
     )
 
 
-def encode(actor: ActorType[Any], state: BaseModel, unknown: Mapping[str, Any]) -> bytes:
+def encode(
+    actor: ActorType[Any],
+    state: BaseModel,
+    unknown: Mapping[str, Any],
+    reminders: Mapping[str, Any] | None = None,
+) -> bytes:
     """The stored form of ``state``: its fields, the ``unknown`` ones of ``decode`` (a
-    current field of the same name wins) and ``"_v"``. Raises TypeError when the state
-    cannot be stored, e.g. an int beyond 64 bits (the cause is chained)."""
+    current field of the same name wins), ``"_v"`` and the actor's ``reminders`` (stored
+    form) if it has any. Raises TypeError when the state cannot be stored, e.g. an int
+    beyond 64 bits (the cause is chained)."""
     try:
         fields = state.model_dump(mode="json")
         if unknown:
             for key, value in unknown.items():
                 fields.setdefault(key, value)
         fields[VERSION_KEY] = actor.version
+        if reminders:
+            fields[REMINDERS_KEY] = dict(reminders)
         return _pack(fields)
     except (OverflowError, TypeError, ValueError) as e:
         raise TypeError(

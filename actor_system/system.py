@@ -7,20 +7,29 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
-from actor_system import replies, stored_state, tracing
+from actor_system import reminders, replies, stored_state, tracing
 from actor_system.actor import ActorRef, ActorType, Registry, message_name
 from actor_system.budget import Budget
-from actor_system.envelope import ID_LENGTH, Outgoing, check_message_id
+from actor_system.envelope import (
+    ID_LENGTH,
+    Envelope,
+    Outgoing,
+    check_message_id,
+    check_size,
+    encode,
+    new_id,
+)
 from actor_system.errors import (
     ActorBusy,
     ActorSystemError,
     ConfigError,
+    DecodeError,
     InvalidSend,
     redact_url,
 )
@@ -33,12 +42,12 @@ from actor_system.worker import Worker
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
-    from datetime import timedelta
 
     from opentelemetry.trace import TracerProvider
 
     from actor_system.metrics import MetricsHook
     from actor_system.ports import Backend, Clock, Continuation, Waker
+    from actor_system.reminders import Reminder
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -413,12 +422,123 @@ class ActorSystem:
             # the lane unless messages wait behind the ending.
             [claim] = self.backend.begin([ref.key], token, lease_ms, 0, self._now_ms(), "long")
             if claim is not None:
-                end = Commit(ref.key, token, claim.fence, None, [], delete=True, lane="e")
+                end = Commit(
+                    ref.key,
+                    token,
+                    claim.fence,
+                    None,
+                    [],
+                    delete=True,
+                    lane="e",
+                    cancels=_occurrences(ref.key, claim.state),
+                    reminders=0,
+                )
                 if self.backend.commit([end], self._now_ms())[0] is not None:
                     return claim.state is not None
             if time.monotonic() >= deadline:
                 raise ActorBusy(f"actor {ref.key} is busy: a turn holds its lease; try again")
             time.sleep(0.05)
+
+    # -- reminders -------------------------------------------------------------------------
+
+    def remind(
+        self,
+        ref: ActorRef,
+        name: str,
+        msg: BaseModel,
+        *,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        every: float | timedelta | None = None,
+        cron: str | None = None,
+        tz: str = "UTC",
+        times: int | None = None,
+        until: datetime | None = None,
+        jitter: float | timedelta | None = None,
+        catchup: Literal["coalesce", "all"] = "coalesce",
+        idempotency_key: str | None = None,
+        timeout: float = 10.0,
+    ) -> Reminder:
+        """Set the reminder ``name`` of ``ref`` from outside a handler, as ``ctx.remind``
+        does in one (same arguments; the schedule counts from now). It is a message to the
+        actor, applied in its turn, in order with its other messages; this call waits up to
+        ``timeout`` for that commit (processing it here when it can, as ``ask`` does) and
+        returns the reminder as set. NoReply after ``timeout``: it is still applied later.
+
+        The message's id is derived from the arguments (or ``idempotency_key``): the same
+        call repeated within the actor's dedup window is dropped and arms nothing new."""
+        spec: dict[str, Any] = {
+            "delay": delay,
+            "at": at,
+            "every": every,
+            "cron": cron,
+            "tz": tz,
+            "times": times,
+            "until": until,
+            "jitter": jitter,
+            "catchup": catchup,
+        }
+        type_name = self.registry.message_type(ref, msg)
+        entry = reminders.plan(
+            ref.key,
+            name,
+            type_name,
+            self._now_ms(),
+            max_delay_s=self.options.max_delay_s,
+            **spec,
+        )
+        payload = msg.model_dump(mode="json")
+        if idempotency_key is None:
+            given = {k: _given(v) for k, v in spec.items()}
+            idempotency_key = (
+                f"{reminders.REMIND_TYPE}\x1f{name}\x1f{type_name}\x1f{payload}\x1f{given}"
+            )
+        body = reminders.remind_payload(name, entry, payload)
+        item = self._control(ref, reminders.REMIND_TYPE, body, timeout, idempotency_key)
+        value = replies.value_of(item.id, self.await_reply(item, timeout), None)
+        found = reminders.Entry.unpack(value)
+        if found is None:
+            raise DecodeError(f"the reply to reminder {name!r} is not a reminder", b"")
+        return found.public(name)
+
+    def forget(self, ref: ActorRef, name: str, *, timeout: float = 10.0) -> bool:
+        """Remove the reminder ``name`` of ``ref`` (its pending occurrence is cancelled, one
+        already queued is dropped undelivered); whether the actor had it. Applied in the
+        actor's turn, in order with its other messages, as ``remind``; NoReply after
+        ``timeout`` (it is still applied later)."""
+        body = {"name": reminders.check_name(name)}
+        item = self._control(ref, reminders.FORGET_TYPE, body, timeout, None)
+        return bool(replies.value_of(item.id, self.await_reply(item, timeout), None))
+
+    def reminders(self, ref: ActorRef) -> list[Reminder]:
+        """The reminders of ``ref``, the earliest due first. Needs no registered actor type.
+        Raises DecodeError if the actor's stored state is corrupt."""
+        if not isinstance(ref, ActorRef):
+            raise InvalidSend(f"reminders needs an ActorRef (actor.ref(id)), got {ref!r}")
+        data, _ = self.backend.load_state(ref.key)
+        return reminders.public(stored_state.reminders_of(data))
+
+    def _control(
+        self,
+        ref: ActorRef,
+        kind: str,
+        payload: dict[str, Any],
+        timeout: float,
+        idempotency_key: str | None,
+    ) -> Outgoing:
+        """A system.remind or system.forget message, asked (its commit replies)."""
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            raise InvalidSend(f"timeout={timeout!r} must be a number of seconds > 0")
+        if not isinstance(ref, ActorRef):
+            raise InvalidSend(f"target must be an ActorRef (use actor.ref(id)), got {ref!r}")
+        self.registry.get(ref.type)
+        target = ref.key
+        mid = new_id(target, idempotency_key)
+        now_ms = self._now_ms()
+        env = Envelope(mid, target, kind, payload, 1, now_ms, None, reply="")
+        entry = encode(env)
+        check_size(entry, self.options.max_message_bytes, f"{kind} message to {target}")
+        return Outgoing(mid, target, entry, None)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -570,6 +690,24 @@ _URL_VARS = {
         "LONG_LANE_URL",
     )
 }
+
+
+def _given(value: Any) -> Any:
+    """An argument of system.remind as its dedup key holds it."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value
+
+
+def _occurrences(actor: str, state: bytes | None) -> list[str]:
+    """The ids of the pending occurrences of the reminders kept in ``state``."""
+    try:
+        kept = reminders.load(stored_state.reminders_of(state))
+    except DecodeError:
+        return []
+    return [reminders.occurrence_id(actor, n, e.gen, e.due) for n, e in kept.items()]
 
 
 def arm_wake(backend: Backend, waker: Waker, now_ms: int) -> None:

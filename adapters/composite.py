@@ -261,6 +261,9 @@ class CompositeBackend:
     ) -> list[tuple[str, str, int, str]]:
         return self.redis.deferred(limit, actor)
 
+    def reminder_actors(self, limit: int, actor_type: str | None = None) -> list[str]:
+        return self.redis.reminder_actors(limit, actor_type)
+
     def dead_letters(self, limit: int) -> list[bytes]:
         return self.redis.dead_letters(limit)
 
@@ -408,7 +411,7 @@ class CompositeBackend:
                 lost.add(i)
                 # Given back whole: nor does the actor move to the long-work lane.
                 give_back = self._redis_commit(c, None, [KEEP] * len(c.actions), [], [], replies=[])
-                final.append(replace(give_back, lane=""))
+                final.append(replace(give_back, lane="", reminders=-1))
                 continue
             final.append(c)
         results = self.redis.commit(final, now_ms)
@@ -432,7 +435,9 @@ class CompositeBackend:
         if turn is None:  # begin did not see this turn: write nothing, give it back
             log.error("commit of %s without its S3 read; batch abandoned", c.actor)
             keep: list[Outcome] = [KEEP] * len(c.actions)
-            nothing = replace(self._redis_commit(c, None, keep, [], [], replies=[]), lane="")
+            nothing = replace(
+                self._redis_commit(c, None, keep, [], [], replies=[]), lane="", reminders=-1
+            )
             return nothing, _S3Turn(None, False, [], missing=True), None
         actions = iter(c.actions)
         full = [DONE if pos in turn.skipped else next(actions) for pos in range(len(turn.entries))]

@@ -947,7 +947,7 @@ class RedisBackend:
             ]
             for mid, record in c.replies:
                 args += [mid, record]
-            args += [1 if c.delete else 0, c.idle_ttl_ms, c.lane]
+            args += [1 if c.delete else 0, c.idle_ttl_ms, c.lane, c.reminders]
             keys = k.commit_keys(c.actor)
             if not fused:
                 # Every other key the commit touches, declared (lib.lua): its local sends',
@@ -1238,12 +1238,16 @@ class RedisBackend:
                 pipe.zcard(k.ready(n))
                 pipe.zcard(k.leases(n))
                 pipe.zcard(k.long(n))
+                pipe.zcard(k.reminders(n))
+                pipe.get(k.reminder_count(n))
 
         got = self._pipe("stats", counts)
         return {
-            "ready_actors": int(sum(got[0::3])),
-            "leases_held": int(sum(got[1::3])),
-            "long_lane_actors": int(sum(got[2::3])),
+            "ready_actors": int(sum(got[0::5])),
+            "leases_held": int(sum(got[1::5])),
+            "long_lane_actors": int(sum(got[2::5])),
+            "reminders": sum(int(n or 0) for n in got[4::5]),
+            "actors_with_reminders": int(sum(got[3::5])),
             "mailbox_messages": sum(depths.values()),
             "in_flight_messages": sum(inflight.values()),
             "mailboxes": dict(sorted(depths.items(), key=lambda kv: -kv[1])),
@@ -1251,6 +1255,27 @@ class RedisBackend:
             "next_due_ms": self.next_due_ms(),
             "dead_letters": self.dead_letter_count(),
         }
+
+    def reminder_actors(self, limit: int, actor_type: str | None = None) -> list[str]:
+        """Up to ``limit`` actors that have reminders (of ``actor_type`` only, if given), from
+        the index each commit keeps: no scan of the keyspace."""
+        k = self.keys
+        match = None if actor_type is None else f"{_glob_escape(actor_type)}/*"
+        found: list[str] = []
+
+        def scan(key: str) -> list[str]:
+            got = []
+            for member, _ in self.client.zscan_iter(key, match=match, count=500):
+                got.append(member.decode() if isinstance(member, bytes) else str(member))
+                if len(found) + len(got) >= limit:
+                    break
+            return got
+
+        for n in self._parts():
+            found += self._call("reminders", scan, k.reminders(n))
+            if len(found) >= limit:
+                break
+        return sorted(found[:limit])
 
     def _scan(self, match: str) -> list[bytes]:
         """Keys matching ``match`` on the node, or on every primary of a cluster."""
@@ -1374,6 +1399,11 @@ def old_layout(client: Any, prefix: str) -> bool:
     if client.exists(*[f"{prefix}:{name}" for name in names]):
         return True
     return next(iter(client.scan_iter(match=f"{prefix}:{{*/*}}:*", count=1000)), None) is not None
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally in a SCAN pattern."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def _newest(record: bytes) -> tuple[int, str]:

@@ -107,6 +107,14 @@ class Keys:
         """The long-work lane's actors, each from the ms a long-work worker may take it."""
         return self.part(p, "long")
 
+    def reminders(self, p: int) -> str:
+        """The partition's actors that have reminders, each scored by how many."""
+        return self.part(p, "reminders")
+
+    def reminder_count(self, p: int) -> str:
+        """How many reminders the partition's actors have, all together."""
+        return self.part(p, "reminders:n")
+
     @property
     def lane_present(self) -> str:
         return self._g("lane:present")
@@ -166,7 +174,8 @@ class Keys:
         keys = [self.actor(actor, n) for n in names] + [self.leases(p), self.ready(p), self.dlq(p)]
         tail = [self.actor(actor, "outbox"), self.outboxes(p)]
         done = [self.actor(actor, "doneold"), self.actor(actor, "donetime")]
-        return [*keys, self.actor(actor, "err"), self.paused(p), *tail, *done, self.long(p)]
+        rem = [self.reminders(p), self.reminder_count(p)]
+        return [*keys, self.actor(actor, "err"), self.paused(p), *tail, *done, self.long(p), *rem]
 
     def poll_keys(self, p: int) -> list[str]:
         return [self.leases(p), self.ready(p), self.paused(p), self.due(p), self.outboxes(p)]

@@ -136,7 +136,24 @@ def test_a_malformed_trace_field_is_ignored(field: object) -> None:
     assert decode(raw) == env
 
 
-def test_fields_after_the_ninth_are_ignored() -> None:
-    env = make(trace={"traceparent": _TRACEPARENT})
+def test_fields_after_the_tenth_are_ignored() -> None:
+    env = make(trace={"traceparent": _TRACEPARENT}, reminder=("tick", "0a1b", 1_700_000_000_000))
     raw = env.id.encode() + msgpack.packb([*body_of(encode(env)), "a later field", 1])
     assert decode(raw) == env
+
+
+def test_an_occurrence_of_a_reminder_round_trips_without_reply_or_trace() -> None:
+    env = make(reminder=("tick", "0a1b", 1_700_000_000_000))
+    fields = body_of(encode(env))
+    assert fields[7:] == [None, None, ["tick", "0a1b", 1_700_000_000_000]]
+    assert decode(encode(env)) == env
+
+
+@pytest.mark.parametrize(
+    "field", [["tick", "0a1b"], ["tick", 1, 2], [None, "g", 1], "tick", ["t", "g", 1.5]]
+)
+def test_a_malformed_reminder_field_is_a_decode_error(field: object) -> None:
+    env = make()
+    raw = env.id.encode() + msgpack.packb([*body_of(encode(env)), None, None, field])
+    with pytest.raises(DecodeError, match="wrong types"):
+        decode(raw)

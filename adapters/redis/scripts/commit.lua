@@ -3,7 +3,8 @@
 -- KEYS[5] P:{A}:att  KEYS[6] P:{A}:done  KEYS[7] P:leases  KEYS[8] P:ready  KEYS[9] P:dlq
 -- KEYS[10] P:{A}:err (first error of a message still being retried)  KEYS[11] P:paused
 -- KEYS[12] P:{A}:outbox  KEYS[13] P:outboxes  KEYS[14] P:{A}:doneold  KEYS[15] P:{A}:donetime
--- KEYS[16] P:long (the long-work lane)
+-- KEYS[16] P:long (the long-work lane)  KEYS[17] P:reminders (actor -> how many reminders it
+-- has)  KEYS[18] P:reminders:n (the partition's reminders, all actors)
 -- (P: the actor's partition)
 -- ARGV[1] prefix  ARGV[2] inline signals  ARGV[3] token  ARGV[4] actor key  ARGV[5] now ms
 -- ARGV[6] state bytes ('' = unchanged)  ARGV[7] fence  ARGV[8] dedup window ms
@@ -29,7 +30,8 @@
 --   lane: '' (the actor's lane is left as it is), 'l' (it goes to, or stays in, the long-work
 --   lane: only long-work workers take it, from the retry time if any) or 'e' (a long-work
 --   worker's commit, or an ending: an actor in the lane goes back to the ordinary lane once
---   its mailbox is empty; one not in the lane is left as it is)
+--   its mailbox is empty; one not in the lane is left as it is); then how many reminders the
+--   actor has after this commit (-1: unchanged; an ending has none)
 -- Keys of an idle actor go away: the done sets expire a dedup window after the last commit,
 -- the lease 5 s after the commit (its receipt), att/err/mb/inflight when empty, the fence
 -- with its lease (begin.lua), the state as above. Only state that differs from the defaults
@@ -170,6 +172,22 @@ local n_replies = tonumber(ARGV[r + 1])
 local ends = ARGV[r + 2 + 2 * n_replies] == '1'
 local idle_ms = tonumber(ARGV[r + 3 + 2 * n_replies])
 local lane = ARGV[r + 4 + 2 * n_replies] or ''
+local rem = tonumber(ARGV[r + 5 + 2 * n_replies] or '-1')
+if ends then
+  rem = 0
+end
+if rem >= 0 then
+  -- The index of actors with reminders, and the count beside it (stats, reminders list).
+  local had = tonumber(redis.call('ZSCORE', KEYS[17], actor) or '0')
+  if rem ~= had then
+    if rem > 0 then
+      redis.call('ZADD', KEYS[17], rem, actor)
+    else
+      redis.call('ZREM', KEYS[17], actor)
+    end
+    redis.call('INCRBY', KEYS[18], rem - had)
+  end
+end
 for j = 1, n_replies do
   -- A list of one, so that an asker can block on it (BLMOVE to itself) and a later reader
   -- still finds it.
