@@ -115,6 +115,16 @@ def plan(ctx: Context[ReminderState], msg: Plan) -> None:
     ctx.state.plan = msg
 
 
+class ArmThenFail(BaseModel):
+    """Set a reminder, then raise: the reminder goes with the rest of the failed handler."""
+
+
+@timer.handler
+def arm_then_fail(ctx: Context[ReminderState], msg: ArmThenFail) -> None:
+    ctx.remind("doomed", Tick(), every=10)
+    raise RuntimeError("failed after ctx.remind")
+
+
 class AsyncArm(BaseModel):
     every: float = 5.0
 
@@ -128,4 +138,14 @@ async def async_arm(ctx: Context[ReminderState], msg: AsyncArm) -> None:
     ctx.remind("tick", Tick(), every=msg.every)
 
 
-actors = [timer, async_timer]
+idle_timer = ActorType("itimer", state=ReminderState, idle_ttl_s=5)
+idle_timer.handler(arm)
+idle_timer.handler(_tick)
+
+
+@idle_timer.handler
+def idle_forget(ctx: Context[ReminderState], msg: Forget) -> None:
+    ctx.state.forgot.append(ctx.forget(msg.name))
+
+
+actors = [timer, async_timer, idle_timer]

@@ -11,12 +11,14 @@ from actor_system import InvalidSend
 from actor_system.testing import advance_and_drain
 from tests.reminder_actors import (
     Arm,
+    ArmThenFail,
     AsyncArm,
     Forget,
     Plan,
     ReminderState,
     Tick,
     async_timer,
+    idle_timer,
     timer,
 )
 
@@ -229,6 +231,22 @@ def test_a_failing_occurrence_does_not_stop_the_schedule(
         advance_and_drain(system, clock, 10)
     assert got(system, ref) == [(t1 + 10_000, 0), (t1 + 20_000, 0)]
     assert t1 > t0
+
+
+def test_a_reminder_set_by_a_handler_that_fails_is_not_set(
+    make_system: Any, clock: ManualClock
+) -> None:
+    system: ActorSystem = make_system(timer, max_attempts=1)
+    ref = timer.ref("rolled-back")
+    system.send(ref, ArmThenFail())
+    system.run_until_idle()
+    assert [d.reason for d in system.dead_letters()] == [
+        "failed 1 times, last: RuntimeError: failed after ctx.remind"
+    ]
+    assert system.reminders(ref) == []
+    assert pending(system) in (None, 0)
+    advance_and_drain(system, clock, 30)
+    assert got(system, ref) == []
 
 
 def test_replace_races_an_occurrence_already_in_the_mailbox(
@@ -487,3 +505,21 @@ def test_a_bad_name_or_message_is_refused(make_system: Any) -> None:
         system.remind(ref, "", Tick(), delay=1)
     with pytest.raises(UnknownMessageType):
         system.remind(ref, "x", AsyncArm(), delay=1)
+
+
+def test_an_actor_with_reminders_outlives_its_idle_ttl_until_its_next_occurrence(
+    url: str, clock: ManualClock
+) -> None:
+    from actor_system import ActorSystem
+
+    system = ActorSystem.from_url(url, actors=[idle_timer], clock=clock)
+    ref = idle_timer.ref("idle")
+    system.send(ref, Arm(every=3600))
+    system.run_until_idle()
+    backend: Any = system.backend
+    key = backend.keys.actor(ref.key, "state")
+    assert 3600_000 < backend.client.pttl(key) <= 3605_000  # until the occurrence, then idle
+    system.send(ref, Forget())
+    system.run_until_idle()
+    assert 0 < backend.client.pttl(key) <= 5000  # no reminder: idle as its type says
+    system.close()
