@@ -1,4 +1,4 @@
-"""Reminders: deferred messages delivered by a live drain loop, and one cancelled.
+"""Reminders: named deferred messages, one forgotten, and one that repeats on a grid.
 
 Run: python -m examples.reminder [--redis-url redis://localhost:6379/0]
 """
@@ -14,8 +14,8 @@ from examples._cli import redis_url
 
 
 class ReminderState(BaseModel):
-    scheduled: dict[str, str] = Field(default_factory=dict)  # text -> deferred message id
     fired: list[str] = Field(default_factory=list)
+    polls: int = 0
 
 
 class Schedule(BaseModel):
@@ -29,7 +29,10 @@ class Cancel(BaseModel):
 
 class Remind(BaseModel):
     text: str
-    due: float  # epoch seconds, to show how late the drain loop delivered it
+
+
+class Poll(BaseModel):
+    pass
 
 
 reminders = ActorType("reminders", state=ReminderState)
@@ -37,25 +40,33 @@ reminders = ActorType("reminders", state=ReminderState)
 
 @reminders.handler
 def schedule(ctx: Context[ReminderState], msg: Schedule) -> None:
-    due = ctx.now.timestamp() + msg.in_s
-    mid = ctx.send(ctx.self, Remind(text=msg.text, due=due), delay=msg.in_s)
-    ctx.state.scheduled[msg.text] = mid
+    # Named by its text: scheduling the same text again replaces it, no id to keep.
+    ctx.remind(msg.text, Remind(text=msg.text), delay=msg.in_s)
+    if msg.text == "stretch":
+        # A reminder that repeats: every 0.4 s on a fixed grid, three times.
+        ctx.remind("poll", Poll(), every=0.4, times=3)
 
 
 @reminders.handler
 def cancel(ctx: Context[ReminderState], msg: Cancel) -> None:
-    mid = ctx.state.scheduled.pop(msg.text, None)
-    if mid is not None:
-        ctx.cancel(mid)  # takes effect when this turn commits
+    ctx.forget(msg.text)  # takes effect when this turn commits
 
 
 @reminders.handler
 def remind(ctx: Context[ReminderState], msg: Remind) -> None:
-    ctx.state.scheduled.pop(msg.text, None)
     ctx.state.fired.append(msg.text)
     # Printing is a side effect outside the state: at-least-once, like any HTTP call.
-    late_ms = (time.time() - msg.due) * 1000
+    assert ctx.occurrence is not None
+    late_ms = (time.time() - ctx.occurrence.timestamp()) * 1000
     print(f"  reminder {msg.text!r} fired {late_ms:.1f} ms after its due time")
+
+
+@reminders.handler
+def poll(ctx: Context[ReminderState], msg: Poll) -> None:
+    ctx.state.polls += 1
+    assert ctx.occurrence is not None
+    late_ms = (time.time() - ctx.occurrence.timestamp()) * 1000
+    print(f"  poll {ctx.state.polls} of 3 fired {late_ms:.1f} ms after its grid time")
 
 
 def main() -> None:
@@ -65,12 +76,14 @@ def main() -> None:
     system.send(me, Schedule(text="standup", in_s=1.0))
     system.send(me, Schedule(text="tea", in_s=1.5))
     system.send(me, Cancel(text="standup"))
-    print("scheduled 'stretch' (0.5 s), 'standup' (1.0 s), 'tea' (1.5 s); cancelled 'standup'")
+    print("reminders 'stretch' (0.5 s), 'standup' (1.0 s), 'tea' (1.5 s), 'poll' (every 0.4 s,")
+    print("3 times); forgot 'standup'")
     # A worker drains for two seconds: no timer, the loop waits for the next due message.
     report = system.worker(budget=Budget.seconds(2.0)).run()
     state = system.state(me)
+    left = [r.name for r in system.reminders(me)]
     print(
-        f"fired: {state.fired}  still scheduled: {list(state.scheduled)}  "  # type: ignore[attr-defined]
+        f"fired: {state.fired}  polls: {state.polls}  reminders left: {left}  "  # type: ignore[attr-defined]
         f"({report.messages} messages in {report.turns} turns)"
     )
     system.close()

@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 EXPECTED = {
     "counter": ["count=6 resets=0", "count=0 resets=3"],
-    "reminder": ["fired: ['stretch', 'tea']", "still scheduled: []"],
+    "reminder": ["fired: ['stretch', 'tea']  polls: 3  reminders left: []"],
     "order_timeout": ["A-1 paid, A-2 cancelled", "refused payments 1"],
     "aws_stores": ["done=['water the plants']", "SQS hops (DelaySeconds): [2, 2]"],
 }
