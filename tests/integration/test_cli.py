@@ -422,6 +422,7 @@ WRITES = {
     "delete": ("delete", "counter", "a", "--yes"),
     "recover": ("recover",),
     "deferred cancel": ("deferred", "cancel", UNKNOWN_ID),
+    "reminders forget": ("reminders", "forget", "counter", "a", "tick"),
     "dlq redrive": ("dlq", "redrive", "--all"),
     "dlq purge": ("dlq", "purge", "--all", "--yes"),
 }
@@ -627,3 +628,57 @@ def test_delete_ends_an_actor(redis_url: str) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"deleted": "counter/gone", "had_state": True}
     assert system.raw_state(counter.ref("gone")) is None
+
+
+def test_reminders_list_and_forget(redis_url: str) -> None:
+    from tests.reminder_actors import Arm, timer
+    from tests.reminder_actors import actors as reminder_actors
+
+    system = ActorSystem.from_url(redis_url, actors=reminder_actors)
+    for i in range(3):
+        system.send(timer.ref(f"t{i}"), Arm(every=600, times=5))
+    system.send(timer.ref("t0"), Arm(name="daily", cron="0 9 * * *", tz="Europe/Berlin"))
+    system.run_until_idle()
+
+    def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [EXE, "--url", redis_url, "--app", "tests.reminder_actors", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if ok:
+            assert done.returncode == 0, done.stderr
+        return done
+
+    rows = json.loads(run("--json", "reminders", "list").stdout)
+    assert sorted((r["actor"], r["name"]) for r in rows) == [
+        ("timer/t0", "daily"),
+        ("timer/t0", "tick"),
+        ("timer/t1", "tick"),
+        ("timer/t2", "tick"),
+    ]
+    daily = next(r for r in rows if r["name"] == "daily")
+    assert daily["schedule"] == "cron 0 9 * * * Europe/Berlin"
+    assert daily["remaining"] is None
+    assert ISO_MS.fullmatch(daily["due"])
+    table = run("reminders", "list", "timer", "t1").stdout.splitlines()
+    assert table[0].split() == ["ACTOR", "NAME", "TYPE", "DUE", "(UTC)", "SCHEDULE", "LEFT"]
+    assert table[2].split()[:3] == ["timer/t1", "tick", "Tick"]
+    assert table[2].split()[-3:] == ["every", "600s", "5"]
+    assert len(json.loads(run("--json", "reminders", "list", "timer").stdout)) == 4
+    assert json.loads(run("--json", "reminders", "list", "nosuch").stdout) == []
+    assert json.loads(run("--json", "stats").stdout)["reminders"] == 4
+
+    assert run("reminders", "forget", "timer", "t0", "daily").stdout.strip() == (
+        "forgot daily of timer/t0"
+    )
+    assert [r.name for r in system.reminders(timer.ref("t0"))] == ["tick"]
+    assert error_line(run("reminders", "forget", "timer", "t0", "daily", ok=False)) == (
+        "actor-system: actor timer/t0 has no reminder 'daily'"
+    )
+    assert error_line(run("reminders", "list", "bad type!", ok=False)).startswith(
+        "actor-system: actor type 'bad type!' must match"
+    )
+    assert json.loads(run("--json", "stats").stdout)["reminders"] == 3
+    system.close()
