@@ -367,3 +367,45 @@ def test_remove_takes_only_the_object_it_read(aws: AwsResources) -> None:
     assert store.read("fwd/x").state == b"newer"
     assert store.remove("fwd/x", second) is True
     assert store.read("fwd/x").etag is None
+
+
+def test_redis_restored_to_before_an_occurrence_keeps_the_reminder_exactly_once(
+    server: Snapshots, aws: AwsResources
+) -> None:
+    """A reminder's schedule lives in the S3 object: a Redis that loses the turn of an
+    occurrence (and the next occurrence it armed) gets the occurrence back, drops it as
+    processed, and the next one is sent again from the object's commits."""
+    from tests.reminder_actors import Arm, ReminderState, timer
+
+    clock = ManualClock()
+    state_url = f"s3://{aws.bucket}/actors?replay_window={WINDOW_S}"
+
+    def make() -> ActorSystem:
+        return ActorSystem.from_url(server.url, actors=[timer], state=state_url, clock=clock)
+
+    system = make()
+    ref = timer.ref("remind")
+    t0 = round(clock.now() * 1000)
+    system.send(ref, Arm(every=10))
+    system.run_until_idle()
+    clock.advance(10)
+    system.run_until_idle()  # the first occurrence; the second is armed
+    server.client().save()  # the snapshot: the second occurrence pending
+    clock.advance(10)
+    system.run_until_idle()  # the second occurrence; the third is armed
+    system.close()
+
+    server.restore()  # Redis loses the second occurrence's turn and the third occurrence
+    fresh = make()
+    report = fresh.run_until_idle()
+    assert (report.messages, report.duplicates) == (0, 1)  # the second, dropped
+    clock.advance(10)
+    assert fresh.run_until_idle().messages == 1  # the third, sent again by the replay
+    clock.advance(10)
+    assert fresh.run_until_idle().messages == 1
+    state = fresh.state(ref)
+    assert isinstance(state, ReminderState)
+    assert [g.occurrence_ms - t0 for g in state.got] == [10_000, 20_000, 30_000, 40_000]
+    [r] = fresh.reminders(ref)
+    assert r.due.timestamp() * 1000 == t0 + 50_000
+    fresh.close()
