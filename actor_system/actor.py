@@ -485,6 +485,7 @@ class Registry:
         attempt: int = 1,
         reply: str | None = None,
         trace: dict[str, str] | EllipsisType | None = ...,
+        reminder: tuple[str, str, int] | None = None,
     ) -> Outgoing:
         """Validate and encode one send; raises before anything reaches a backend.
 
@@ -509,6 +510,7 @@ class Registry:
             due_at_ms=due,
             reply=reply,
             trace=self.tracing.carrier() if trace is ... else trace,
+            reminder=reminder,
         )
         entry = encode(env)
         check_size(entry, self.options.max_message_bytes, f"message {env.type} to {target}")

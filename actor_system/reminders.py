@@ -40,8 +40,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-from actor_system.envelope import Envelope, Outgoing, check_size, encode, new_id
-from actor_system.errors import InvalidSend
+from actor_system.envelope import Envelope, Outgoing, check_size, decode, encode, new_id
+from actor_system.errors import DecodeError, InvalidSend
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 REMIND_TYPE = "actor-system:remind"
 FORGET_TYPE = "actor-system:forget"
 CONTROL_TYPES = frozenset({REMIND_TYPE, FORGET_TYPE})
+# The generation of a redriven dead occurrence: delivered as it was (ctx.reminder and
+# ctx.occurrence set), never stale, never moving the schedule, which moved on when it died.
+DETACHED = ""
 
 _MAX_NAME = 200
 # A cron reminder's catch-up counts each missed time up to this many, then jumps to the last
@@ -374,6 +377,19 @@ def occurrence(
     raw = encode(env)
     check_size(raw, max_bytes, f"reminder {name!r} of {target}")
     return Outgoing(mid, target, raw, entry.due if entry.due > now_ms else None)
+
+
+def detached(entry: bytes) -> bytes:
+    """A dead-lettered occurrence made ready for a redrive (DETACHED); any other entry, or
+    one that does not decode, as it is."""
+    try:
+        env = decode(entry)
+    except DecodeError:
+        return entry
+    if env.reminder is None:
+        return entry
+    name, _, due = env.reminder
+    return encode(replace(env, reminder=(name, DETACHED, due)))
 
 
 def load(stored: Mapping[str, Any]) -> dict[str, Entry]:

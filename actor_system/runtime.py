@@ -153,6 +153,9 @@ class Outbox:
         self, name: str, entry: reminders.Entry, payload: dict[str, Any], now_ms: int
     ) -> None:
         """Set (or replace) a reminder and arm its first occurrence."""
+        limit = self._registry.options.max_outbox
+        if len(self.items) >= limit:
+            raise InvalidSend(f"a turn may send at most max_outbox={limit} messages")
         first = reminders.occurrence(
             self._actor,
             name,
@@ -1028,6 +1031,8 @@ class Runtime:
         replaced or forgotten after this occurrence was queued)."""
         assert env.reminder is not None
         name, gen, due = env.reminder
+        if gen == reminders.DETACHED:
+            return due, 0  # a redriven dead letter: delivered as it was, the schedule untouched
         entry = outbox.reminders.get(name)
         if entry is None or entry.gen != gen or entry.due != due:
             log.debug("stale occurrence %s of reminder %r of %s dropped", env.id, name, env.target)
@@ -1066,7 +1071,7 @@ class Runtime:
             env = decode(entry)
         except DecodeError:
             return
-        if env.reminder is None:
+        if env.reminder is None or env.reminder[1] == reminders.DETACHED:
             return
         fold = self._occurrence(turn, env, outbox)
         if fold is None:
@@ -1216,6 +1221,7 @@ class Runtime:
             attempt=env.attempt + failed + 1,
             reply=env.reply,  # whoever asked still gets the reply of the copy
             trace=env.trace,  # and it stays in the trace it was sent in
+            reminder=env.reminder,  # and an occurrence stays one: it moves its schedule on
         )
         outbox.items.append(again)
 

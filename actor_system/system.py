@@ -576,7 +576,9 @@ class ActorSystem:
         message: purge those)."""
         if not dead.actor or len(dead.id) != ID_LENGTH:
             return False
-        moved = self.backend.redrive(dead.record, dead.actor, dead.id, dead.entry, self._now_ms())
+        # An occurrence of a reminder runs as it was; its schedule moved on when it died.
+        entry = reminders.detached(dead.entry)
+        moved = self.backend.redrive(dead.record, dead.actor, dead.id, entry, self._now_ms())
         if moved:
             self._drain_what_is_ready()
         return moved

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from actor_system import ActorType, Context
+from actor_system import ActorType, Context, Retry
 
 
 class Tick(BaseModel):
@@ -38,6 +38,7 @@ class Plan(BaseModel):
     """What the next occurrences' handler does: fail, replace its own reminder, forget it."""
 
     fail_n: list[int] = []  # occurrences whose Tick.n is one of these raise
+    retry_first: bool = False  # each occurrence's first attempt raises Retry(delay=5)
     replace_after: int | None = None  # after this many deliveries: every=replace_every
     replace_every: float = 0.0
     forget_after: int | None = None  # after this many deliveries: ctx.forget(own name)
@@ -83,6 +84,8 @@ def _tick(ctx: Context[ReminderState], msg: Tick) -> None:
     plan = ctx.state.plan
     if msg.n in plan.fail_n:
         raise RuntimeError(f"occurrence {msg.n} fails")
+    if plan.retry_first and ctx.attempt == 1:
+        raise Retry(delay=5)
     ctx.state.got.append(
         Got(
             name=ctx.reminder,

@@ -233,6 +233,50 @@ def test_a_failing_occurrence_does_not_stop_the_schedule(
     assert t1 > t0
 
 
+def test_an_occurrence_retried_through_the_delay_queue_stays_an_occurrence(
+    make_system: Any, clock: ManualClock
+) -> None:
+    """Retry(delay=) re-sends the occurrence: delivered later as that occurrence, and the
+    schedule moves on from it."""
+    system: ActorSystem = make_system(timer)
+    ref = timer.ref("retried")
+    system.send(ref, Plan(retry_first=True))
+    t0 = armed(system, ref, clock, every=10, times=2)
+    advance_and_drain(system, clock, 10)
+    assert got(system, ref) == []
+    advance_and_drain(system, clock, 5)  # the retry: the first occurrence, on its grid time
+    assert got(system, ref) == [(t0 + 10_000, 0)]
+    [r] = system.reminders(ref)
+    assert (r.due.timestamp() * 1000, r.remaining) == (t0 + 20_000, 1)
+    advance_and_drain(system, clock, 5)
+    advance_and_drain(system, clock, 5)
+    assert got(system, ref) == [(t0 + 10_000, 0), (t0 + 20_000, 0)]
+    assert system.reminders(ref) == []
+
+
+def test_a_redriven_dead_occurrence_runs_as_it_was_and_leaves_the_schedule_alone(
+    make_system: Any, clock: ManualClock
+) -> None:
+    system: ActorSystem = make_system(timer, max_attempts=1)
+    ref = timer.ref("redriven")
+    system.send(ref, Plan(fail_n=[0]))
+    t0 = armed(system, ref, clock, every=10, times=3)
+    advance_and_drain(system, clock, 10)
+    [dead] = system.dead_letters()
+    assert system.reminders(ref)[0].due.timestamp() * 1000 == t0 + 20_000  # moved on
+    system.send(ref, Plan())  # fixed
+    system.run_until_idle()
+    assert system.redrive(dead) is True
+    system.run_until_idle()
+    assert got(system, ref) == [(t0 + 10_000, 0)]  # not dropped as stale
+    [r] = system.reminders(ref)
+    assert (r.due.timestamp() * 1000, r.remaining) == (t0 + 20_000, 2)  # untouched
+    advance_and_drain(system, clock, 10)
+    advance_and_drain(system, clock, 10)
+    assert got(system, ref) == [(t0 + s * 1000, 0) for s in (10, 20, 30)]
+    assert system.reminders(ref) == []
+
+
 def test_a_reminder_set_by_a_handler_that_fails_is_not_set(
     make_system: Any, clock: ManualClock
 ) -> None:
