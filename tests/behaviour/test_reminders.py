@@ -567,3 +567,23 @@ def test_an_actor_with_reminders_outlives_its_idle_ttl_until_its_next_occurrence
     system.run_until_idle()
     assert 0 < backend.client.pttl(key) <= 5000  # no reminder: idle as its type says
     system.close()
+
+
+def test_a_reminder_a_month_ahead_waits_in_the_external_delay_store(
+    make_system: Any, clock: ManualClock, stores: dict[str, Any]
+) -> None:
+    """With SQS or Scheduler as the delay store, a far occurrence costs the drains nothing
+    until it is near: it is not in the Redis sorted set they poll."""
+    if stores.get("kind") not in ("sqs", "scheduler"):
+        pytest.skip("a delay store outside Redis")
+    system: ActorSystem = make_system(timer)
+    ref = timer.ref("month")
+    t0 = armed(system, ref, clock, every=timedelta(days=30).total_seconds())
+    stats = system.stats()
+    assert stats["pending_deferred"] == 0  # nothing in Redis for a drain to look at
+    assert stats["deferred_elsewhere"] >= 1
+    assert system.backend.next_due_ms() is None
+    clock.advance(30 * 86400)
+    system.run_until_idle()  # the store hands it back once near; landed and delivered
+    system.run_until_idle()
+    assert got(system, ref) == [(t0 + 30 * 86400_000, 0)]
