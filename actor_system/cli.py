@@ -632,6 +632,50 @@ def reminders_forget(s: Settings, type_name: str, actor_id: str, name: str, time
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="the address to bind")
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--read-only", is_flag=True, help="no actions: every POST answers 403")
+@click.option(
+    "--token",
+    envvar=f"{ENV_PREFIX}DASHBOARD_TOKEN",
+    help=f"required to bind beyond loopback [env: {ENV_PREFIX}DASHBOARD_TOKEN]",
+)
+@pass_settings
+def dashboard(s: Settings, host: str, port: int, read_only: bool, token: str | None) -> None:
+    """Serve the operations dashboard in the browser (needs the dashboard extra)."""
+    if not token and not _loopback(host):
+        raise ConfigError(
+            f"--host {host} reaches beyond this machine: give a token (--token or "
+            f"{ENV_PREFIX}DASHBOARD_TOKEN), or bind 127.0.0.1"
+        )
+    try:
+        import uvicorn
+
+        from actor_system.dashboard import app
+    except ImportError as e:
+        raise ConfigError(
+            f"the dashboard needs its extra: pip install 'actor-system[dashboard]' ({e})"
+        ) from None
+    system = s.system(writes=not read_only)
+    where = f"http://{host}:{port}/"
+    click.echo(f"actor-system dashboard on {where}{' (read-only)' if read_only else ''}", err=True)
+    uvicorn.run(
+        app(system, token=token, read_only=read_only), host=host, port=port, log_level="warning"
+    )
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@main.command()
 @pass_settings
 def recover(s: Settings) -> None:
     """After Redis lost writes: send again what S3-state actors sent and Redis lost."""

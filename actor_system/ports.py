@@ -316,6 +316,34 @@ class Inspector(Protocol):
     def reminder_actors(self, limit: int, actor_type: str | None = None) -> list[str]:
         """Up to ``limit`` actor keys that have reminders (of ``actor_type`` only), sorted."""
 
+    # Bounded views for the dashboard: no scan of the keyspace, a round trip or two each.
+
+    def summary(self, top: int) -> dict[str, Any]:
+        """Counts (ready actors, leases, long lane, deferred, dead letters, reminders), the
+        next due time and the deepest of the mailboxes next to run (``top``)."""
+
+    def timeline(
+        self,
+        now_ms: int,
+        span_ms: int,
+        buckets: int,
+        actor_type: str | None = None,
+        message_type: str | None = None,
+    ) -> tuple[list[int], int]:
+        """Deferred messages falling due per interval; (counts, sample per partition or 0)."""
+
+    def deferred_page(
+        self,
+        after_ms: int,
+        limit: int,
+        actor_type: str | None = None,
+        message_type: str | None = None,
+    ) -> list[tuple[str, str, int, str]]:
+        """Deferred messages due after ``after_ms``, earliest first."""
+
+    def actor_view(self, actor: str, head: int) -> dict[str, Any]:
+        """Mailbox head and depth, in-flight entries, lease expiry, state and version."""
+
 
 class Waker(Protocol):
     """Starts a drain at a later time, where nothing runs in between (Lambda)."""

@@ -690,6 +690,7 @@ _URL_VARS = {
         "WAKER_URL",
         "CONTINUE_URL",
         "LONG_LANE_URL",
+        "DASHBOARD_TOKEN",
     )
 }
 

@@ -264,6 +264,40 @@ class CompositeBackend:
     def reminder_actors(self, limit: int, actor_type: str | None = None) -> list[str]:
         return self.redis.reminder_actors(limit, actor_type)
 
+    def summary(self, top: int) -> dict[str, Any]:
+        summary = self.redis.summary(top)
+        if self.delay is not None:
+            summary["deferred_elsewhere"] = self._pending_elsewhere()
+            summary["deferred_store"] = self.delay.name
+        if self.state_store is not None:
+            summary["state_store"] = self.state_store.name
+        return summary
+
+    def timeline(
+        self,
+        now_ms: int,
+        span_ms: int,
+        buckets: int,
+        actor_type: str | None = None,
+        message_type: str | None = None,
+    ) -> tuple[list[int], int]:
+        return self.redis.timeline(now_ms, span_ms, buckets, actor_type, message_type)
+
+    def deferred_page(
+        self,
+        after_ms: int,
+        limit: int,
+        actor_type: str | None = None,
+        message_type: str | None = None,
+    ) -> list[tuple[str, str, int, str]]:
+        return self.redis.deferred_page(after_ms, limit, actor_type, message_type)
+
+    def actor_view(self, actor: str, head: int) -> dict[str, Any]:
+        view = self.redis.actor_view(actor, head)
+        if self.state_store is not None:
+            view["state"], view["version"] = self.load_state(actor)
+        return view
+
     def dead_letters(self, limit: int) -> list[bytes]:
         return self.redis.dead_letters(limit)
 

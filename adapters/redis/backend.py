@@ -1256,6 +1256,153 @@ class RedisBackend:
             "dead_letters": self.dead_letter_count(),
         }
 
+    # -- bounded views (the dashboard) -----------------------------------------------------
+
+    def summary(self, top: int) -> dict[str, Any]:
+        """Counts without a scan, in one pipelined round trip per node, and the mailbox
+        depths of up to ``top`` actors next in each partition's ready order, deepest first."""
+        k = self.keys
+        parts = list(self._parts())
+
+        def build(pipe: Any) -> None:
+            for n in parts:
+                pipe.zcard(k.ready(n))
+                pipe.zcard(k.leases(n))
+                pipe.zcard(k.long(n))
+                pipe.zcard(k.due(n))
+                pipe.llen(k.dlq(n))
+                pipe.get(k.reminder_count(n))
+                pipe.zcard(k.reminders(n))
+                pipe.zrange(k.ready(n), 0, top - 1) if top else pipe.echo("")
+
+        got = self._pipe("summary", build)
+        rows = [got[i : i + 8] for i in range(0, len(got), 8)]
+        ready = [m.decode() if isinstance(m, bytes) else str(m) for r in rows for m in (r[7] or [])]
+        depths = (
+            self._pipe("summary", lambda p: [p.llen(k.actor(a, "mb")) for a in ready])
+            if ready
+            else []
+        )
+        ranked = sorted(zip(ready, (int(d) for d in depths), strict=True), key=lambda r: -r[1])
+        return {
+            "ready_actors": sum(int(r[0]) for r in rows),
+            "leases_held": sum(int(r[1]) for r in rows),
+            "long_lane_actors": sum(int(r[2]) for r in rows),
+            "deferred": sum(int(r[3]) for r in rows),
+            "dead_letters": sum(int(r[4]) for r in rows),
+            "reminders": sum(int(r[5] or 0) for r in rows),
+            "actors_with_reminders": sum(int(r[6]) for r in rows),
+            "top": ranked[:top],
+            "next_due_ms": self.next_due_ms(),
+        }
+
+    def timeline(
+        self,
+        now_ms: int,
+        span_ms: int,
+        buckets: int,
+        actor_type: str | None = None,
+        message_type: str | None = None,
+        sample: int = 5_000,
+    ) -> tuple[list[int], int]:
+        """How many deferred messages fall due in each of ``buckets`` equal intervals from
+        ``now_ms`` over ``span_ms`` (what is overdue counts in the first). Returns (counts,
+        0), or with a filter, counted over the first ``sample // partitions`` due of each
+        partition: (counts, that many)."""
+        k = self.keys
+        parts = list(self._parts())
+        step = max(1, span_ms // buckets)
+        end = now_ms + step * buckets
+        if actor_type is None and message_type is None:
+
+            def build(pipe: Any) -> None:
+                for n in parts:
+                    for i in range(buckets):
+                        low = "-inf" if i == 0 else now_ms + i * step
+                        pipe.zcount(k.due(n), low, f"({now_ms + (i + 1) * step}")
+
+            got = self._pipe("timeline", build)
+            counts = [0] * buckets
+            for j, c in enumerate(got):
+                counts[j % buckets] += int(c)
+            return counts, 0
+        per = max(1, sample // len(parts))
+        rows = self._filtered(parts, "-inf", end, per, actor_type, message_type)
+        counts = [0] * buckets
+        for _, _, due, _ in rows:
+            counts[min(buckets - 1, max(0, (due - now_ms) // step))] += 1
+        return counts, per
+
+    def deferred_page(
+        self,
+        after_ms: int,
+        limit: int,
+        actor_type: str | None = None,
+        message_type: str | None = None,
+    ) -> list[tuple[str, str, int, str]]:
+        """Up to ``limit`` deferred messages due after ``after_ms`` (0: from the earliest),
+        earliest first, as (id, actor key, due ms, message type); a filter looks through
+        ``limit * 10`` of each partition."""
+        parts = list(self._parts())
+        low = f"({after_ms}" if after_ms else "-inf"
+        per = limit if actor_type is None and message_type is None else limit * 10
+        rows = self._filtered(parts, low, "+inf", per, actor_type, message_type)
+        return sorted(rows, key=lambda r: (r[2], r[0]))[:limit]
+
+    def _filtered(
+        self,
+        parts: list[int],
+        low: Any,
+        high: Any,
+        per: int,
+        actor_type: str | None,
+        message_type: str | None,
+    ) -> list[tuple[str, str, int, str]]:
+        k = self.keys
+        heads = self._pipe(
+            "deferred",
+            lambda p: [
+                p.zrangebyscore(k.due(n), low, high, start=0, num=per, withscores=True)
+                for n in parts
+            ],
+        )
+        pairs = [(mid.decode(), int(due)) for rows in heads for mid, due in rows]
+        bodies = self._bodies([m for m, _ in pairs])
+        out = []
+        for (mid, due), value in zip(pairs, bodies, strict=True):
+            target, _, body = value.partition(b"\n") if value else (b"?", b"", b"")
+            actor = target.decode(errors="replace")
+            if actor_type is not None and actor.partition("/")[0] != actor_type:
+                continue
+            kind = _type_of(mid.encode(), body)
+            if message_type is not None and kind != message_type:
+                continue
+            out.append((mid, actor, due, kind))
+        return out
+
+    def actor_view(self, actor: str, head: int) -> dict[str, Any]:
+        """One actor as the store holds it: its mailbox's first ``head`` entries and depth,
+        its in-flight entries, its lease's expiry, its state and version."""
+        k = self.keys
+        part = k.part_of(actor)
+
+        def build(pipe: Any) -> None:
+            pipe.lrange(k.actor(actor, "mb"), 0, head - 1)
+            pipe.llen(k.actor(actor, "mb"))
+            pipe.lrange(k.actor(actor, "inflight"), 0, 999)
+            pipe.zscore(k.leases(part), actor)
+            pipe.hmget(k.actor(actor, "state"), ["d", "v"])
+
+        mb, depth, inflight, lease, (data, version) = self._pipe("actor", build)
+        return {
+            "mailbox": [bytes(e) for e in mb],
+            "mailbox_depth": int(depth),
+            "inflight": [bytes(e) for e in inflight],
+            "lease_expires_ms": None if lease is None else int(lease),
+            "state": data,
+            "version": int(version or 0),
+        }
+
     def reminder_actors(self, limit: int, actor_type: str | None = None) -> list[str]:
         """Up to ``limit`` actors that have reminders (of ``actor_type`` only, if given), from
         the index each commit keeps: no scan of the keyspace."""
