@@ -264,6 +264,15 @@ class CompositeBackend:
     def reminder_actors(self, limit: int, actor_type: str | None = None) -> list[str]:
         return self.redis.reminder_actors(limit, actor_type)
 
+    @property
+    def where(self) -> str:
+        stores = [self.redis.where]
+        if self.state_store is not None:
+            stores.append(f"state {self.state_store.name}")
+        if self.delay is not None:
+            stores.append(f"deferred {self.delay.name}")
+        return " · ".join(stores)
+
     def summary(self, top: int) -> dict[str, Any]:
         summary = self.redis.summary(top)
         if self.delay is not None:

@@ -29,7 +29,7 @@ from starlette.staticfiles import StaticFiles
 from actor_system import stored_state
 from actor_system.actor import ActorRef
 from actor_system.envelope import decode
-from actor_system.errors import ActorSystemError, DecodeError, redact_url
+from actor_system.errors import ActorSystemError, DecodeError
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -102,7 +102,7 @@ class Dashboard:
             request=request,
             csrf=self.csrf_token(),
             read_only=self.read_only,
-            where=redact_url(getattr(self.system.backend, "url", "") or ""),
+            where=getattr(self.system.backend, "where", ""),
             now=datetime.now(UTC),
             **data,
         )

@@ -1258,6 +1258,11 @@ class RedisBackend:
 
     # -- bounded views (the dashboard) -----------------------------------------------------
 
+    @property
+    def where(self) -> str:
+        """The server's URL without its password (for pages and logs)."""
+        return redact_url(self._url) if self._url else "embedded fakeredis"
+
     def summary(self, top: int) -> dict[str, Any]:
         """Counts without a scan, in one pipelined round trip per node, and the mailbox
         depths of up to ``top`` actors next in each partition's ready order, deepest first."""
