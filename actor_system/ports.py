@@ -322,6 +322,12 @@ class Inspector(Protocol):
         """Counts (ready actors, leases, long lane, deferred, dead letters, reminders), the
         next due time and the deepest of the mailboxes next to run (``top``)."""
 
+    def record_history(self, rows: dict[int, dict[str, int]], ttl_ms: int) -> None:
+        """Add per-minute sums (actor_system.history) to the history kept ``ttl_ms``."""
+
+    def history(self, first_minute_ms: int, minutes: int) -> list[dict[str, int]]:
+        """The per-minute sums of ``minutes`` minutes from ``first_minute_ms``."""
+
     def timeline(
         self,
         now_ms: int,

@@ -46,6 +46,7 @@ from actor_system.errors import (
     TimeLimitExceeded,
     UnknownMessageType,
 )
+from actor_system.history import KEEP_MS, History
 from actor_system.metrics import MetricsHook, TurnMetrics
 from actor_system.ports import (
     DONE,
@@ -342,6 +343,7 @@ class Runtime:
         self._unfinished: str | None = None  # the token of a round a backend error cut short
         self._heartbeat = _Heartbeat(self)
         self.id = uuid.uuid4().hex  # names this process's long-work worker (its presence)
+        self.history = History()  # per-minute sums for the dashboard, written now and then
 
     def _now_ms(self) -> int:
         return int(self.clock.now() * 1000)
@@ -505,9 +507,25 @@ class Runtime:
             if committed is not None:
                 committed.append(commit)
             report.add(turn_report)
-            if metrics is not None and self.on_turn is not None:
-                self._emit(metrics)
+            if metrics is not None:
+                self.history.record(metrics, self.clock.now())
+                if self.on_turn is not None:
+                    self._emit(metrics)
         pending.clear()
+        if self.history.due():
+            self.flush_history()
+
+    def flush_history(self) -> None:
+        """Write this process's per-minute sums (one pipelined round trip); kept for the
+        next flush if Redis cannot take them now."""
+        rows = self.history.take()
+        if not rows:
+            return
+        try:
+            self.backend.record_history(rows, KEEP_MS)
+        except ActorSystemError as e:
+            log.warning("could not write the dashboard's history: %s", e)
+            self.history.give_back(rows)
 
     def _emit(self, metrics: TurnMetrics) -> None:
         try:
@@ -998,6 +1016,7 @@ class Runtime:
     def close(self) -> None:
         """Close the event loop of async handlers, if one was made, and stop renewing."""
         self._heartbeat.close()
+        self.flush_history()
         if self._loop is not None and not self._loop.is_closed():
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()

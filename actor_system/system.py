@@ -620,13 +620,16 @@ class ActorSystem:
         """
         report = DrainReport()
         budget = Budget.unlimited(self.clock)
-        for _ in range(max_rounds):
-            done = self.runtime.round(budget, lane=lane)
-            report.add(done)
-            if done.idle:
-                return report
-        report.idle = False
-        return report
+        try:
+            for _ in range(max_rounds):
+                done = self.runtime.round(budget, lane=lane)
+                report.add(done)
+                if done.idle:
+                    return report
+            report.idle = False
+            return report
+        finally:
+            self.runtime.flush_history()
 
     def worker(
         self,

@@ -75,6 +75,8 @@ class Worker:
                 signal.signal(sig, handler)
             if self.lane == "long":
                 self._present(0)
+            # What this drain did, for the dashboard's charts: a frozen Lambda writes nothing.
+            self.runtime.flush_history()
         return self.report
 
     def _long_lane_round(self, idle_since: float) -> float:

@@ -282,6 +282,12 @@ class CompositeBackend:
             summary["state_store"] = self.state_store.name
         return summary
 
+    def record_history(self, rows: dict[int, dict[str, int]], ttl_ms: int) -> None:
+        self.redis.record_history(rows, ttl_ms)
+
+    def history(self, first_minute_ms: int, minutes: int) -> list[dict[str, int]]:
+        return self.redis.history(first_minute_ms, minutes)
+
     def timeline(
         self,
         now_ms: int,

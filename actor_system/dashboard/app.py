@@ -30,6 +30,7 @@ from actor_system import stored_state
 from actor_system.actor import ActorRef
 from actor_system.envelope import decode
 from actor_system.errors import ActorSystemError, DecodeError
+from actor_system.history import percentile
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -115,13 +116,44 @@ class Dashboard:
         return {
             "types": [a.name for a in self.system.registry],
             "summary": summary,
+            "charts": self._charts(),
         }
+
+    def _charts(self) -> list[dict[str, Any]]:
+        """The last hour, minute by minute: turns and messages, deferred lateness p50/p99,
+        dead letters."""
+        now_minute = int(self.system.clock.now() // 60) * 60_000
+        first = now_minute - 59 * 60_000
+        rows = self.system.backend.history(first, 60)
+        labels = [_iso(first + i * 60_000)[11:16] for i in range(60)]
+        late = [{int(k[1:]): v for k, v in r.items() if k.startswith("b")} for r in rows]
+        return [
+            _chart("throughput", "Messages per minute", labels, [r.get("m", 0) for r in rows], ""),
+            _chart("turns", "Turns per minute", labels, [r.get("t", 0) for r in rows], ""),
+            _chart(
+                "lateness-p50",
+                "Deferred lateness p50 (ms, at most)",
+                labels,
+                [percentile(h, 0.5) for h in late],
+                "ms",
+            ),
+            _chart(
+                "lateness-p99",
+                "Deferred lateness p99 (ms, at most)",
+                labels,
+                [percentile(h, 0.99) for h in late],
+                "ms",
+            ),
+            _chart("dead", "Dead letters per minute", labels, [r.get("d", 0) for r in rows], ""),
+        ]
 
     async def overview(self, request: Request) -> Response:
         return self.render(request, "overview.html", **self._overview_data())
 
     async def overview_json(self, request: Request) -> Response:
-        return JSONResponse(self._overview_data())
+        data = self._overview_data()
+        charts = self.templates.get_template("charts.html").render(charts=data.pop("charts"))
+        return JSONResponse({**data, "charts_html": charts})
 
     async def deferred(self, request: Request) -> Response:
         q = request.query_params
@@ -352,6 +384,17 @@ class _Guard(BaseHTTPMiddleware):
 
 
 # -- formatting ---------------------------------------------------------------------------
+
+
+def _chart(key: str, title: str, labels: list[str], values: list[Any], unit: str) -> dict[str, Any]:
+    """A bar chart of one series (None: no data that minute), scaled to its peak."""
+    peak = max((v for v in values if v is not None), default=0) or 1
+    bars = [
+        {"label": lab, "value": v, "h": 0 if v is None else round(60 * v / peak, 1)}
+        for lab, v in zip(labels, values, strict=True)
+    ]
+    last = next((v for v in reversed(values) if v is not None), None)
+    return {"key": key, "title": title, "bars": bars, "peak": peak, "unit": unit, "last": last}
 
 
 def _iso(ms: int | None) -> str:

@@ -1301,6 +1301,28 @@ class RedisBackend:
             "next_due_ms": self.next_due_ms(),
         }
 
+    def record_history(self, rows: dict[int, dict[str, int]], ttl_ms: int) -> None:
+        """Add per-minute sums to the history (one pipelined round trip)."""
+        k = self.keys
+
+        def build(pipe: Any) -> None:
+            for minute, row in rows.items():
+                key = k.history(minute)
+                for field, n in row.items():
+                    pipe.hincrby(key, field, n)
+                pipe.pexpire(key, ttl_ms)
+
+        self._pipe("history", build)
+
+    def history(self, first_minute_ms: int, minutes: int) -> list[dict[str, int]]:
+        """The sums of ``minutes`` minutes from ``first_minute_ms`` (empty where none)."""
+        k = self.keys
+        got = self._pipe(
+            "history",
+            lambda p: [p.hgetall(k.history(first_minute_ms + i * 60_000)) for i in range(minutes)],
+        )
+        return [{_text(f): int(v) for f, v in row.items()} for row in got]
+
     def timeline(
         self,
         now_ms: int,
@@ -1551,6 +1573,10 @@ def old_layout(client: Any, prefix: str) -> bool:
     if client.exists(*[f"{prefix}:{name}" for name in names]):
         return True
     return next(iter(client.scan_iter(match=f"{prefix}:{{*/*}}:*", count=1000)), None) is not None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _glob_escape(text: str) -> str:

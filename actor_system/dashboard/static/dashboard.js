@@ -8,6 +8,9 @@ function refresh(section) {
     .then((data) => {
       if (!data) return;
       const s = data.summary;
+      const charts = document.getElementById("charts");
+      // Our own server-rendered SVG, every value in it escaped by the template.
+      if (charts && data.charts_html) charts.innerHTML = data.charts_html;
       for (const el of document.querySelectorAll("[data-key]")) {
         const key = el.dataset.key;
         if (key === "next_due") {
