@@ -1330,12 +1330,11 @@ class RedisBackend:
         buckets: int,
         actor_type: str | None = None,
         message_type: str | None = None,
-        sample: int = 5_000,
     ) -> tuple[list[int], int]:
         """How many deferred messages fall due in each of ``buckets`` equal intervals from
         ``now_ms`` over ``span_ms`` (what is overdue counts in the first). Returns (counts,
         0), or with a filter, counted over the first ``sample // partitions`` due of each
-        partition: (counts, that many)."""
+        partition: (counts, that many): a filter reads each message it looks at."""
         k = self.keys
         parts = list(self._parts())
         step = max(1, span_ms // buckets)
@@ -1353,7 +1352,7 @@ class RedisBackend:
             for j, c in enumerate(got):
                 counts[j % buckets] += int(c)
             return counts, 0
-        per = max(1, sample // len(parts))
+        per = max(10, _FILTER_SAMPLE // len(parts))
         rows = self._filtered(parts, "-inf", end, per, actor_type, message_type)
         counts = [0] * buckets
         for _, _, due, _ in rows:
@@ -1372,7 +1371,28 @@ class RedisBackend:
         ``limit * 10`` of each partition."""
         parts = list(self._parts())
         low = f"({after_ms}" if after_ms else "-inf"
-        per = limit if actor_type is None and message_type is None else limit * 10
+        if actor_type is None and message_type is None:
+            # The earliest of every partition's head, then the bodies of those shown only.
+            k = self.keys
+            heads = self._pipe(
+                "deferred",
+                lambda p: [
+                    p.zrangebyscore(k.due(n), low, "+inf", start=0, num=limit, withscores=True)
+                    for n in parts
+                ],
+            )
+            pairs = sorted(
+                ((mid.decode(), int(due)) for rows in heads for mid, due in rows),
+                key=lambda r: (r[1], r[0]),
+            )[:limit]
+            out = []
+            for (mid, due), value in zip(pairs, self._bodies([m for m, _ in pairs]), strict=True):
+                target, _, body = value.partition(b"\n") if value else (b"?", b"", b"")
+                out.append(
+                    (mid, target.decode(errors="replace"), due, _type_of(mid.encode(), body))
+                )
+            return out
+        per = max(10, _FILTER_SAMPLE // len(parts))
         rows = self._filtered(parts, low, "+inf", per, actor_type, message_type)
         return sorted(rows, key=lambda r: (r[2], r[0]))[:limit]
 
@@ -1573,6 +1593,11 @@ def old_layout(client: Any, prefix: str) -> bool:
     if client.exists(*[f"{prefix}:{name}" for name in names]):
         return True
     return next(iter(client.scan_iter(match=f"{prefix}:{{*/*}}:*", count=1000)), None) is not None
+
+
+# How many deferred messages a filtered view of the dashboard reads at most, spread over the
+# partitions (each one a body to fetch and decode).
+_FILTER_SAMPLE = 2_000
 
 
 def _text(value: bytes | str) -> str:
