@@ -344,8 +344,9 @@ class Inspector(Protocol):
         limit: int,
         actor_type: str | None = None,
         message_type: str | None = None,
+        after_id: str = "",
     ) -> list[tuple[str, str, int, str]]:
-        """Deferred messages due after ``after_ms``, earliest first."""
+        """Deferred messages after (``after_ms``, ``after_id``) in (due, id) order."""
 
     def actor_view(self, actor: str, head: int) -> dict[str, Any]:
         """Mailbox head and depth, in-flight entries, lease expiry, state and version."""

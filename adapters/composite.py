@@ -304,8 +304,9 @@ class CompositeBackend:
         limit: int,
         actor_type: str | None = None,
         message_type: str | None = None,
+        after_id: str = "",
     ) -> list[tuple[str, str, int, str]]:
-        return self.redis.deferred_page(after_ms, limit, actor_type, message_type)
+        return self.redis.deferred_page(after_ms, limit, actor_type, message_type, after_id)
 
     def actor_view(self, actor: str, head: int) -> dict[str, Any]:
         view = self.redis.actor_view(actor, head)

@@ -169,7 +169,7 @@ class Dashboard:
         )
         after = _int(q.get("after"), 0)
         rows = self.system.backend.deferred_page(
-            after, PAGE + 1, actor_type or None, message_type or None
+            after, PAGE + 1, actor_type or None, message_type or None, q.get("after_id", "")
         )
         more = len(rows) > PAGE
         rows = rows[:PAGE]
@@ -181,7 +181,9 @@ class Dashboard:
         filters = {"range": span, "actor_type": actor_type, "message_type": message_type}
         next_url = None
         if more and rows:
-            next_url = "/deferred?" + urlencode({**filters, "after": rows[-1][2]})
+            next_url = "/deferred?" + urlencode(
+                {**filters, "after": rows[-1][2], "after_id": rows[-1][0]}
+            )
         return self.render(
             request,
             "deferred.html",

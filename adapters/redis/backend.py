@@ -1365,24 +1365,45 @@ class RedisBackend:
         limit: int,
         actor_type: str | None = None,
         message_type: str | None = None,
+        after_id: str = "",
     ) -> list[tuple[str, str, int, str]]:
-        """Up to ``limit`` deferred messages due after ``after_ms`` (0: from the earliest),
-        earliest first, as (id, actor key, due ms, message type); a filter looks through
-        ``limit * 10`` of each partition."""
+        """Up to ``limit`` deferred messages after the cursor (``after_ms``, ``after_id``) in
+        (due, id) order (0: from the earliest), as (id, actor key, due ms, message type); a
+        filter looks through ``limit * 10`` of each partition."""
         parts = list(self._parts())
-        low = f"({after_ms}" if after_ms else "-inf"
+        k = self.keys
+        low: Any = "-inf"
+        ties = 0
+        if after_ms:
+            # Those due in the cursor's own millisecond are read again (and those up to
+            # after_id dropped below): none falls between two pages.
+            low = after_ms
+            counts = self._pipe(
+                "deferred", lambda p: [p.zcount(k.due(n), after_ms, after_ms) for n in parts]
+            )
+            ties = max(int(c) for c in counts)
+
+        def later(mid: str, due: int) -> bool:
+            return not after_ms or (due, mid) > (after_ms, after_id)
+
         if actor_type is None and message_type is None:
             # The earliest of every partition's head, then the bodies of those shown only.
-            k = self.keys
             heads = self._pipe(
                 "deferred",
                 lambda p: [
-                    p.zrangebyscore(k.due(n), low, "+inf", start=0, num=limit, withscores=True)
+                    p.zrangebyscore(
+                        k.due(n), low, "+inf", start=0, num=limit + ties, withscores=True
+                    )
                     for n in parts
                 ],
             )
             pairs = sorted(
-                ((mid.decode(), int(due)) for rows in heads for mid, due in rows),
+                (
+                    (mid.decode(), int(due))
+                    for rows in heads
+                    for mid, due in rows
+                    if later(mid.decode(), int(due))
+                ),
                 key=lambda r: (r[1], r[0]),
             )[:limit]
             out = []
@@ -1392,8 +1413,9 @@ class RedisBackend:
                     (mid, target.decode(errors="replace"), due, _type_of(mid.encode(), body))
                 )
             return out
-        per = max(10, _FILTER_SAMPLE // len(parts))
+        per = max(10, _FILTER_SAMPLE // len(parts)) + ties
         rows = self._filtered(parts, low, "+inf", per, actor_type, message_type)
+        rows = [r for r in rows if later(r[0], r[2])]
         return sorted(rows, key=lambda r: (r[2], r[0]))[:limit]
 
     def _filtered(

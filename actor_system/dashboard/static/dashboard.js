@@ -17,6 +17,7 @@ function refresh(section) {
           el.textContent = s.next_due_ms ? new Date(s.next_due_ms).toISOString().slice(0, 19) + "+00:00" : "-";
         } else if (key in s) {
           el.textContent = String(s[key]);
+          if (key === "dead_letters") el.closest(".card")?.classList.toggle("bad", s[key] > 0);
         }
       }
     })
