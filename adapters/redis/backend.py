@@ -1278,11 +1278,13 @@ class RedisBackend:
                 pipe.llen(k.dlq(n))
                 pipe.get(k.reminder_count(n))
                 pipe.zcard(k.reminders(n))
-                pipe.zrange(k.ready(n), 0, top - 1) if top else pipe.echo("")
+                if top:
+                    pipe.zrange(k.ready(n), 0, top - 1)
 
         got = self._pipe("summary", build)
-        rows = [got[i : i + 8] for i in range(0, len(got), 8)]
-        ready = [m.decode() if isinstance(m, bytes) else str(m) for r in rows for m in (r[7] or [])]
+        width = 8 if top else 7
+        rows = [got[i : i + width] for i in range(0, len(got), width)]
+        ready = [_text(m) for r in rows for m in (r[7] if top else [])]
         depths = (
             self._pipe("summary", lambda p: [p.llen(k.actor(a, "mb")) for a in ready])
             if ready

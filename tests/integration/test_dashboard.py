@@ -229,3 +229,26 @@ def test_the_command_refuses_to_bind_beyond_loopback_without_a_token(redis_url: 
         proc.terminate()
         _, err = proc.communicate(timeout=20)
     assert f"actor-system dashboard on http://0.0.0.0:{port}/ (read-only)" in err
+
+
+@pytest.mark.slow
+def test_every_page_reads_a_redis_cluster(cluster_url: str) -> None:
+    system = ActorSystem.from_url(cluster_url, actors=actors, max_attempts=1)
+    for i in range(20):
+        system.send(counter.ref(f"c{i}"), Add(n=1))
+        system.send(counter.ref(f"c{i}"), Add(n=1), delay=60 + i)
+    system.send(logger.ref("x"), Boom(times=1))
+    system.run_until_idle()
+    system.send(counter.ref("c1"), Add(n=1))
+    with serving(app(system)) as base:
+        status, _, overview = http(f"{base}/")
+        assert status == 200
+        assert 'data-key="deferred">20<' in overview
+        assert 'data-key="dead_letters">1<' in overview
+        deferred = http(f"{base}/deferred?range=hour&message_type=Add")[2]
+        assert deferred.count("<td>Add</td>") == 20
+        actor = http(f"{base}/actor?type=counter&id=c1")[2]
+        assert "&#34;count&#34;: 1" in actor or '"count": 1' in actor
+        assert "counter/c1" in http(f"{base}/")[2]  # its mailbox among the top
+        assert "boom on attempt 1" in http(f"{base}/dead-letters")[2]
+    system.close()
