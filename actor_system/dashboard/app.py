@@ -42,6 +42,8 @@ HERE = Path(__file__).parent
 COOKIE = "actor_system_dashboard"
 DLQ_SCAN = 10_000  # dead letters a filter looks through, newest first
 PAGE = 50
+TOP = 2  # mailboxes looked at per partition for the deepest: those next to run
+CHARTS_S = 10.0
 RANGES = {"hour": (3600_000, 12), "day": (86400_000, 24), "week": (7 * 86400_000, 28)}
 
 
@@ -58,6 +60,9 @@ class Dashboard:
         self.system = system
         self.token = token
         self.read_only = read_only
+        # The charts count whole minutes: one read of the history serves every refresh of
+        # CHARTS_S seconds (the counts above them are read each time).
+        self._charts_cache: tuple[float, list[dict[str, Any]], str] | None = None
         # Signs the session cookie and the forms' CSRF tokens: the token when there is one
         # (stable across restarts), a fresh secret per process otherwise.
         self.secret = (token or secrets.token_hex(32)).encode()
@@ -112,12 +117,24 @@ class Dashboard:
     # -- pages ----------------------------------------------------------------------------
 
     def _overview_data(self) -> dict[str, Any]:
-        summary = self.system.backend.summary(10)
+        summary = self.system.backend.summary(TOP)
+        summary["top"] = summary["top"][:10]
+        charts, _ = self._cached_charts()
         return {
             "types": [a.name for a in self.system.registry],
             "summary": summary,
-            "charts": self._charts(),
+            "charts": charts,
         }
+
+    def _cached_charts(self) -> tuple[list[dict[str, Any]], str]:
+        """The charts and their HTML, read and rendered at most every CHARTS_S seconds."""
+        now = time.monotonic()
+        cached = self._charts_cache
+        if cached is None or now - cached[0] >= CHARTS_S:
+            charts = self._charts()
+            html = self.templates.get_template("charts.html").render(charts=charts)
+            cached = self._charts_cache = (now, charts, html)
+        return cached[1], cached[2]
 
     def _charts(self) -> list[dict[str, Any]]:
         """The last hour, minute by minute: turns and messages, deferred lateness p50/p99,
@@ -152,8 +169,8 @@ class Dashboard:
 
     async def overview_json(self, request: Request) -> Response:
         data = self._overview_data()
-        charts = self.templates.get_template("charts.html").render(charts=data.pop("charts"))
-        return JSONResponse({**data, "charts_html": charts})
+        del data["charts"]
+        return JSONResponse({**data, "charts_html": self._cached_charts()[1]})
 
     async def deferred(self, request: Request) -> Response:
         q = request.query_params
