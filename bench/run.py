@@ -29,7 +29,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import ours, venvs  # noqa: E402
+from bench import ours, reminders, venvs  # noqa: E402
 from bench.actors import async_counter  # noqa: E402
 
 QUEUES = ["arq", "dramatiq", "rq", "celery"]
@@ -107,6 +107,7 @@ def measure(port: int, quick: bool, with_queues: bool) -> dict[str, dict[str, An
         "delay_scale": ours.delay_scale(port, 20_000 if quick else 1_000_000),
         "import": ours.import_times(),
     }
+    res["actor-system"]["reminders"] = reminders.measure(port, quick)
     if with_queues:
         measure_queues(res, port, quick, n, n_enqueue, late_n, spread, under)
     print("AWS adapters (moto) ...", file=sys.stderr)
@@ -273,7 +274,7 @@ def targets(res: dict[str, dict[str, Any]]) -> list[tuple[str, bool, str]]:
         ),
         ("boto3 not imported", not imp["boto3_imported"], str(imp["boto3_imported"])),
     ]
-    return out
+    return out + reminders.targets(us["reminders"])
 
 
 def plot(res: dict[str, dict[str, Any]], path: Path) -> None:
@@ -348,6 +349,7 @@ def main() -> None:
         f"{scale['immediate_send_p99_ms_during']:.2f} ms (max "
         f"{scale['immediate_send_max_ms_during']:.1f}) while the batch is promoted"
     )
+    print(reminders.report(us["reminders"], us["lateness"]))
     imp = us["import"]
     print(
         f"import actor_system {imp['import_actor_system_ms']:.0f} ms (its dependencies "
