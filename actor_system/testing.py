@@ -124,6 +124,10 @@ class LambdaHarness:
         if self._read_line(time.time() + INIT_TIMEOUT_S) != b"ready\n":
             proc.kill()
             proc.wait(10)
+            if proc.stdin is not None:
+                proc.stdin.close()
+            os.close(read_fd)
+            self._reply = None
             raise RuntimeError(f"handler {self.handler!r} failed to initialise")
         return proc
 

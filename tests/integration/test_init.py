@@ -139,6 +139,21 @@ def test_the_reference_serverless_yml_is_rendered_from_the_template() -> None:
         assert (ROOT / name).resolve() == (scaffold.TEMPLATE / name).resolve()
 
 
+def test_the_deployment_requirements_name_every_runtime_dependency() -> None:
+    """The repository's Lambda package installs ``deploy/requirements.txt``: a dependency
+    added to pyproject.toml and missing there fails at the function's first import. Only
+    the embedded Redis of local runs stays out of the package."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {Requirement(dep).name for dep in project["dependencies"]} - {"fakeredis"}
+    lines = (ROOT / "deploy" / "requirements.txt").read_text().splitlines()
+    named = {Requirement(line).name for line in lines if line and not line.startswith("#")}
+    assert wanted <= named, sorted(wanted - named)
+
+
 # -- packaging with the Serverless framework (npm ci first) -------------------------------
 
 
