@@ -64,6 +64,7 @@ class Project:
             requirements=self.requirements,
             generated=self.generated,
             app=self.app,
+            dashboard=self.handler.rsplit(".", 1)[0] + ".dashboard",
         )
 
 

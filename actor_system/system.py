@@ -671,6 +671,33 @@ class ActorSystem:
             lambda_options = LambdaOptions(waker, continuation, o.lambda_margin_s, o.max_chain)
         return make_handler(self, lambda_options)  # type: ignore[no-any-return]
 
+    def dashboard_handler(
+        self, *, environ: Mapping[str, str] | None = None
+    ) -> Callable[[Any, Any], dict[str, Any]]:
+        """The dashboard's Lambda entry point (serverless.yml's optional ``dashboard``
+        function): ``dashboard = system.dashboard_handler()``. It serves the dashboard under
+        ``/dashboard`` of the HTTP API; ``ACTOR_SYSTEM_DASHBOARD_TOKEN``, if set, is required
+        besides the API's authorizer, and ``ACTOR_SYSTEM_DASHBOARD_READ_ONLY=true`` turns
+        actions off. The dashboard's libraries (the ``dashboard`` extra and Mangum) are
+        imported at the first request, so that the module's other functions never load them.
+        """
+        env = dict(os.environ if environ is None else environ)
+        token = env.get(f"{ENV_PREFIX}DASHBOARD_TOKEN") or None
+        flag = env.get(f"{ENV_PREFIX}DASHBOARD_READ_ONLY", "").strip().lower()
+        if flag not in ("", "0", "1", "false", "true", "no", "yes"):
+            raise ConfigError(f"{ENV_PREFIX}DASHBOARD_READ_ONLY={flag!r}: expected true or false")
+        read_only = flag in ("1", "true", "yes")
+        served: list[Callable[[Any, Any], dict[str, Any]]] = []
+
+        def handler(event: Any, context: Any) -> dict[str, Any]:
+            if not served:
+                from actor_system.dashboard.aws_lambda import make_handler
+
+                served.append(make_handler(self, token=token, read_only=read_only))
+            return served[0](event, context)
+
+        return handler
+
     def close(self) -> None:
         """Close the backend's connections and the event loop of async handlers."""
         self.runtime.close()
@@ -694,6 +721,7 @@ _URL_VARS = {
         "CONTINUE_URL",
         "LONG_LANE_URL",
         "DASHBOARD_TOKEN",
+        "DASHBOARD_READ_ONLY",
     )
 }
 

@@ -11,3 +11,4 @@ from examples.reminder import reminders
 ACTORS = [counter, orders, reminders]  # also the long-work worker's (ACTOR_SYSTEM_APP)
 system = ActorSystem.from_env(actors=ACTORS)
 handler = system.lambda_handler()
+dashboard = system.dashboard_handler()  # the optional dashboard function

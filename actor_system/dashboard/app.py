@@ -106,6 +106,7 @@ class Dashboard:
     def render(self, request: Request, name: str, status: int = 200, **data: Any) -> HTMLResponse:
         page = self.templates.get_template(name).render(
             request=request,
+            root=_root(request),
             csrf=self.csrf_token(),
             read_only=self.read_only,
             where=getattr(self.system.backend, "where", ""),
@@ -198,8 +199,10 @@ class Dashboard:
         filters = {"range": span, "actor_type": actor_type, "message_type": message_type}
         next_url = None
         if more and rows:
-            next_url = "/deferred?" + urlencode(
-                {**filters, "after": rows[-1][2], "after_id": rows[-1][0]}
+            next_url = (
+                _root(request)
+                + "/deferred?"
+                + urlencode({**filters, "after": rows[-1][2], "after_id": rows[-1][0]})
             )
         return self.render(
             request,
@@ -224,7 +227,7 @@ class Dashboard:
         except ActorSystemError as e:
             return self.render(request, "error.html", 400, message=str(e))
         back = str(form.get("back") or "/deferred")
-        return _back(back, "cancelled" if done else "not-pending")
+        return _back(_root(request), back, "cancelled" if done else "not-pending")
 
     async def actor(self, request: Request) -> Response:
         q = request.query_params
@@ -326,7 +329,7 @@ class Dashboard:
             )
         act = self.system.redrive if action == "redrive" else self.system.purge
         n = sum(1 for d in chosen if act(d))
-        back = "/dead-letters?" + urlencode({**filters, "done": f"{action}:{n}"})
+        back = _root(request) + "/dead-letters?" + urlencode({**filters, "done": f"{action}:{n}"})
         return RedirectResponse(back, status_code=303)
 
     # -- reading helpers ------------------------------------------------------------------
@@ -359,7 +362,7 @@ class _Guard(BaseHTTPMiddleware):
 
     async def dispatch(self, request: Request, call_next: Any) -> Response:
         d = self.d
-        if request.url.path.startswith("/static/"):
+        if request.url.path.startswith(_root(request) + "/static/"):
             static: Response = await call_next(request)
             return static
         if d.token is not None:
@@ -486,11 +489,17 @@ def _message_type(d: DeadLetter) -> str:
         return "?"
 
 
-def _back(url: str, done: str) -> Response:
+def _back(root: str, url: str, done: str) -> Response:
+    """Back to ``url``, a path of this dashboard's (under ``root``), never elsewhere."""
     if not url.startswith("/") or url.startswith("//"):
         url = "/deferred"
     sep = "&" if "?" in url else "?"
-    return RedirectResponse(f"{url}{sep}done={done}", status_code=303)
+    return RedirectResponse(f"{root}{url}{sep}done={done}", status_code=303)
+
+
+def _root(request: Request) -> str:
+    """Where the dashboard is mounted ("" at the server's root): every link starts with it."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
 
 
 def _forbidden() -> Response:

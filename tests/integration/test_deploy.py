@@ -283,3 +283,77 @@ def test_packaged_handler_imports_and_runs_one_invocation(
     ).stdout.split()
     assert probe[0] == "True"
     assert probe[1].startswith(str(packaged_here))  # imported from the package, not the venv
+
+
+# -- the optional dashboard function ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def with_dashboard(tmp_path_factory: pytest.TempPathFactory, packaged: Path) -> dict[str, Any]:
+    out = osls_package(tmp_path_factory.mktemp("sls-dashboard"), "--param=dashboard=on")
+    done = subprocess.run(
+        ["cfn-lint", "--ignore-checks", "W3005", "--",
+         str(out / "cloudformation-template-update-stack.json")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return dict(json.loads((out / "cloudformation-template-update-stack.json").read_text()))
+
+
+def test_the_dashboard_function_is_off_by_default(template: dict[str, Any]) -> None:
+    assert not [name for name in template["Resources"] if "Dashboard" in name]
+    routes = [r for r in template["Resources"].values() if r["Type"] == "AWS::ApiGatewayV2::Route"]
+    assert [r["Properties"]["RouteKey"] for r in routes] == ["POST /actors/{type}/{id}/messages"]
+
+
+def test_the_dashboard_function_when_on(with_dashboard: dict[str, Any]) -> None:
+    """``--param=dashboard=on``: the function runs the module's ``dashboard`` handler under
+    /dashboard of the same HTTP API, every route behind the IAM authorizer, with a role that
+    reads state and never receives from the wake queue or writes state."""
+    res = with_dashboard["Resources"]
+    function = res["DashboardLambdaFunction"]["Properties"]
+    assert function["Handler"] == "deploy/drain.dashboard"
+    assert function["Role"] == {"Fn::GetAtt": ["DashboardRole", "Arn"]}
+    variables = function["Environment"]["Variables"]
+    assert variables["ACTOR_SYSTEM_DASHBOARD_READ_ONLY"] == "false"
+    assert variables["ACTOR_SYSTEM_DASHBOARD_TOKEN"] == ""
+    routes = {
+        r["Properties"]["RouteKey"]: r["Properties"]
+        for r in res.values()
+        if r["Type"] == "AWS::ApiGatewayV2::Route"
+    }
+    assert set(routes) == {
+        "POST /actors/{type}/{id}/messages",
+        "GET /dashboard",
+        "ANY /dashboard/{proxy+}",
+    }
+    assert all(r["AuthorizationType"] == "AWS_IAM" for r in routes.values())
+    role = json.dumps(res["DashboardRole"])
+    assert '"s3:GetObject"' in role
+    assert "s3:PutObject" not in role
+    assert "sqs:ReceiveMessage" not in role
+    assert "lambda:" not in role
+    assert "-dashboard:*" in role  # its own log group only
+
+
+def test_the_packaged_dashboard_serves_a_page(
+    packaged_here: Path, redis_url: str, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The package holds the dashboard's libraries: its handler, run from the unzipped
+    package as Lambda runs it, answers an HTTP API request with the overview."""
+    from actor_system.testing import LambdaHarness
+    from tests.integration.test_dashboard_lambda import http_event, text
+
+    env = {
+        **aws_env,
+        "PYTHONPATH": f"{packaged_here}:{lambda_runtime_dir(tmp_path)}",
+        "ACTOR_SYSTEM_REDIS_URL": redis_url,
+    }
+    with LambdaHarness(
+        "deploy.drain:dashboard", timeout_s=10, env=env, cwd=str(tmp_path), python_args=("-S",)
+    ) as lam:
+        page = lam.invoke(http_event("GET", "/dashboard/"))
+        css = lam.invoke(http_event("GET", "/dashboard/static/dashboard.css"))
+    assert page["statusCode"] == 200, page
+    assert 'href="/dashboard/deferred"' in text(page)
+    assert css["statusCode"] == 200
