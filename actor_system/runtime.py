@@ -669,7 +669,8 @@ class Runtime:
             self._dead(claim, entry, n + 1, reason, None) for entry, n in claim.entries
         ]
         report = DrainReport(turns=1, dead_letters=len(actions))
-        return self._bare(claim, token, actions), report, None
+        dead = [entry for entry, _ in claim.entries]
+        return self._moved_on(claim, self._bare(claim, token, actions), dead), report, None
 
     def _broken(self, claim: Claim, token: str, error: Exception) -> _Done:
         """A turn that failed outside every handler: nothing of it is written; each claimed
@@ -677,15 +678,59 @@ class Runtime:
         log.error("turn of %s failed: %r", claim.actor, error, exc_info=error)
         report = DrainReport(turns=1)
         actions: list[Outcome] = []
+        dead: list[bytes] = []
         for entry, failed in claim.entries:
             if failed + 1 >= self.options.max_attempts:
                 reason = f"the turn failed {failed + 1} times, last: {_reason(error)}"
                 actions.append(self._dead(claim, entry, failed + 1, reason, error))
+                dead.append(entry)
                 report.dead_letters += 1
             else:
                 actions.append(Failed(_error_text(error)))
                 report.retries += 1
-        return self._bare(claim, token, actions), report, None
+        return self._moved_on(claim, self._bare(claim, token, actions), dead), report, None
+
+    def _moved_on(self, claim: Claim, bare: Commit, dead: list[bytes]) -> Commit:
+        """``bare`` with the reminders of its dead-lettered occurrences moved on, for a turn
+        that ran no handler (an unreadable state, a turn that failed outside every handler):
+        a failing occurrence never stops its schedule. The schedule is read from the stored
+        bytes without validating the state, and written back into them, the rest as it was;
+        state that cannot even be unpacked is left alone, and its reminders with it."""
+        try:
+            kept = reminders.load(stored_state.reminders_of(claim.state))
+        except DecodeError:
+            return bare
+        if not kept or claim.state is None:
+            return bare
+        now_ms = self._now_ms()
+        items: list[Outgoing] = []
+        changed = False
+        for entry in dead:
+            try:
+                env = decode(entry)
+            except DecodeError:
+                continue
+            if env.reminder is None or env.reminder[1] == reminders.DETACHED:
+                continue
+            name, gen, due = env.reminder
+            found = kept.get(name)
+            if found is None or found.gen != gen or found.due != due:
+                continue  # stale: replaced or forgotten after it was queued
+            nxt = found.moved_on(*found.fold(due, now_ms))
+            changed = True
+            if nxt is None:
+                del kept[name]
+                continue
+            kept[name] = nxt
+            items.append(
+                reminders.occurrence(
+                    claim.actor, name, nxt, env.payload, now_ms, self.options.max_message_bytes
+                )
+            )
+        if not changed:
+            return bare
+        data = stored_state.with_reminders(claim.state, reminders.store(kept))
+        return replace(bare, state=data, outbox=items + bare.outbox, reminders=len(kept))
 
     def _turn(
         self,

@@ -152,3 +152,18 @@ def idle_forget(ctx: Context[ReminderState], msg: Forget) -> None:
 
 
 actors = [timer, async_timer, idle_timer]
+
+
+class Unreadable(BaseModel):
+    """A later deploy's state of ``timer`` that no stored ReminderState validates against."""
+
+    got: int = 0
+
+
+# The same actor type name as ``timer``, as a deploy whose state model rejects what is stored.
+unreadable_timer = ActorType("timer", state=Unreadable, invalid_state="dead_letter")
+
+
+@unreadable_timer.handler
+def _tick_unreadable(ctx: Context[Unreadable], msg: Tick) -> None:
+    raise AssertionError("never runs: the state does not validate")

@@ -20,6 +20,7 @@ from tests.reminder_actors import (
     async_timer,
     idle_timer,
     timer,
+    unreadable_timer,
 )
 
 if TYPE_CHECKING:
@@ -275,6 +276,63 @@ def test_a_redriven_dead_occurrence_runs_as_it_was_and_leaves_the_schedule_alone
     advance_and_drain(system, clock, 10)
     assert got(system, ref) == [(t0 + s * 1000, 0) for s in (10, 20, 30)]
     assert system.reminders(ref) == []
+
+
+def test_an_occurrence_dead_lettered_by_a_turn_failing_outside_its_handler_moves_on(
+    make_system: Any, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No handler ran (the turn failed around it): the occurrence is dead-lettered at
+    max_attempts and the schedule still moves on, written into the stored state as it was."""
+    system: ActorSystem = make_system(timer, max_attempts=1)
+    ref = timer.ref("broken")
+    t0 = armed(system, ref, clock, every=10, times=3)
+    runtime = system.runtime
+    opened = runtime._open
+    broken = [True]
+
+    def failing(turn: Any, entry: bytes) -> Any:
+        if broken[0]:
+            raise RuntimeError("defect outside the handler")
+        return opened(turn, entry)
+
+    monkeypatch.setattr(runtime, "_open", failing)
+    advance_and_drain(system, clock, 10)
+    [dead] = system.dead_letters()
+    assert "the turn failed 1 times, last: RuntimeError: defect outside the handler" in dead.reason
+    [r] = system.reminders(ref)
+    assert (r.due.timestamp() * 1000, r.remaining) == (t0 + 20_000, 2)
+    assert pending(system) in (None, 1)
+    broken[0] = False
+    advance_and_drain(system, clock, 10)
+    advance_and_drain(system, clock, 10)
+    assert got(system, ref) == [(t0 + 20_000, 0), (t0 + 30_000, 0)]
+    assert system.reminders(ref) == []
+
+
+def test_an_occurrence_of_an_actor_whose_state_this_deploy_cannot_read_moves_on(
+    make_system: Any, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deploy whose state model rejects the stored state dead-letters the occurrence with
+    the reason and moves the schedule on, leaving the state's own fields as they were: once
+    a deploy that reads it is back, the next occurrence runs on the grid."""
+    system: ActorSystem = make_system(timer, max_attempts=1)
+    ref = timer.ref("unreadable")
+    t0 = armed(system, ref, clock, every=10)
+    advance_and_drain(system, clock, 10)
+    assert got(system, ref) == [(t0 + 10_000, 0)]
+    # A deploy whose "timer" has another state model, on the same stores.
+    types = system.registry._types
+    monkeypatch.setitem(types, "timer", unreadable_timer)
+    advance_and_drain(system, clock, 10)
+    [dead] = system.dead_letters()
+    assert dead.reason.startswith("StateInvalid: stored state of actor type 'timer'")
+    [r] = system.reminders(ref)
+    assert r.due.timestamp() * 1000 == t0 + 30_000
+    monkeypatch.setitem(types, "timer", timer)  # the deploy that reads it again
+    advance_and_drain(system, clock, 10)
+    assert got(system, ref) == [(t0 + 10_000, 0), (t0 + 30_000, 0)]
+    [r] = system.reminders(ref)
+    assert r.due.timestamp() * 1000 == t0 + 40_000
 
 
 def test_a_reminder_set_by_a_handler_that_fails_is_not_set(
