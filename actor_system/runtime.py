@@ -126,7 +126,7 @@ class Outbox:
     ) -> None:
         self._registry = registry
         self._now_s = now_s
-        self._actor = actor
+        self.actor = actor
         self.items: list[Outgoing] = []
         self.cancels: list[str] = []
         self.deleted = False  # the running handler called ctx.delete()
@@ -135,13 +135,13 @@ class Outbox:
         self.reminders: dict[str, reminders.Entry] = {} if kept is None else kept
 
     def remind(self, name: str, msg: BaseModel, spec: dict[str, Any]) -> None:
-        if not self._actor:
+        if not self.actor:
             raise InvalidSend("reminders are set from a handler or with system.remind")
-        ref = ActorRef.from_key(self._actor)
+        ref = ActorRef.from_key(self.actor)
         model_name = self._registry.message_type(ref, msg)
         now_ms = int(self._now_s * 1000)
         entry = reminders.plan(
-            self._actor,
+            self.actor,
             name,
             model_name,
             now_ms,
@@ -158,7 +158,7 @@ class Outbox:
         if len(self.items) >= limit:
             raise InvalidSend(f"a turn may send at most max_outbox={limit} messages")
         first = reminders.occurrence(
-            self._actor,
+            self.actor,
             name,
             entry,
             payload,
@@ -174,7 +174,7 @@ class Outbox:
         old = self.reminders.pop(reminders.check_name(name), None)
         if old is None:
             return False
-        self.cancels.append(reminders.occurrence_id(self._actor, name, old.gen, old.due))
+        self.cancels.append(reminders.occurrence_id(self.actor, name, old.gen, old.due))
         return True
 
     def delete(self) -> None:
@@ -702,35 +702,15 @@ class Runtime:
             return bare
         if not kept or claim.state is None:
             return bare
-        now_ms = self._now_ms()
-        items: list[Outgoing] = []
-        changed = False
-        for entry in dead:
-            try:
-                env = decode(entry)
-            except DecodeError:
-                continue
-            if env.reminder is None or env.reminder[1] == reminders.DETACHED:
-                continue
-            name, gen, due = env.reminder
-            found = kept.get(name)
-            if found is None or found.gen != gen or found.due != due:
-                continue  # stale: replaced or forgotten after it was queued
-            nxt = found.moved_on(*found.fold(due, now_ms))
-            changed = True
-            if nxt is None:
-                del kept[name]
-                continue
-            kept[name] = nxt
-            items.append(
-                reminders.occurrence(
-                    claim.actor, name, nxt, env.payload, now_ms, self.options.max_message_bytes
-                )
-            )
-        if not changed:
+        now_s = self._now_ms() / 1000
+        outbox = Outbox(self.registry, now_s, claim.actor, kept)
+        moved = [self._settle_dead(now_s, entry, outbox) for entry in dead]
+        if not any(moved):
             return bare
-        data = stored_state.with_reminders(claim.state, reminders.store(kept))
-        return replace(bare, state=data, outbox=items + bare.outbox, reminders=len(kept))
+        data = stored_state.with_reminders(claim.state, reminders.store(outbox.reminders))
+        return replace(
+            bare, state=data, outbox=outbox.items + bare.outbox, reminders=len(outbox.reminders)
+        )
 
     def _turn(
         self,
@@ -843,7 +823,7 @@ class Runtime:
             seen.add(env.id)
             fold = None
             if env.reminder is not None:
-                fold = self._occurrence(turn, env, outbox)
+                fold = self._occurrence(turn.now_s, env, outbox)
                 if fold is None:
                     # Replaced or forgotten after it was queued: dropped undelivered.
                     turn.actions.append(DONE)
@@ -871,7 +851,7 @@ class Runtime:
                             result = self._call(fn, ctx, msg)
                 state = self._state_after(turn.actor, ctx)
                 if fold is not None:
-                    self._move_on(turn, env, fold, outbox)
+                    self._move_on(turn.now_s, env, fold, outbox)
                 saved = stored_state.encode(
                     turn.actor, state, turn.unknown, reminders.store(outbox.reminders)
                 )
@@ -1089,7 +1069,7 @@ class Runtime:
 
     # -- reminders ------------------------------------------------------------------------
 
-    def _occurrence(self, turn: _Turn, env: Envelope, outbox: Outbox) -> tuple[int, int] | None:
+    def _occurrence(self, now_s: float, env: Envelope, outbox: Outbox) -> tuple[int, int] | None:
         """(the occurrence delivered, how many earlier ones it folds in) for an occurrence
         of a reminder the actor has as it was armed; None for a stale one (the reminder was
         replaced or forgotten after this occurrence was queued)."""
@@ -1101,9 +1081,9 @@ class Runtime:
         if entry is None or entry.gen != gen or entry.due != due:
             log.debug("stale occurrence %s of reminder %r of %s dropped", env.id, name, env.target)
             return None
-        return entry.fold(due, int(turn.now_s * 1000))
+        return entry.fold(due, int(now_s * 1000))
 
-    def _move_on(self, turn: _Turn, env: Envelope, fold: tuple[int, int], outbox: Outbox) -> None:
+    def _move_on(self, now_s: float, env: Envelope, fold: tuple[int, int], outbox: Outbox) -> None:
         """Arm the next occurrence of the reminder whose occurrence ``env`` was settled (or
         remove the reminder when its schedule ends), unless the handler replaced or forgot
         it meanwhile."""
@@ -1119,11 +1099,11 @@ class Runtime:
         outbox.reminders[name] = nxt
         outbox.items.append(
             reminders.occurrence(
-                turn.claim.actor,
+                outbox.actor,
                 name,
                 nxt,
                 env.payload,
-                int(turn.now_s * 1000),
+                int(now_s * 1000),
                 self.options.max_message_bytes,
             )
         )
@@ -1131,17 +1111,23 @@ class Runtime:
     def _dead_occurrence(self, turn: _Turn, entry: bytes, outbox: Outbox) -> None:
         """A dead-lettered occurrence still moves its reminder on: a failing occurrence
         never stops the schedule. The savepoint takes the change."""
+        if self._settle_dead(turn.now_s, entry, outbox):
+            self._save_reminders(turn, outbox)
+
+    def _settle_dead(self, now_s: float, entry: bytes, outbox: Outbox) -> bool:
+        """Move on, in ``outbox``, the reminder whose occurrence ``entry`` is dead-lettered;
+        False if it is none's (a plain message, a redriven or a stale occurrence)."""
         try:
             env = decode(entry)
         except DecodeError:
-            return
+            return False
         if env.reminder is None or env.reminder[1] == reminders.DETACHED:
-            return
-        fold = self._occurrence(turn, env, outbox)
+            return False
+        fold = self._occurrence(now_s, env, outbox)
         if fold is None:
-            return
-        self._move_on(turn, env, fold, outbox)
-        self._save_reminders(turn, outbox)
+            return False
+        self._move_on(now_s, env, fold, outbox)
+        return True
 
     def _save_reminders(self, turn: _Turn, outbox: Outbox) -> None:
         """A savepoint of the reminders alone: the state as of the last one, with them."""

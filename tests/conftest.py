@@ -169,6 +169,16 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     return redis_server.url
 
 
+@pytest.fixture
+def redis_system(redis_url: str) -> Iterator[ActorSystem]:
+    """The test actors (tests/actors.py) on the real redis-server, one attempt per message."""
+    from tests.actors import actors
+
+    system = ActorSystem.from_url(redis_url, actors=actors, max_attempts=1)
+    yield system
+    system.close()
+
+
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real three-master Redis Cluster on free loopback ports (tests/cluster.py)."""

@@ -23,7 +23,6 @@ from tests.conftest import RedisServer, free_port
 from tests.dashboard_server import serving
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
 pytestmark = pytest.mark.integration
@@ -62,10 +61,8 @@ def csrf_of(page: str) -> str:
 
 
 @pytest.fixture
-def system(redis_url: str) -> Iterator[ActorSystem]:
-    s = ActorSystem.from_url(redis_url, actors=actors, max_attempts=1)
-    yield s
-    s.close()
+def system(redis_system: ActorSystem) -> ActorSystem:
+    return redis_system
 
 
 def test_a_token_is_needed_once_then_the_session_cookie_carries_it(system: ActorSystem) -> None:

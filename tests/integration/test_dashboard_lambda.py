@@ -11,16 +11,13 @@ import re
 import subprocess
 import sys
 import urllib.parse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
 from actor_system import ActorSystem
 from actor_system.errors import ConfigError
-from tests.actors import Add, actors, counter
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
+from tests.actors import Add, counter
 
 pytestmark = pytest.mark.integration
 
@@ -76,16 +73,14 @@ def http_event(
     return event
 
 
+@pytest.fixture
+def system(redis_system: ActorSystem) -> ActorSystem:
+    return redis_system
+
+
 def text(response: dict[str, Any]) -> str:
     body = response.get("body") or ""
     return base64.b64decode(body).decode() if response.get("isBase64Encoded") else str(body)
-
-
-@pytest.fixture
-def system(redis_url: str) -> Iterator[ActorSystem]:
-    s = ActorSystem.from_url(redis_url, actors=actors, max_attempts=1)
-    yield s
-    s.close()
 
 
 def test_pages_links_and_actions_live_under_the_prefix(system: ActorSystem) -> None:
