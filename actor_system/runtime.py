@@ -66,7 +66,7 @@ from actor_system.ports import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine, Iterator
+    from collections.abc import Coroutine, Iterator, Mapping
     from datetime import datetime, timedelta
     from types import EllipsisType
 
@@ -557,10 +557,8 @@ class Runtime:
                 reminders.occurrence_id(turn.claim.actor, n, e.gen, e.due) for n, e in kept.items()
             ]
             count = 0
-        elif kept and idle_ms:
-            # An actor with reminders is not idle before its next occurrence.
-            last_due = max(e.due for e in kept.values())
-            idle_ms = max(idle_ms, last_due - int(turn.now_s * 1000) + idle_ms)
+        else:
+            idle_ms = _idle_ms(kept, idle_ms, int(turn.now_s * 1000))
         return replace(
             bare,
             lane=turn.lane,
@@ -698,18 +696,23 @@ class Runtime:
         state that cannot even be unpacked is left alone, and its reminders with it."""
         try:
             kept = reminders.load(stored_state.reminders_of(claim.state))
-        except DecodeError:
+            if not kept or claim.state is None:
+                return bare
+            now_ms = self._now_ms()
+            outbox = Outbox(self.registry, now_ms / 1000, claim.actor, kept)
+            moved = [self._settle_dead(now_ms / 1000, entry, outbox) for entry in dead]
+            if not any(moved):
+                return bare
+            data = stored_state.with_reminders(claim.state, reminders.store(outbox.reminders))
+        except Exception as e:  # this is the fallback of a failed turn: it must not fail
+            log.error("reminders of %s not moved on: %r", claim.actor, e, exc_info=e)
             return bare
-        if not kept or claim.state is None:
-            return bare
-        now_s = self._now_ms() / 1000
-        outbox = Outbox(self.registry, now_s, claim.actor, kept)
-        moved = [self._settle_dead(now_s, entry, outbox) for entry in dead]
-        if not any(moved):
-            return bare
-        data = stored_state.with_reminders(claim.state, reminders.store(outbox.reminders))
         return replace(
-            bare, state=data, outbox=outbox.items + bare.outbox, reminders=len(outbox.reminders)
+            bare,
+            state=data,
+            outbox=outbox.items + bare.outbox,
+            reminders=len(outbox.reminders),
+            idle_ttl_ms=_idle_ms(outbox.reminders, bare.idle_ttl_ms, now_ms),
         )
 
     def _turn(
@@ -1317,6 +1320,15 @@ def _traceback(e: BaseException, limit: int) -> str:
 def _error_text(e: BaseException) -> str:
     """The first error kept for a message being retried."""
     return _traceback(e, 2000)
+
+
+def _idle_ms(kept: Mapping[str, reminders.Entry], idle_ms: int, now_ms: int) -> int:
+    """The idle TTL of an actor's keys as a commit leaves its reminders: an actor with
+    reminders is not idle before its last pending occurrence."""
+    if not kept or not idle_ms:
+        return idle_ms
+    last_due = max(e.due for e in kept.values())
+    return max(idle_ms, last_due - now_ms + idle_ms)
 
 
 def _reason(e: BaseException) -> str:

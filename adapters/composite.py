@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -51,6 +52,7 @@ R = TypeVar("R")
 
 _MARKER = b"s3:"  # Redis keeps the S3 version it acknowledged as the actor's state
 _RECOVER_CHUNK = 100  # actors per begin and commit round trip in recover
+_ELSEWHERE_S = 30.0  # how long the summary reuses its count of the external delay store
 _OFFLOAD_SCAN = 100  # staged messages read per shard per offload
 _SWEEP_EVERY_MS = 5_000  # look for messages a crashed process staged but did not move out
 _DAY_MS = 24 * 3600 * 1000
@@ -169,6 +171,7 @@ class CompositeBackend:
         self.redis = redis
         self.state_store = state
         self.delay = delay
+        self._elsewhere: tuple[float, int] | None = None  # summary's count, when read
         # The S3 reads of turns begun and not yet committed, by (actor, token): several
         # callers may run turns on one backend at once (a drain, a send that processes in
         # the caller, a delete), each under its own token.
@@ -273,10 +276,19 @@ class CompositeBackend:
             stores.append(f"deferred {self.delay.name}")
         return " · ".join(stores)
 
+    def dashboard_secret(self) -> bytes:
+        return self.redis.dashboard_secret()
+
     def summary(self, top: int) -> dict[str, Any]:
         summary = self.redis.summary(top)
         if self.delay is not None:
-            summary["deferred_elsewhere"] = self._pending_elsewhere()
+            # Counting what SQS or the Scheduler holds costs AWS calls (up to 100 pages of
+            # schedules): a dashboard refreshing every 2 s reads it every _ELSEWHERE_S.
+            now = time.monotonic()
+            cached = self._elsewhere
+            if cached is None or now - cached[0] >= _ELSEWHERE_S:
+                cached = self._elsewhere = (now, self._pending_elsewhere())
+            summary["deferred_elsewhere"] = cached[1]
             summary["deferred_store"] = self.delay.name
         if self.state_store is not None:
             summary["state_store"] = self.state_store.name

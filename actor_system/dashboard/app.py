@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import math
 import secrets
 import time
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from actor_system.system import ActorSystem
 
 HERE = Path(__file__).parent
+log = logging.getLogger("actor_system")
 COOKIE = "actor_system_dashboard"
 DLQ_SCAN = 10_000  # dead letters a filter looks through, newest first
 PAGE = 50
@@ -63,9 +65,10 @@ class Dashboard:
         # The charts count whole minutes: one read of the history serves every refresh of
         # CHARTS_S seconds (the counts above them are read each time).
         self._charts_cache: tuple[float, list[dict[str, Any]], str] | None = None
-        # Signs the session cookie and the forms' CSRF tokens: the token when there is one
-        # (stable across restarts), a fresh secret per process otherwise.
-        self.secret = (token or secrets.token_hex(32)).encode()
+        # Signs the session cookie and the forms' CSRF tokens: the token when there is one,
+        # else a secret kept in Redis, so that every dashboard of the system (Lambda
+        # containers, processes behind a balancer) accepts the others' forms.
+        self.secret = token.encode() if token else _shared_secret(system)
         self.templates = Environment(
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(["html"]),
@@ -373,7 +376,12 @@ class _Guard(BaseHTTPMiddleware):
                 url = request.url.path + ("?" + urlencode(rest) if rest else "")
                 redirect = RedirectResponse(url, status_code=303)
                 redirect.set_cookie(
-                    COOKIE, d.session_value(), httponly=True, samesite="strict", path="/"
+                    COOKIE,
+                    d.session_value(),
+                    httponly=True,
+                    samesite="strict",
+                    path=_root(request) + "/",
+                    secure=request.url.scheme == "https",
                 )
                 return redirect
             bearer = request.headers.get("authorization", "")
@@ -392,7 +400,10 @@ class _Guard(BaseHTTPMiddleware):
             if d.read_only:
                 return HTMLResponse("read-only dashboard: actions are off", status_code=403)
             origin = request.headers.get("origin") or request.headers.get("referer")
-            if origin and urlsplit(origin).netloc != request.url.netloc:
+            # The host the browser sees: a proxy in front (a signing proxy before API
+            # Gateway) passes it on as X-Forwarded-Host.
+            hosts = {request.url.netloc, request.headers.get("x-forwarded-host", "")}
+            if origin and urlsplit(origin).netloc not in hosts:
                 return HTMLResponse("cross-origin form refused", status_code=403)
             # The form's CSRF token is checked by each action (Dashboard.form).
         response: Response = await call_next(request)
@@ -491,10 +502,22 @@ def _message_type(d: DeadLetter) -> str:
 
 def _back(root: str, url: str, done: str) -> Response:
     """Back to ``url``, a path of this dashboard's (under ``root``), never elsewhere."""
-    if not url.startswith("/") or url.startswith("//"):
-        url = "/deferred"
+    if not url.startswith("/") or url.startswith("//") or "\\" in url:
+        url = "/deferred"  # never off the dashboard (a browser reads a backslash as a slash)
     sep = "&" if "?" in url else "?"
     return RedirectResponse(f"{root}{url}{sep}done={done}", status_code=303)
+
+
+def _shared_secret(system: ActorSystem) -> bytes:
+    """The system's dashboard secret from Redis; this process's own if it cannot be read
+    (then a form is accepted only by the dashboard that rendered it)."""
+    shared = getattr(system.backend, "dashboard_secret", None)
+    if shared is not None:
+        try:
+            return bytes(shared())
+        except ActorSystemError as e:
+            log.warning("dashboard secret not read from Redis, using one of this process: %s", e)
+    return secrets.token_hex(32).encode()
 
 
 def _root(request: Request) -> str:

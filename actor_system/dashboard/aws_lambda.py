@@ -28,5 +28,13 @@ def make_handler(
 
     inner = app(system, token=token, read_only=read_only)
     # Mounted, as in a server of one's own: its links and redirects start with the prefix.
-    outer = Starlette(routes=[Mount(prefix, app=inner)])
-    return Mangum(outer, lifespan="off")
+    mounted = Starlette(routes=[Mount(prefix, app=inner)])
+
+    async def served(scope: Any, receive: Any, send: Any) -> None:
+        # The overview is linked as the prefix itself (an HTTP API route of its own): served
+        # as the mount's root, not redirected to "<prefix>/", which no route may match.
+        if scope["type"] == "http" and scope["path"] == prefix:
+            scope = {**scope, "path": prefix + "/", "raw_path": (prefix + "/").encode()}
+        await mounted(scope, receive, send)
+
+    return Mangum(served, lifespan="off")

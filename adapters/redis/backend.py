@@ -1263,6 +1263,17 @@ class RedisBackend:
         """The server's URL without its password (for pages and logs)."""
         return redact_url(self._url) if self._url else "embedded fakeredis"
 
+    def dashboard_secret(self) -> bytes:
+        """A random secret kept in Redis, the same for every dashboard of this system (each
+        Lambda container, each process behind a balancer): a form rendered by one is
+        accepted by another. Set once, by the first dashboard that asks."""
+        import secrets
+
+        key = self.keys.dashboard_secret()
+        self._call("dashboard", self.client.set, key, secrets.token_hex(32), nx=True)
+        got = self._call("dashboard", self.client.get, key)  # this one's, or the first's
+        return got if isinstance(got, bytes) else str(got).encode()
+
     def summary(self, top: int) -> dict[str, Any]:
         """Counts without a scan, in one pipelined round trip per node, and the mailbox
         depths of up to ``top`` actors next in each partition's ready order, deepest first."""

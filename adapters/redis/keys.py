@@ -115,6 +115,10 @@ class Keys:
         """How many reminders the partition's actors have, all together."""
         return self.part(p, "reminders:n")
 
+    def dashboard_secret(self) -> str:
+        """The dashboards' shared secret (signs their CSRF tokens and sessions)."""
+        return self._g("dashboard:secret")
+
     def history(self, minute_ms: int) -> str:
         """The dashboard's sums of one minute, over every process."""
         return self._g(f"h:{minute_ms}")

@@ -627,6 +627,42 @@ def test_an_actor_with_reminders_outlives_its_idle_ttl_until_its_next_occurrence
     system.close()
 
 
+def test_a_schedule_moved_on_without_a_handler_keeps_its_actor_alive(
+    url: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The idle TTL rule holds for a turn that ran no handler too: the state that holds the
+    moved-on schedule lives until the next occurrence. And a failure while moving the
+    schedule on leaves the turn's messages dead-lettered rather than stopping the drain."""
+    from actor_system import ActorSystem
+    from actor_system.reminders import Entry
+
+    system = ActorSystem.from_url(url, actors=[idle_timer], clock=clock, max_attempts=1)
+    ref = idle_timer.ref("idle-broken")
+    system.send(ref, Arm(every=3600))
+    system.run_until_idle()
+    runtime = system.runtime
+
+    def failing(turn: Any, entry: bytes) -> Any:
+        raise RuntimeError("defect outside the handler")
+
+    monkeypatch.setattr(runtime, "_open", failing)
+    advance_and_drain(system, clock, 3600)
+    assert len(system.dead_letters()) == 1
+    backend: Any = system.backend
+    key = backend.keys.actor(ref.key, "state")
+    assert 3600_000 < backend.client.pttl(key) <= 3605_000  # until the next occurrence
+    [r] = system.reminders(ref)
+    assert r.due.timestamp() == pytest.approx(clock.now() + 3600, abs=1)
+
+    def fold_fails(self: Entry, t: int, now: int) -> tuple[int, int]:
+        raise ValueError("a schedule that cannot be computed")
+
+    monkeypatch.setattr(Entry, "fold", fold_fails)
+    advance_and_drain(system, clock, 3600)  # the drain goes on: the message is dead
+    assert len(system.dead_letters()) == 2
+    system.close()
+
+
 def test_a_reminder_a_month_ahead_waits_in_the_external_delay_store(
     make_system: Any, clock: ManualClock, stores: dict[str, Any]
 ) -> None:

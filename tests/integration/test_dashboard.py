@@ -110,6 +110,15 @@ def test_every_action_needs_the_forms_csrf_token_and_its_own_origin(
         assert status == 303
         assert headers["location"] == "/deferred?done=cancelled"
         assert system.deferred() == []
+        # The page to go back to is one of the dashboard's, never another site.
+        mid = system.send(counter.ref("later"), Add(n=2), delay=600)
+        for back in ("//evil.example/", "/\\evil.example/", "https://evil.example/"):
+            form = {"id": mid, "csrf": token, "back": back}
+            status, headers, _ = http(
+                f"{base}/deferred/cancel", data=form, headers={"Origin": base}
+            )
+            assert status == 303
+            assert headers["location"].startswith("/deferred?done="), back
 
 
 def test_read_only_refuses_every_action_and_shows_no_buttons(system: ActorSystem) -> None:

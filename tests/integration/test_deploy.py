@@ -329,6 +329,12 @@ def test_the_dashboard_function_when_on(with_dashboard: dict[str, Any]) -> None:
     }
     assert all(r["AuthorizationType"] == "AWS_IAM" for r in routes.values())
     role = json.dumps(res["DashboardRole"])
+    statements = res["DashboardRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    for st in statements:  # "*" only where AWS has no resource-level permission
+        assert st["Resource"] != "*" or st["Action"] == "scheduler:ListSchedules", st
+    assert '"sqs:GetQueueAttributes"' in role  # the overview counts an sqs:// delay store
+    assert "scheduler:CreateSchedule" not in role
+    assert "iam:PassRole" not in role
     assert '"s3:GetObject"' in role
     assert "s3:PutObject" not in role
     assert "sqs:ReceiveMessage" not in role
