@@ -335,6 +335,25 @@ def test_an_occurrence_of_an_actor_whose_state_this_deploy_cannot_read_moves_on(
     assert r.due.timestamp() * 1000 == t0 + 40_000
 
 
+def test_an_occurrence_of_a_type_this_deploy_lacks_is_dead_lettered_and_moves_on(
+    make_system: Any, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    system: ActorSystem = make_system(timer, max_attempts=1)
+    ref = timer.ref("retired")
+    t0 = armed(system, ref, clock, every=10)
+    types = system.registry._types
+    monkeypatch.delitem(types, "timer")  # a deploy without the type
+    advance_and_drain(system, clock, 10)
+    [dead] = system.dead_letters()
+    assert dead.reason.startswith("UnknownActorType: actor type 'timer' is not registered")
+    [r] = system.reminders(ref)
+    assert r.due.timestamp() * 1000 == t0 + 20_000
+    # Forgotten by a deploy that has the type: what retiring it takes.
+    monkeypatch.setitem(types, "timer", timer)
+    assert system.forget(ref, "tick") is True
+    assert system.reminders(ref) == []
+
+
 def test_a_reminder_set_by_a_handler_that_fails_is_not_set(
     make_system: Any, clock: ManualClock
 ) -> None:
