@@ -22,6 +22,8 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -123,12 +125,10 @@ def pages(base: str) -> dict[str, dict[str, float]]:
     return out
 
 
-def backlog_cost(port: int, n: int, runs: int) -> dict[str, float]:
-    """Messages per second a worker drains from a backlog, alternately without and with a
-    dashboard (its own process, as ``actor-system dashboard`` runs) whose overview is
-    fetched every two seconds: the median of ``runs`` runs each."""
-    from bench.ours import throughput
-
+@contextmanager
+def dashboard_process(port: int) -> Iterator[tuple[str, int]]:
+    """``actor-system dashboard --read-only`` in its own process, as an operator runs it:
+    (its base URL, its pid) once it answers."""
     web = free_port()
     proc = subprocess.Popen(
         [
@@ -148,11 +148,6 @@ def backlog_cost(port: int, n: int, runs: int) -> dict[str, float]:
         stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{web}"
-    watching = threading.Event()
-    stop = threading.Event()
-    fetched: list[float] = []
-    plain: list[float] = []
-    watched: list[float] = []
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -163,44 +158,101 @@ def backlog_cost(port: int, n: int, runs: int) -> dict[str, float]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+        yield base, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def refresh_cost(port: int, fetches: int = 50) -> dict[str, float]:
+    """What one live refresh of the overview costs, measured rather than inferred from two
+    noisy rates: Redis's time in commands (``INFO commandstats``, reset first) and the
+    dashboard process's CPU (``/proc``), per fetch of ``/api/overview``, against whatever
+    the server holds."""
+    with dashboard_process(port) as (base, pid):
+        for _ in range(5):
+            fetch(base + "/api/overview")
+        admin = redis.Redis(port=port)
+        admin.config_resetstat()
+        cpu0 = _cpu_s(pid)
+        times = [fetch(base + "/api/overview") for _ in range(fetches)]
+        cpu_ms = (_cpu_s(pid) - cpu0) / fetches * 1000
+        stats = admin.info("commandstats")
+        redis_ms = sum(v["usec"] for v in stats.values()) / fetches / 1000
+        calls = sum(v["calls"] for v in stats.values()) / fetches
+        admin.close()
+    return {
+        "overview_redis_ms": redis_ms,
+        "overview_redis_commands": calls,
+        "overview_cpu_ms": cpu_ms,
+        "overview_share_of_2s_pct": 100 * (redis_ms + cpu_ms) / 2000,
+        "overview_fetch_ms": statistics.median(times),
+    }
+
+
+def backlog_cost(port: int, n: int, pairs: int) -> dict[str, Any]:
+    """Messages per second a worker drains from a backlog of ``n``, without and with a
+    dashboard process whose overview is fetched every two seconds, in ``pairs`` pairs of
+    runs, alternately ordered (plain first, then watched first) so that a drift of the
+    machine falls on both sides. The slowdown is the median of the pairs' own."""
+    from bench.ours import throughput
+
+    watching = threading.Event()
+    stop = threading.Event()
+    fetched: list[float] = []
+    plain: list[float] = []
+    watched: list[float] = []
+    with dashboard_process(port) as (base, _):
 
         def refresh() -> None:
             while not stop.wait(2.0):
                 if watching.is_set():
                     fetched.append(fetch(base + "/api/overview"))
 
-        # What one refresh costs, measured rather than inferred from two noisy rates: Redis's
-        # time in commands (INFO commandstats) and the dashboard process's CPU (/proc).
-        admin = redis.Redis(port=port)
-        admin.config_resetstat()
-        cpu0 = _cpu_s(proc.pid)
-        for _ in range(20):
-            fetch(base + "/api/overview")
-        cpu_ms = (_cpu_s(proc.pid) - cpu0) / 20 * 1000
-        redis_ms = sum(v["usec"] for v in admin.info("commandstats").values()) / 20 / 1000
-        admin.close()
         poller = threading.Thread(target=refresh, daemon=True)
         poller.start()
-        for _ in range(runs):
-            plain.append(throughput(port, n, 100)["msgs_per_s"])
-            watching.set()
-            watched.append(throughput(port, n, 100)["msgs_per_s"])
-            watching.clear()
-        stop.set()
-        poller.join()
-    finally:
-        proc.terminate()
-        proc.wait()
-    alone, seen = statistics.median(plain), statistics.median(watched)
+        throughput(port, n // 4, 100)  # warm: scripts loaded, code paths run
+        try:
+            for i in range(pairs):
+                for watch in (False, True) if i % 2 == 0 else (True, False):
+                    if watch:
+                        watching.set()
+                    rate = throughput(port, n, 100)["msgs_per_s"]
+                    watching.clear()
+                    (watched if watch else plain).append(rate)
+        finally:
+            stop.set()
+            poller.join()
+    slowdowns = [100 * (a - b) / a for a, b in zip(plain, watched, strict=True)]
     return {
-        "backlog_msgs_per_s": alone,
-        "backlog_with_dashboard_msgs_per_s": seen,
-        "slowdown_pct": 100 * (alone - seen) / alone,
-        "overview_redis_ms": redis_ms,
-        "overview_cpu_ms": cpu_ms,
-        "overview_share_of_2s_pct": 100 * (redis_ms + cpu_ms) / 2000,
+        "backlog_msgs_per_s": statistics.median(plain),
+        "backlog_with_dashboard_msgs_per_s": statistics.median(watched),
+        "slowdown_pct": statistics.median(slowdowns),
+        "slowdown_pct_pairs": slowdowns,
         "overview_fetches": len(fetched),
         "overview_fetch_ms_median": statistics.median(fetched) if fetched else 0.0,
+    }
+
+
+def history_cost(turns: int = 200_000) -> dict[str, float]:
+    """What the charts' history costs a turn: ``History.record`` per committed turn (one
+    message, one deferred lateness), in this process's CPU time; and what one flush writes
+    (a minute's row: its HINCRBY fields and a PEXPIRE, one pipelined round trip)."""
+    from actor_system.history import History
+    from actor_system.metrics import TurnMetrics
+
+    history = History()
+    metrics = TurnMetrics("bench-counter", "bench-counter/1", 1, 0.001, 0, 0, (0.0042,))
+    now = time.time()
+    cpu0 = time.process_time()
+    for i in range(turns):
+        history.record(metrics, now + i * 1e-4)  # 20 s of turns: the rows of one minute or two
+    record_us = (time.process_time() - cpu0) / turns * 1e6
+    rows = history.take()
+    fields = sum(len(row) for row in rows.values())
+    return {
+        "history_record_us_per_turn": record_us,
+        "history_flush_commands_per_minute_row": fields / len(rows) + 1,
     }
 
 
@@ -228,8 +280,10 @@ def main() -> None:
                 timed = pages(base)
             memory = redis.Redis(port=port).info("memory")["used_memory"]
             system.close()
+            direct = refresh_cost(port)  # against the large system just seeded
             redis.Redis(port=port).flushall()
-            cost = backlog_cost(port, *((20_000, 1) if args.quick else (200_000, 5)))
+            sizes_backlog = (20_000, 2) if args.quick else (200_000, 8)
+            cost = direct | history_cost() | backlog_cost(port, *sizes_backlog)
         finally:
             proc.terminate()
             proc.wait()
@@ -254,11 +308,18 @@ def main() -> None:
     print(
         f"backlog: {cost['backlog_msgs_per_s']:,.0f} msg/s alone, "
         f"{cost['backlog_with_dashboard_msgs_per_s']:,.0f} msg/s with the overview fetched every "
-        f"2 s ({cost['slowdown_pct']:+.1f} %; {cost['overview_fetches']} fetches, median "
+        f"2 s: slowdown {cost['slowdown_pct']:+.1f} % (median of the pairs: "
+        + ", ".join(f"{x:+.1f}" for x in cost["slowdown_pct_pairs"])
+        + f"; {cost['overview_fetches']} fetches, median "
         f"{cost['overview_fetch_ms_median']:.0f} ms)\n"
-        f"one overview refresh: {cost['overview_redis_ms']:.2f} ms of Redis time, "
+        f"one overview refresh, against the large system: {cost['overview_redis_ms']:.2f} ms "
+        f"of Redis time in {cost['overview_redis_commands']:.0f} commands, "
         f"{cost['overview_cpu_ms']:.1f} ms of the dashboard's CPU: "
-        f"{cost['overview_share_of_2s_pct']:.2f} % of a 2 s refresh period"
+        f"{cost['overview_share_of_2s_pct']:.2f} % of a 2 s refresh period\n"
+        f"the charts' history: {cost['history_record_us_per_turn']:.2f} us of CPU per turn "
+        f"(no Redis command); a flush, every 5 s at most, writes "
+        f"{cost['history_flush_commands_per_minute_row']:.0f} commands per minute row in one "
+        f"round trip"
     )
 
 
