@@ -69,6 +69,8 @@ def test_init_writes_the_project(project: Path) -> None:
     yml = (project / "serverless.yml").read_text()
     assert "service: my-shop\n" in yml
     assert yml.count("handler: my_shop/handler.handler") == 2
+    assert "handler: my_shop/handler.dashboard" in yml  # the optional dashboard function
+    assert "dashboard = system.dashboard_handler()" in (project / "my_shop/handler.py").read_text()
     assert "    - my_shop/**\n" in yml
     assert "examples" not in yml
     assert "deploy/" not in yml
