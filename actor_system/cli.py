@@ -676,10 +676,20 @@ def _loopback(host: str) -> bool:
 
 
 @main.command()
+@click.option(
+    "--reminders",
+    is_flag=True,
+    help="also arm again every reminder the S3 objects hold (after Redis lost everything; "
+    "reads every object)",
+)
 @pass_settings
-def recover(s: Settings) -> None:
+def recover(s: Settings, reminders: bool) -> None:
     """After Redis lost writes: send again what S3-state actors sent and Redis lost."""
-    s.out({"actors_resent": s.system(writes=True).recover()})
+    system = s.system(writes=True)
+    done = {"actors_resent": system.recover()}
+    if reminders:
+        done["reminders_rearmed"] = system.rearm_reminders()
+    s.out(done)
 
 
 @main.group()

@@ -392,6 +392,10 @@ class Backend(Mailbox, TurnStore, LongLane, DelayQueue, DeadLetters, Inspector, 
     def recover(self, now_ms: int) -> int:
         """Send again what state stores outside Redis know was sent and Redis lost."""
 
+    def rearm_reminders(self, now_ms: int) -> int:
+        """Arm again the pending occurrences of the reminders that state stores outside Redis
+        hold; how many were armed."""
+
     def server_clock(self) -> Clock:
         """The clock every process sharing these stores agrees on (the default clock)."""
 

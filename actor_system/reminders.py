@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -93,9 +93,13 @@ class Entry:
     until: int | None = None  # epoch ms: no occurrence at or after it
     offset: int = 0  # the jitter offset, ms (already in ``due``)
     catchup: Catchup = "coalesce"
+    # The message each occurrence carries (its JSON payload): with it, the pending
+    # occurrence can be armed again from the schedule alone (``rearm``). None in entries
+    # stored before it was kept.
+    payload: dict[str, Any] | None = field(default=None, compare=False)
 
     def pack(self) -> list[Any]:
-        return [
+        row = [
             self.gen,
             self.type,
             self.due,
@@ -107,12 +111,14 @@ class Entry:
             self.offset,
             "a" if self.catchup == "all" else "c",
         ]
+        return row if self.payload is None else [*row, self.payload]
 
     @classmethod
     def unpack(cls, row: Any) -> Entry | None:
         """None for anything that is not an entry (never raises: a reader skips it)."""
         try:
-            gen, mtype, due, every, cron, tz, remaining, until, offset, catchup = row
+            gen, mtype, due, every, cron, tz, remaining, until, offset, catchup = row[:10]
+            payload = row[10] if len(row) > 10 and isinstance(row[10], dict) else None
             return cls(
                 str(gen),
                 str(mtype),
@@ -124,8 +130,9 @@ class Entry:
                 None if until is None else int(until),
                 int(offset),
                 "all" if catchup == "a" else "coalesce",
+                payload,
             )
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, KeyError):
             return None
 
     def public(self, name: str) -> Reminder:
@@ -377,6 +384,19 @@ def occurrence(
     raw = encode(env)
     check_size(raw, max_bytes, f"reminder {name!r} of {target}")
     return Outgoing(mid, target, raw, entry.due if entry.due > now_ms else None)
+
+
+def rearm(target: str, stored: Mapping[str, Any], now_ms: int, max_bytes: int) -> list[Outgoing]:
+    """The pending occurrence of each reminder in a stored ``"_r"`` map, armed again from the
+    schedule: after Redis lost it (``system.recover(reminders=True)``). An occurrence still
+    pending, or already processed, is the same message (its id comes from the reminder, its
+    generation and due time): arming it again delivers nothing twice. Entries stored without
+    their message are left out."""
+    return [
+        occurrence(target, name, entry, entry.payload, now_ms, max_bytes)
+        for name, entry in load(stored).items()
+        if entry.payload is not None
+    ]
 
 
 def detached(entry: bytes) -> bytes:

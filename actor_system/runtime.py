@@ -167,7 +167,7 @@ class Outbox:
             trace=self._registry.tracing.carrier() if self.traced else None,
         )
         self.forget(name)
-        self.reminders[name] = entry
+        self.reminders[name] = replace(entry, payload=payload)
         self.items.append(first)
 
     def forget(self, name: str) -> bool:

@@ -607,6 +607,14 @@ class ActorSystem:
         itself; this reaches the actors no message will wake."""
         return self.backend.recover(self._now_ms())
 
+    def rearm_reminders(self) -> int:
+        """After Redis lost everything, with state in S3: arm again the pending occurrence of
+        every reminder the objects hold (those armed before the replay window are gone, and
+        no commit is left to send them). Reads every object once; arming an occurrence that
+        is still pending or was processed delivers nothing twice. Returns how many were
+        armed (0 with Redis state, whose schedules went with their occurrences)."""
+        return self.backend.rearm_reminders(self._now_ms())
+
     # -- draining --------------------------------------------------------------------------
 
     def run_until_idle(

@@ -618,6 +618,39 @@ class CompositeBackend:
             resent += self._recover(actors[start : start + _RECOVER_CHUNK], now_ms)
         return resent
 
+    def rearm_reminders(self, now_ms: int) -> int:
+        """Arm again the pending occurrence of every reminder that an S3 object holds: after
+        Redis lost everything, the occurrences armed before the replay window are gone with
+        it, and no commit is left to send them again. Lists every object (ListObjectsV2) and
+        reads each, 16 at a time. Arming an occurrence that is still pending, or was already
+        processed, delivers nothing twice (``reminders.rearm``). Returns how many were armed."""
+        from actor_system import reminders, stored_state
+
+        store = self.state_store
+        if store is None:
+            return 0
+        actors = list(store.actors(0))
+        max_bytes = self.redis.options.max_message_bytes
+        armed = 0
+        for start in range(0, len(actors), _RECOVER_CHUNK):
+            chunk = actors[start : start + _RECOVER_CHUNK]
+            items: list[Outgoing] = []
+            for actor, obj in zip(chunk, self._map(store.read, chunk), strict=True):
+                if isinstance(obj, AwsError):
+                    raise obj
+                try:
+                    if isinstance(obj, Exception):
+                        raise obj
+                    kept = stored_state.reminders_of(obj.state)
+                except DecodeError as e:  # its turns dead-letter its messages with the reason
+                    log.warning("reminders of %s not armed again: %s", actor, e)
+                    continue
+                items += reminders.rearm(actor, kept, now_ms, max_bytes)
+            if items:
+                self.push(items, now_ms)
+            armed += len(items)
+        return armed
+
     def _recover(self, actors: Sequence[str], now_ms: int) -> int:
         token = uuid.uuid4().hex
         claims = [c for c in self.begin(actors, token, self.options.lease_ms, 0, now_ms) if c]

@@ -409,3 +409,52 @@ def test_redis_restored_to_before_an_occurrence_keeps_the_reminder_exactly_once(
     [r] = fresh.reminders(ref)
     assert r.due.timestamp() * 1000 == t0 + 50_000
     fresh.close()
+
+
+def test_a_redis_that_lost_everything_gets_the_reminders_back_from_s3(
+    server: Snapshots, aws: AwsResources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An occurrence armed long before Redis lost everything is past the replay window: no
+    commit sends it again, and ``recover`` alone cannot. ``recover --reminders`` arms every
+    schedule's pending occurrence again from the objects, and arming one twice delivers it
+    once."""
+    from click.testing import CliRunner
+
+    from actor_system.cli import main
+    from tests.reminder_actors import Arm, ReminderState, timer
+
+    clock = ManualClock()
+    state_url = f"s3://{aws.bucket}/actors?replay_window={WINDOW_S}"
+
+    def make() -> ActorSystem:
+        return ActorSystem.from_url(server.url, actors=[timer], state=state_url, clock=clock)
+
+    system = make()
+    ref = timer.ref("remind-flushed")
+    t0 = round(clock.now() * 1000)
+    system.send(ref, Arm(every=3600))
+    system.run_until_idle()
+    system.close()
+    clock.advance(3000)  # 50 minutes: the arming commit is far outside the replay window
+    server.client().flushall()
+
+    fresh = make()
+    assert fresh.recover() == 0  # no commit within the window to send again
+    clock.advance(600)
+    assert fresh.run_until_idle().messages == 0  # the occurrence went with Redis
+    monkeypatch.setenv("ACTOR_SYSTEM_STATE_URL", state_url)
+    runner = CliRunner()
+    got = runner.invoke(main, ["--json", "--url", server.url, "recover", "--reminders"])
+    assert got.exit_code == 0, got.output
+    assert '"reminders_rearmed": 1' in got.output
+    assert fresh.rearm_reminders() == 1  # the same occurrence again: one message
+    assert fresh.run_until_idle().messages == 1
+    assert fresh.rearm_reminders() == 1  # the next one, pending already: still one
+    clock.advance(3600)
+    assert fresh.run_until_idle().messages == 1
+    state = fresh.state(ref)
+    assert isinstance(state, ReminderState)
+    assert [g.occurrence_ms - t0 for g in state.got] == [3600_000, 7200_000]
+    [r] = fresh.reminders(ref)
+    assert r.due.timestamp() * 1000 == t0 + 3 * 3600_000
+    fresh.close()

@@ -125,3 +125,18 @@ def test_the_lambda_drain_arms_one_wake_for_the_earliest_occurrence() -> None:
     assert isinstance(state, ReminderState)
     assert [(g.occurrence_ms, g.n) for g in state.got] == [(T0 + 120_000, Tick().n)]
     system.close()
+
+
+def test_an_entry_keeps_its_message_and_reads_the_form_stored_before() -> None:
+    from actor_system.reminders import Entry, rearm
+
+    entry = Entry("g1", "Tick", 1_000, every=10_000, payload={"n": 3})
+    row = entry.pack()
+    assert row[-1] == {"n": 3}
+    assert Entry.unpack(row) == entry
+    assert Entry.unpack(row).payload == {"n": 3}  # type: ignore[union-attr]
+    older = Entry.unpack(row[:10])  # stored before the message was kept
+    assert older is not None
+    assert older.payload is None
+    items = rearm("timer/a", {"tick": row, "old": row[:10]}, 500, 256 * 1024)
+    assert [(i.target, i.due_ms) for i in items] == [("timer/a", 1_000)]  # "old" cannot be
