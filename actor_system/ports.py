@@ -501,6 +501,12 @@ class StateObject:
         """Decode either format; ``modified_ms`` (LastModified) dates a version-1 commit."""
         try:
             m = msgpack.unpackb(raw, raw=False)
+            if isinstance(m, dict) and type(m.get("f")) is int and m["f"] > FORMAT_VERSION:
+                raise StateObjectTooNew(
+                    f"S3 object {where} has format version {m['f']}, newer than this "
+                    f"deploy's {FORMAT_VERSION}: a newer deploy wrote it",
+                    raw,
+                )
             if not isinstance(m, dict) or m.get("f") not in (1, FORMAT_VERSION):
                 raise ValueError(f"not a state object of format version 1 or {FORMAT_VERSION}")
             done = [_unpack_id(i) for i in m["done"]]
@@ -513,8 +519,15 @@ class StateObject:
             for c in commits:
                 c.replies = [(str(i), bytes(r)) for i, r in kept.get(str(c.version), [])]
             return cls(m["state"], int(m["version"]), commits, etag)
+        except StateObjectTooNew:
+            raise
         except Exception as e:
             raise DecodeError(f"S3 object {where} is not a valid state object: {e}", raw) from e
+
+
+class StateObjectTooNew(DecodeError):
+    """An S3 state object in a format newer than this deploy's: its messages wait (a rolling
+    deploy) rather than being dead-lettered."""
 
 
 def _split(rows: list[list[Any]], done: list[str]) -> list[Retained]:

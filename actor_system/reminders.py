@@ -388,7 +388,7 @@ def occurrence(
 
 def rearm(target: str, stored: Mapping[str, Any], now_ms: int, max_bytes: int) -> list[Outgoing]:
     """The pending occurrence of each reminder in a stored ``"_r"`` map, armed again from the
-    schedule: after Redis lost it (``system.recover(reminders=True)``). An occurrence still
+    schedule: after Redis lost it (``system.rearm_reminders()``). An occurrence still
     pending, or already processed, is the same message (its id comes from the reminder, its
     generation and due time): arming it again delivers nothing twice. Entries stored without
     their message are left out."""

@@ -1099,6 +1099,8 @@ class Runtime:
         if nxt is None:
             del outbox.reminders[name]
             return
+        if nxt.payload is None:  # a schedule stored before it kept its message
+            nxt = replace(nxt, payload=env.payload)
         outbox.reminders[name] = nxt
         outbox.items.append(
             reminders.occurrence(

@@ -51,6 +51,8 @@ S = TypeVar("S", bound=BaseModel)
 
 VERSION_KEY = "_v"
 REMINDERS_KEY = "_r"
+# Stands for a stored object that could not be read (``unreadable``): [reason, too new].
+UNREADABLE_KEY = "_x"
 _INPUT_CHARS = 60  # how much of a rejected input an error line quotes
 
 
@@ -120,6 +122,10 @@ def decode(actor: ActorType[S], data: bytes | None) -> Loaded[S]:
     if data is None:
         return Loaded(model(), {}, actor.version)
     mapping = _unpack(data, actor.name)
+    failed = mapping.get(UNREADABLE_KEY)
+    if isinstance(failed, list) and len(failed) == 2:
+        error = StateTooNew if failed[1] else StateInvalid
+        raise error(str(failed[0]), data, actor=actor.name, version=None)
     version = _stored_version(actor, mapping.pop(VERSION_KEY, 1), data)
     kept = mapping.pop(REMINDERS_KEY, None)
     reminders = kept if isinstance(kept, dict) else {}
@@ -133,6 +139,15 @@ def decode(actor: ActorType[S], data: bytes | None) -> Loaded[S]:
     except Exception as e:
         raise _invalid(actor, version, data, e) from e
     return Loaded(state, unknown, version, reminders)
+
+
+def unreadable(reason: str, *, too_new: bool) -> bytes:
+    """Stored state bytes standing for a stored object that could not be read at all (an S3
+    object that is corrupt, or in a newer format): ``decode`` raises StateInvalid with
+    ``reason`` for them (StateTooNew with ``too_new``), so the turn dead-letters its messages
+    or lets them wait, and never runs a handler on default state. They hold no reminders,
+    and nothing writes them back."""
+    return _pack({UNREADABLE_KEY: [reason, too_new]})
 
 
 def reminders_of(data: bytes | None) -> dict[str, Any]:

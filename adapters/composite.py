@@ -14,6 +14,7 @@ message will wake after Redis lost everything.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -22,11 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from actor_system import stored_state
 from actor_system.adapters.aws import AwsError
 from actor_system.adapters.delay import Held, SqsDelayQueue, deferred_in
 from actor_system.adapters.redis.backend import RedisBackend
 from actor_system.envelope import ID_LENGTH, Outgoing, purge_message, purge_version
-from actor_system.errors import DecodeError
+from actor_system.errors import DecodeError, InvalidSend, MessageTooLarge
 from actor_system.ports import (
     DONE,
     KEEP,
@@ -35,6 +37,7 @@ from actor_system.ports import (
     Outcome,
     Retained,
     StateObject,
+    StateObjectTooNew,
     WriteConflict,
 )
 
@@ -406,15 +409,19 @@ class CompositeBackend:
         self, claim: Claim, obj: StateObject | Exception, token: str, now_ms: int
     ) -> Claim:
         if isinstance(obj, Exception):
-            # A corrupt object: hand the runtime its bytes, which it cannot decode either,
-            # so the messages are dead-lettered with the reason; nothing is written.
+            # An object that cannot be read: the runtime gets state bytes that stand for it
+            # (its own bytes might decode as a map, and a handler would run on default
+            # state), so the messages are dead-lettered with the reason, or wait for a
+            # deploy that reads a newer format; nothing is written.
             assert isinstance(obj, DecodeError)
             with self._turns_lock:
                 self._turns[(claim.actor, token)] = _S3Turn(
                     None, False, claim.entries, began_ms=now_ms
                 )
             return Claim(
-                claim.actor, claim.fence, obj.raw or b"\xc1", 0, claim.entries,
+                claim.actor, claim.fence,
+                stored_state.unreadable(str(obj), too_new=isinstance(obj, StateObjectTooNew)),
+                0, claim.entries,
                 claim.recovered, claim.duplicates, claim.first_errors,
             )  # fmt: skip
         acked = _acked(claim.state)
@@ -624,17 +631,21 @@ class CompositeBackend:
         it, and no commit is left to send them again. Lists every object (ListObjectsV2) and
         reads each, 16 at a time. Arming an occurrence that is still pending, or was already
         processed, delivers nothing twice (``reminders.rearm``). Returns how many were armed."""
-        from actor_system import reminders, stored_state
+        from actor_system import reminders
 
         store = self.state_store
         if store is None:
             return 0
-        actors = list(store.actors(0))
-        max_bytes = self.redis.options.max_message_bytes
+        max_bytes = self.options.max_message_bytes
+        started = time.monotonic()
+        listed = store.actors(0)  # read as it goes: the keys are not all held at once
         armed = 0
-        for start in range(0, len(actors), _RECOVER_CHUNK):
-            chunk = actors[start : start + _RECOVER_CHUNK]
+        while chunk := list(itertools.islice(listed, _RECOVER_CHUNK)):
+            # The time of this chunk (a run reads every object): what is due, and how far
+            # ahead an occurrence goes to the external delay store, are reckoned from it.
+            now = now_ms + int((time.monotonic() - started) * 1000)
             items: list[Outgoing] = []
+            counts: dict[str, int] = {}
             for actor, obj in zip(chunk, self._map(store.read, chunk), strict=True):
                 if isinstance(obj, AwsError):
                     raise obj
@@ -642,12 +653,18 @@ class CompositeBackend:
                     if isinstance(obj, Exception):
                         raise obj
                     kept = stored_state.reminders_of(obj.state)
-                except DecodeError as e:  # its turns dead-letter its messages with the reason
+                    mine = reminders.rearm(actor, kept, now, max_bytes)
+                except (DecodeError, InvalidSend, MessageTooLarge) as e:
+                    # Its turns dead-letter its messages with the reason; the rest go on.
                     log.warning("reminders of %s not armed again: %s", actor, e)
                     continue
-                items += reminders.rearm(actor, kept, now_ms, max_bytes)
+                if kept:
+                    counts[actor] = len(reminders.load(kept))
+                items += mine
             if items:
-                self.push(items, now_ms)
+                self.push(items, now)
+            if counts:
+                self.redis.index_reminders(counts)
             armed += len(items)
         return armed
 

@@ -59,6 +59,7 @@ _SCRIPTS = (
     "awake",
     "lane",
     "launch",
+    "index",
 )
 # The rest of an actor in the long-work lane (lib.lua): past any real time.
 LANE_MS = 2**50
@@ -1597,6 +1598,16 @@ class RedisBackend:
     def rearm_reminders(self, now_ms: int) -> int:
         """Nothing to arm again: with state in Redis, the schedules go with their occurrences."""
         return 0
+
+    def index_reminders(self, counts: dict[str, int]) -> None:
+        """Set how many reminders these actors have in their partitions' indexes (``stats``,
+        ``reminders list``), as the schedules armed again from state outside Redis say."""
+        k = self.keys
+        by_part: dict[int, list[Any]] = {}
+        for actor, n in counts.items():
+            by_part.setdefault(k.part_of(actor), []).extend((actor, n))
+        calls = [("index", [k.reminders(p), k.reminder_count(p)], v) for p, v in by_part.items()]
+        self._run(calls, "reminder index", signals_too=False)
 
     def server_clock(self) -> Clock:
         """Redis's own time for a server shared by processes; fakeredis lives in this

@@ -248,6 +248,48 @@ def test_corrupt_state_object_dead_letters_with_the_reason(redis_url: str, aws: 
     assert system.state(counter.ref("good")).count == 1
 
 
+def test_a_state_object_that_unpacks_but_is_not_one_never_runs_a_handler(
+    redis_url: str, aws: Any
+) -> None:
+    """An object that is a msgpack map but not a state object (its commits do not account
+    for its ids) must not read as an actor with default state: the message is dead-lettered
+    with the reason, and nothing is written."""
+    clock = ManualClock()
+    system = s3_system(redis_url, aws, clock)
+    body = msgpack.packb(
+        {"f": 2, "state": b"", "version": 3, "done": [b"\x01" * 16], "commits": []}
+    )
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=aws.bucket, Key="actors/counter/odd", Body=body)
+    system.send(counter.ref("odd"), Add(n=1))
+    report = system.run_until_idle()
+    assert (report.messages, report.dead_letters) == (0, 1)
+    (dead,) = system.dead_letters()
+    assert "S3 object" in dead.reason
+    assert "is not a valid state object: 1 ids, the commits account for 0" in dead.reason
+    assert s3.get_object(Bucket=aws.bucket, Key="actors/counter/odd")["Body"].read() == body
+
+
+def test_a_state_object_of_a_newer_format_makes_its_messages_wait(redis_url: str, aws: Any) -> None:
+    """A rolling deploy: an object written in a format newer than this deploy's is left
+    alone and its messages wait, neither run on default state nor dead-lettered; a deploy
+    that reads it (here: the object written in the known format) runs them."""
+    clock = ManualClock()
+    system = s3_system(redis_url, aws, clock)
+    s3 = boto3.client("s3")
+    newer = msgpack.packb({"f": 99, "state": b"", "version": 7})
+    s3.put_object(Bucket=aws.bucket, Key="actors/counter/later", Body=newer)
+    system.send(counter.ref("later"), Add(n=2))
+    report = system.run_until_idle()
+    assert (report.messages, report.dead_letters) == (0, 0)
+    assert system.dead_letters() == []
+    assert s3.get_object(Bucket=aws.bucket, Key="actors/counter/later")["Body"].read() == newer
+    s3.delete_object(Bucket=aws.bucket, Key="actors/counter/later")  # readable again
+    clock.advance(60)  # past the wait
+    assert system.run_until_idle().messages == 1
+    assert system.state(counter.ref("later")).count == 2
+
+
 def test_missing_bucket_is_a_clear_error_and_the_batch_waits(redis_url: str, aws: Any) -> None:
     clock = ManualClock()
     system = ActorSystem.from_url(

@@ -447,7 +447,10 @@ def test_a_redis_that_lost_everything_gets_the_reminders_back_from_s3(
     got = runner.invoke(main, ["--json", "--url", server.url, "recover", "--reminders"])
     assert got.exit_code == 0, got.output
     assert '"reminders_rearmed": 1' in got.output
+    stats = fresh.stats()  # the index that went with Redis is back too
+    assert (stats["reminders"], stats["actors_with_reminders"]) == (1, 1)
     assert fresh.rearm_reminders() == 1  # the same occurrence again: one message
+    assert fresh.stats()["reminders"] == 1
     assert fresh.run_until_idle().messages == 1
     assert fresh.rearm_reminders() == 1  # the next one, pending already: still one
     clock.advance(3600)

@@ -382,19 +382,31 @@ def test_decode_reads_format_1_as_one_commit_dated_by_last_modified() -> None:
         b"\xc1",  # never used in msgpack
         b"\x93junk",
         msgpack.packb(["not", "a", "map"]),
-        msgpack.packb({"f": 99, "version": 1, "state": None, "done": [], "commits": []}),
         msgpack.packb({"f": FORMAT_VERSION, "version": 1, "state": None}),  # fields missing
         # One id that no commit row accounts for.
         msgpack.packb(
             {"f": FORMAT_VERSION, "version": 1, "state": None, "done": [b"i" * 16], "commits": []}
         ),
     ],
-    ids=["empty", "reserved-byte", "truncated", "array", "format-99", "partial", "stray-id"],
+    ids=["empty", "reserved-byte", "truncated", "array", "partial", "stray-id"],
 )
 def test_decode_of_garbage_raises_decode_error_keeping_the_bytes(raw: bytes) -> None:
     with pytest.raises(
         DecodeError, match=r"^S3 object s3://b/k is not a valid state object"
     ) as info:
+        StateObject.decode(raw, '"e"', "s3://b/k", 0)
+    assert info.value.raw == raw
+
+
+def test_decode_of_a_newer_format_says_so_keeping_the_bytes() -> None:
+    """A rolling deploy: its messages wait rather than being dead-lettered (StateObjectTooNew
+    is a DecodeError the backend tells apart)."""
+    from actor_system.ports import StateObjectTooNew
+
+    raw = msgpack.packb({"f": 99, "version": 1, "state": None, "done": [], "commits": []})
+    with pytest.raises(StateObjectTooNew, match=r"^S3 object s3://b/k has format version 99"):
+        StateObject.decode(raw, '"e"', "s3://b/k", 0)
+    with pytest.raises(DecodeError) as info:
         StateObject.decode(raw, '"e"', "s3://b/k", 0)
     assert info.value.raw == raw
 
