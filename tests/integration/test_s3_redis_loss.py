@@ -378,11 +378,7 @@ def test_redis_restored_to_before_an_occurrence_keeps_the_reminder_exactly_once(
     from tests.reminder_actors import Arm, ReminderState, timer
 
     clock = ManualClock()
-    state_url = f"s3://{aws.bucket}/actors?replay_window={WINDOW_S}"
-
-    def make() -> ActorSystem:
-        return ActorSystem.from_url(server.url, actors=[timer], state=state_url, clock=clock)
-
+    make = _reminder_systems(server, aws, clock)
     system = make()
     ref = timer.ref("remind")
     t0 = round(clock.now() * 1000)
@@ -424,11 +420,8 @@ def test_a_redis_that_lost_everything_gets_the_reminders_back_from_s3(
     from tests.reminder_actors import Arm, ReminderState, timer
 
     clock = ManualClock()
+    make = _reminder_systems(server, aws, clock)
     state_url = f"s3://{aws.bucket}/actors?replay_window={WINDOW_S}"
-
-    def make() -> ActorSystem:
-        return ActorSystem.from_url(server.url, actors=[timer], state=state_url, clock=clock)
-
     system = make()
     ref = timer.ref("remind-flushed")
     t0 = round(clock.now() * 1000)
@@ -461,3 +454,15 @@ def test_a_redis_that_lost_everything_gets_the_reminders_back_from_s3(
     [r] = fresh.reminders(ref)
     assert r.due.timestamp() * 1000 == t0 + 3 * 3600_000
     fresh.close()
+
+
+def _reminder_systems(server: Snapshots, aws: AwsResources, clock: ManualClock) -> Any:
+    """A maker of systems of the reminder test actors on ``server``, with S3 state."""
+    from tests.reminder_actors import timer
+
+    state_url = f"s3://{aws.bucket}/actors?replay_window={WINDOW_S}"
+
+    def make() -> ActorSystem:
+        return ActorSystem.from_url(server.url, actors=[timer], state=state_url, clock=clock)
+
+    return make
