@@ -162,6 +162,8 @@ def decode(raw: bytes) -> Envelope:
     prefix = raw[:ID_LENGTH]
     if _HEX_ID.fullmatch(prefix) is None:
         raise DecodeError("entry does not start with a 32-character hex message id", raw)
+    if raw[ID_LENGTH] == 0:
+        return _compact(raw)
     try:
         fields = msgpack.unpackb(raw[ID_LENGTH:], raw=False, strict_map_key=True)
     except Exception as e:  # msgpack raises several unrelated exception types
@@ -193,6 +195,22 @@ def decode(raw: bytes) -> Envelope:
     mid = prefix.decode("ascii")
     occurrence = None if reminder is None else (reminder[0], reminder[1], reminder[2])
     return Envelope(mid, target, mtype, payload, attempt, sent_at, due_at, reply, trace, occurrence)
+
+
+def _compact(raw: bytes) -> Envelope:
+    """A reminder's occurrence as promotion puts it into the mailbox (reminders.py): its id,
+    actor, name and due time; the turn expands it from the schedule, which holds the
+    message. Until then its type is empty and its generation ``"~"``."""
+    try:
+        target, rest = raw[ID_LENGTH + 1 :].decode().split("\n", 1)
+        name, due = rest.rsplit("\n", 1)
+        due_ms = int(due)
+    except ValueError as e:
+        raise DecodeError(f"compact reminder entry is malformed: {e}", raw) from e
+    if "/" not in target or not name:
+        raise DecodeError("compact reminder entry names no actor or no reminder", raw)
+    mid = raw[:ID_LENGTH].decode("ascii")
+    return Envelope(mid, target, "", {}, 1, due_ms, due_ms, None, None, (name, "~", due_ms))
 
 
 def _is_reminder(field: object) -> bool:

@@ -40,7 +40,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-from actor_system.envelope import Envelope, Outgoing, check_size, decode, encode, new_id
+from actor_system.envelope import (
+    ID_LENGTH,
+    Envelope,
+    Outgoing,
+    check_size,
+    decode,
+    encode,
+    new_id,
+)
 from actor_system.errors import DecodeError, InvalidSend
 
 if TYPE_CHECKING:
@@ -353,6 +361,62 @@ def _check_cron(expr: object, tz: object) -> None:
         raise InvalidSend(f"cron={expr!r} is not a valid cron expression: {e}") from None
 
 
+# A pending occurrence in the Redis delay queue is the member ``~<actor>\n<name>`` alone
+# (an actor id holds no line break), scored by its due time: no body, the schedule holds the
+# message. At promotion, Lua puts a compact entry into the mailbox, ``<id>\0<actor>\n<name>
+# \n<due ms>`` (lib.lua, occurrence_of); the turn expands it from the schedule.
+MEMBER = "~"
+# The generation a compact entry's envelope carries until it is expanded: it matches the
+# schedule's entry of its name by the due time alone.
+COMPACT = "~"
+
+
+def member(target: str, name: str) -> str:
+    """The delay-queue member of ``target``'s reminder ``name``: one pending at a time."""
+    return f"{MEMBER}{target}\n{name}"
+
+
+def is_member(message_id: str) -> bool:
+    return message_id.startswith(MEMBER)
+
+
+def expand(entry: bytes, kept: Mapping[str, Entry], max_bytes: int) -> bytes | None:
+    """The full mailbox entry of a compact occurrence, from the schedule's entry of its name
+    (which holds the message); None when the schedule has moved on or is gone (stale). Any
+    other entry as it is."""
+    if not is_compact(entry):
+        return entry
+    env = decode(entry)
+    assert env.reminder is not None
+    name, _, due = env.reminder
+    found = kept.get(name)
+    if found is None or found.due != due or found.payload is None:
+        return None
+    full = Envelope(
+        id=env.id,
+        target=env.target,
+        type=found.type,
+        payload=found.payload,
+        attempt=1,
+        sent_at_ms=due,
+        due_at_ms=due,
+        reminder=(name, found.gen, due),
+    )
+    raw = encode(full)
+    check_size(raw, max_bytes, f"reminder {name!r} of {env.target}")
+    return raw
+
+
+def is_compact(entry: bytes) -> bool:
+    return len(entry) > ID_LENGTH and entry[ID_LENGTH] == 0
+
+
+def pending_ids(target: str, name: str, entry: Entry) -> list[str]:
+    """What cancels the pending occurrence of ``entry``: its member in the Redis delay
+    queue, and its id where it went with a body (SQS, Scheduler, a traced occurrence)."""
+    return [member(target, name), occurrence_id(target, name, entry.gen, entry.due)]
+
+
 def occurrence_id(target: str, name: str, gen: str, due: int) -> str:
     """The id of an occurrence: the same for the same reminder, generation and due time."""
     return new_id(target, f"\x1freminder\x1f{name}\x1f{gen}\x1f{due}")
@@ -368,7 +432,9 @@ def occurrence(
     trace: dict[str, str] | None = None,
 ) -> Outgoing:
     """The pending occurrence of ``entry``: into the delay queue if it is not due yet, the
-    mailbox otherwise (its envelope keeps the due time either way)."""
+    mailbox otherwise (its envelope keeps the due time either way). Into the Redis delay
+    queue it goes as its member alone (``member``), the full entry kept in the item for a
+    delay store outside Redis (and for a traced occurrence, whose context needs a body)."""
     mid = occurrence_id(target, name, entry.gen, entry.due)
     env = Envelope(
         id=mid,
@@ -383,7 +449,11 @@ def occurrence(
     )
     raw = encode(env)
     check_size(raw, max_bytes, f"reminder {name!r} of {target}")
-    return Outgoing(mid, target, raw, entry.due if entry.due > now_ms else None)
+    if entry.due <= now_ms:
+        return Outgoing(mid, target, raw, None)
+    if trace is None and payload is not None and payload == entry.payload:
+        return Outgoing(member(target, name), target, raw, entry.due)
+    return Outgoing(mid, target, raw, entry.due)
 
 
 def rearm(target: str, stored: Mapping[str, Any], now_ms: int, max_bytes: int) -> list[Outgoing]:
@@ -402,6 +472,8 @@ def rearm(target: str, stored: Mapping[str, Any], now_ms: int, max_bytes: int) -
 def detached(entry: bytes) -> bytes:
     """A dead-lettered occurrence made ready for a redrive (DETACHED); any other entry, or
     one that does not decode, as it is."""
+    if is_compact(entry):
+        return entry  # not expanded (its schedule had moved on): stale wherever it goes
     try:
         env = decode(entry)
     except DecodeError:

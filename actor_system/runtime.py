@@ -157,6 +157,7 @@ class Outbox:
         limit = self._registry.options.max_outbox
         if len(self.items) >= limit:
             raise InvalidSend(f"a turn may send at most max_outbox={limit} messages")
+        entry = replace(entry, payload=payload)  # the schedule keeps its message
         first = reminders.occurrence(
             self.actor,
             name,
@@ -167,14 +168,14 @@ class Outbox:
             trace=self._registry.tracing.carrier() if self.traced else None,
         )
         self.forget(name)
-        self.reminders[name] = replace(entry, payload=payload)
+        self.reminders[name] = entry
         self.items.append(first)
 
     def forget(self, name: str) -> bool:
         old = self.reminders.pop(reminders.check_name(name), None)
         if old is None:
             return False
-        self.cancels.append(reminders.occurrence_id(self.actor, name, old.gen, old.due))
+        self.cancels += reminders.pending_ids(self.actor, name, old)
         return True
 
     def delete(self) -> None:
@@ -553,19 +554,21 @@ class Runtime:
         if turn.deleted:
             data = None  # nothing to write: every key of the actor goes
             # Its reminders go with it: their pending occurrences too.
-            outbox.cancels += [
-                reminders.occurrence_id(turn.claim.actor, n, e.gen, e.due) for n, e in kept.items()
-            ]
+            for n, e in kept.items():
+                outbox.cancels += reminders.pending_ids(turn.claim.actor, n, e)
             count = 0
         else:
             idle_ms = _idle_ms(kept, idle_ms, int(turn.now_s * 1000))
+        # A name forgotten and set again in this turn is armed under the same member: its
+        # cancel would take the new occurrence (commit.lua delivers before it cancels).
+        armed = {i.id for i in outbox.items if reminders.is_member(i.id)}
         return replace(
             bare,
             lane=turn.lane,
             state=data,
             delete=turn.deleted,
             outbox=outbox.items + bare.outbox,
-            cancels=outbox.cancels,
+            cancels=[c for c in outbox.cancels if c not in armed],
             replies=turn.replies + bare.replies,
             state_is_default=data is not None and data == self._default_state(turn.actor),
             reminders=count,
@@ -659,9 +662,33 @@ class Runtime:
     def _abandon(self, claim: Claim, token: str) -> Commit:
         return self._bare(claim, token, [KEEP] * len(claim.entries))
 
+    def _expanded(self, claim: Claim, kept: dict[str, reminders.Entry]) -> Claim:
+        """``claim`` with its compact reminder occurrences (as promotion puts them into the
+        mailbox) expanded into full entries from the schedule, which holds their message;
+        those whose schedule moved on or went stay compact (stale: dropped undelivered)."""
+        if not any(reminders.is_compact(e) for e, _ in claim.entries):
+            return claim
+        entries = []
+        for entry, failed in claim.entries:
+            try:
+                full = reminders.expand(entry, kept, self.options.max_message_bytes)
+            except ActorSystemError:  # too large now (max_message_bytes lowered), malformed
+                full = None
+            entries.append((entry if full is None else full, failed))
+        return replace(claim, entries=entries)
+
+    def _stored_reminders(self, claim: Claim) -> dict[str, reminders.Entry]:
+        """The schedules in the stored bytes, read without validating the state; none if
+        they cannot be unpacked."""
+        try:
+            return reminders.load(stored_state.reminders_of(claim.state))
+        except DecodeError:
+            return {}
+
     def _unloadable(self, claim: Claim, token: str, error: ActorSystemError) -> _Done:
         """Nothing can run for this actor (unknown type, unreadable state): dead-letter its
         messages with the reason; the stored state is left as it is."""
+        claim = self._expanded(claim, self._stored_reminders(claim))
         reason = f"{type(error).__name__}: {error}"
         actions: list[Outcome] = [
             self._dead(claim, entry, n + 1, reason, None) for entry, n in claim.entries
@@ -674,6 +701,10 @@ class Runtime:
         """A turn that failed outside every handler: nothing of it is written; each claimed
         message is retried with the error, or dead-lettered at max_attempts."""
         log.error("turn of %s failed: %r", claim.actor, error, exc_info=error)
+        try:
+            claim = self._expanded(claim, self._stored_reminders(claim))
+        except Exception:  # the fallback of a failed turn must not fail: dead as they are
+            log.exception("occurrences of %s not expanded", claim.actor)
         report = DrainReport(turns=1)
         actions: list[Outcome] = []
         dead: list[bytes] = []
@@ -748,6 +779,7 @@ class Runtime:
                 return keep, DrainReport(left_long=1), None
             return replace(keep, lane="l"), DrainReport(moved=1), None
         started = time.monotonic()
+        claim = self._expanded(claim, reminders.load(loaded.reminders))
         turn = _Turn(claim, ref, actor, self.clock.now(), token, leased_at, budget)
         turn.unknown = loaded.unknown
         turn.in_caller = in_caller
@@ -782,6 +814,11 @@ class Runtime:
         seen: set[str] = set()
         now = utc(turn.now_s)
         for index, (entry, failed) in enumerate(turn.claim.entries):
+            if reminders.is_compact(entry):
+                # An occurrence whose schedule moved on, or went, since it was armed.
+                turn.actions.append(DONE)
+                turn.report.stale_occurrences += 1
+                continue
             try:
                 opened = self._open(turn, entry)
             except _BAD_INPUT as e:
@@ -1081,7 +1118,7 @@ class Runtime:
         if gen == reminders.DETACHED:
             return due, 0  # a redriven dead letter: delivered as it was, the schedule untouched
         entry = outbox.reminders.get(name)
-        if entry is None or entry.gen != gen or entry.due != due:
+        if entry is None or _other_gen(entry, gen) or entry.due != due:
             log.debug("stale occurrence %s of reminder %r of %s dropped", env.id, name, env.target)
             return None
         return entry.fold(due, int(now_s * 1000))
@@ -1093,7 +1130,7 @@ class Runtime:
         assert env.reminder is not None
         name, gen, due = env.reminder
         entry = outbox.reminders.get(name)
-        if entry is None or entry.gen != gen or entry.due != due:
+        if entry is None or _other_gen(entry, gen) or entry.due != due:
             return  # replaced or forgotten by the handler: its own choice stands
         nxt = entry.moved_on(*fold)
         if nxt is None:
@@ -1322,6 +1359,12 @@ def _traceback(e: BaseException, limit: int) -> str:
 def _error_text(e: BaseException) -> str:
     """The first error kept for a message being retried."""
     return _traceback(e, 2000)
+
+
+def _other_gen(entry: reminders.Entry, gen: str) -> bool:
+    """Whether an occurrence armed with ``gen`` is of another setting than ``entry``'s (a
+    compact one, not expanded, is matched by its due time alone)."""
+    return gen != reminders.COMPACT and entry.gen != gen
 
 
 def _idle_ms(kept: Mapping[str, reminders.Entry], idle_ms: int, now_ms: int) -> int:

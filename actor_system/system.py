@@ -744,12 +744,12 @@ def _given(value: Any) -> Any:
 
 
 def _occurrences(actor: str, state: bytes | None) -> list[str]:
-    """The ids of the pending occurrences of the reminders kept in ``state``."""
+    """What cancels the pending occurrences of the reminders kept in ``state``."""
     try:
         kept = reminders.load(stored_state.reminders_of(state))
     except DecodeError:
         return []
-    return [reminders.occurrence_id(actor, n, e.gen, e.due) for n, e in kept.items()]
+    return [i for n, e in kept.items() for i in reminders.pending_ids(actor, n, e)]
 
 
 def arm_wake(backend: Backend, waker: Waker, now_ms: int) -> None:

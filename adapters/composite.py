@@ -456,6 +456,8 @@ class CompositeBackend:
         )
 
     def commit(self, commits: Sequence[Commit], now_ms: int) -> list[int | None]:
+        if self.delay is not None:
+            commits = [replace(c, outbox=self._far_in_full(c.outbox, now_ms)) for c in commits]
         if self.state_store is None:
             results = self.redis.commit(commits, now_ms)
             self._note_staged(commits, now_ms)
@@ -696,9 +698,20 @@ class CompositeBackend:
         ):
             self._staged = True
 
+    def _far_in_full(self, items: Sequence[Outgoing], now_ms: int) -> list[Outgoing]:
+        """``items`` with each reminder occurrence bound for the external delay queue in its
+        full form (its own id and body): only the Redis sorted set holds a bare member."""
+        return [
+            Outgoing(i.entry[:ID_LENGTH].decode(), i.target, i.entry, i.due_ms)
+            if i.id[:1] == "~" and self._is_far(i, now_ms)
+            else i
+            for i in items
+        ]
+
     def push(self, items: Sequence[Outgoing], now_ms: int, wake_ms: int = 0) -> tuple[int, bool]:
         if self.delay is None:
             return self.redis.push(items, now_ms, wake_ms)
+        items = self._far_in_full(items, now_ms)
         far = [i for i in items if self._is_far(i, now_ms)]
         taken = set(self.delay.offload(far, now_ms)) if far else set()
         rest, wake = self.redis.push([i for i in items if i.id not in taken], now_ms, wake_ms)
@@ -730,7 +743,12 @@ class CompositeBackend:
                 for p in range(k.partitions)
             ],
         )
-        rows = [(p, mid.decode(), int(due)) for p, found in enumerate(shards) for mid, due in found]
+        rows = [
+            (p, mid.decode(), int(due))
+            for p, found in enumerate(shards)
+            for mid, due in found
+            if mid[:1] != b"~"  # a reminder's member stays: it has no body to send
+        ]
         if not rows:
             return 0
         values = self.redis._bodies([mid for _, mid, _ in rows])

@@ -35,7 +35,7 @@ from pydantic import BaseModel, Field
 
 from actor_system import ActorSystem, ActorType, Context, ManualClock, Options
 from actor_system.adapters.redis import RedisBackend
-from actor_system.adapters.redis.keys import BUCKETS
+from actor_system.adapters.redis.keys import BUCKETS, REMINDER_BUCKETS
 from bench.queues.common import summarize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -311,7 +311,8 @@ def _split(client: redis.Redis, system: ActorSystem, n: int, used: int) -> dict[
     after_states = _used(client)[1]
     keys = system.backend.keys  # type: ignore[attr-defined]
     for p in range(keys.partitions):
-        client.delete(keys.reminders(p), keys.reminder_count(p))
+        index = [keys.reminders(p, b) for b in range(REMINDER_BUCKETS)]
+        client.delete(*index, keys.reminder_count(p), keys.reminder_actors(p))
     after_index = _used(client)[1]
     return {
         "state_key_bytes": (before - after_states) / n,

@@ -19,7 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actor_system.adapters.redis.clock import RedisClock
-from actor_system.adapters.redis.keys import Keys
+from actor_system.adapters.redis.keys import REMINDER_BUCKETS, Keys
 from actor_system.clock import SystemClock
 from actor_system.envelope import Outgoing, decode
 from actor_system.errors import BackendError, ConfigError, DecodeError, redact_url
@@ -642,7 +642,8 @@ class RedisBackend:
         due = {p: [m.decode() for m in ids] for p, ids in zip(parts, found, strict=True) if ids}
         if not due:
             return {}
-        rows = [(p, m) for p, ids in due.items() for m in ids]
+        # A reminder's member names its actor; any other id's body does.
+        rows = [(p, m) for p, ids in due.items() for m in ids if m[0] != "~"]
         bodies = self._pipe(
             "promote", lambda pipe: [pipe.hget(k.bucket_at(p, m), m) for p, m in rows]
         )
@@ -651,9 +652,11 @@ class RedisBackend:
             for (_, m), body in zip(rows, bodies, strict=True)
             if body
         }
+        targets |= {m: m[1:].split("\n", 1)[0] for ids in due.values() for m in ids if m[0] == "~"}
         calls = []
         for p, ids in due.items():
-            keys = [k.due(p), k.ready(p), k.paused(p), *(k.bucket_at(p, m) for m in ids)]
+            buckets = [k.bucket_at(p, m) for m in ids if m[0] != "~"]
+            keys = [k.due(p), k.ready(p), k.paused(p), *buckets]
             for m in ids:
                 if m in targets:
                     keys += [k.actor(targets[m], n) for n in ("mb", "done", "doneold")]
@@ -954,7 +957,8 @@ class RedisBackend:
                 # Every other key the commit touches, declared (lib.lua): its local sends',
                 # its cancels' and its replies'.
                 keys += k.delivery_keys(local)
-                keys += [x for m in cancels for x in (k.due(part), k.delay_msg(m), k.tomb(m))]
+                keys += [k.due(part)] if cancels else []
+                keys += [x for m in cancels if m[0] != "~" for x in (k.delay_msg(m), k.tomb(m))]
                 keys += [k.part(part, f"reply:{mid}") for mid, _ in c.replies]
             calls.append(("commit", keys, args))
             known = self._next[part]
@@ -1216,9 +1220,14 @@ class RedisBackend:
         one round trip."""
         if not ids:
             return []
-        return self._pipe(
-            "deferred bodies", lambda p: [p.hget(self.keys.delay_msg(m), m) for m in ids]
+        stored = iter(
+            self._pipe(
+                "deferred bodies",
+                lambda p: [p.hget(self.keys.delay_msg(m), m) for m in ids if m[0] != "~"],
+            )
         )
+        # A reminder's member has no body: its actor, and the name the type shows.
+        return [_member_body(m) if m[0] == "~" else next(stored) for m in ids]
 
     def stats(self) -> dict[str, Any]:
         """Counts for operators: ready actors, leases, mailbox depths (by SCAN of every
@@ -1239,7 +1248,7 @@ class RedisBackend:
                 pipe.zcard(k.ready(n))
                 pipe.zcard(k.leases(n))
                 pipe.zcard(k.long(n))
-                pipe.zcard(k.reminders(n))
+                pipe.get(k.reminder_actors(n))
                 pipe.get(k.reminder_count(n))
 
         got = self._pipe("stats", counts)
@@ -1248,7 +1257,7 @@ class RedisBackend:
             "leases_held": int(sum(got[1::5])),
             "long_lane_actors": int(sum(got[2::5])),
             "reminders": sum(int(n or 0) for n in got[4::5]),
-            "actors_with_reminders": int(sum(got[3::5])),
+            "actors_with_reminders": sum(int(n or 0) for n in got[3::5]),
             "mailbox_messages": sum(depths.values()),
             "in_flight_messages": sum(inflight.values()),
             "mailboxes": dict(sorted(depths.items(), key=lambda kv: -kv[1])),
@@ -1289,7 +1298,7 @@ class RedisBackend:
                 pipe.zcard(k.due(n))
                 pipe.llen(k.dlq(n))
                 pipe.get(k.reminder_count(n))
-                pipe.zcard(k.reminders(n))
+                pipe.get(k.reminder_actors(n))
                 if top:
                     pipe.zrange(k.ready(n), 0, top - 1)
 
@@ -1310,7 +1319,7 @@ class RedisBackend:
             "deferred": sum(int(r[3]) for r in rows),
             "dead_letters": sum(int(r[4]) for r in rows),
             "reminders": sum(int(r[5] or 0) for r in rows),
-            "actors_with_reminders": sum(int(r[6]) for r in rows),
+            "actors_with_reminders": sum(int(r[6] or 0) for r in rows),
             "top": ranked[:top],
             "next_due_ms": self.next_due_ms(),
         }
@@ -1490,22 +1499,19 @@ class RedisBackend:
         """Up to ``limit`` actors that have reminders (of ``actor_type`` only, if given), from
         the index each commit keeps: no scan of the keyspace."""
         k = self.keys
-        match = None if actor_type is None else f"{_glob_escape(actor_type)}/*"
+        prefix = None if actor_type is None else f"{actor_type}/"
         found: list[str] = []
-
-        def scan(key: str) -> list[str]:
-            got = []
-            for member, _ in self.client.zscan_iter(key, match=match, count=500):
-                got.append(member.decode() if isinstance(member, bytes) else str(member))
-                if len(found) + len(got) >= limit:
-                    break
-            return got
-
         for n in self._parts():
-            found += self._call("reminders", scan, k.reminders(n))
+            # A partition's index hashes in one round trip: each a small listpack.
+            rows = self._pipe(
+                "reminders",
+                lambda p, n=n: [p.hkeys(k.reminders(n, b)) for b in range(REMINDER_BUCKETS)],
+            )
+            actors = (_text(a) for row in rows for a in row)
+            found += [a for a in actors if prefix is None or a.startswith(prefix)]
             if len(found) >= limit:
                 break
-        return sorted(found[:limit])
+        return sorted(found)[:limit]
 
     def _scan(self, match: str) -> list[bytes]:
         """Keys matching ``match`` on the node, or on every primary of a cluster."""
@@ -1604,9 +1610,14 @@ class RedisBackend:
         ``reminders list``), as the schedules armed again from state outside Redis say."""
         k = self.keys
         by_part: dict[int, list[Any]] = {}
+        buckets: dict[int, list[str]] = {}
         for actor, n in counts.items():
             by_part.setdefault(k.part_of(actor), []).extend((actor, n))
-        calls = [("index", [k.reminders(p), k.reminder_count(p)], v) for p, v in by_part.items()]
+            buckets.setdefault(k.part_of(actor), []).append(k.reminder_bucket(actor))
+        calls = [
+            ("index", [k.reminder_count(p), k.reminder_actors(p), *buckets[p]], by_part[p])
+            for p in by_part
+        ]
         self._run(calls, "reminder index", signals_too=False)
 
     def server_clock(self) -> Clock:
@@ -1654,11 +1665,6 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _glob_escape(text: str) -> str:
-    """``text`` matched literally in a SCAN pattern."""
-    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
-
-
 def _newest(record: bytes) -> tuple[int, str]:
     """The order of dead letters over partitions: by time, then by message id (send order,
     for one sender's messages dead-lettered in the same ms)."""
@@ -1669,9 +1675,19 @@ def _newest(record: bytes) -> tuple[int, str]:
     return (int(letter.at_ms), letter.id)
 
 
+def _member_body(member: str) -> bytes:
+    """What a listing shows of a reminder's pending occurrence: its actor, then the marker
+    ``_type_of`` reads as ``reminder:<name>``."""
+    target, _, name = member[1:].partition("\n")
+    return f"{target}\n\x00{name}".encode()
+
+
 def _type_of(message_id: bytes, body: bytes) -> str:
     """The message type of a stored deferred body (the entry without its id); "?" if it
-    cannot be read."""
+    cannot be read; ``reminder:<name>`` for a reminder's occurrence (its message is in the
+    actor's schedule)."""
+    if body[:1] == b"\x00":
+        return f"reminder:{body[1:].decode(errors='replace')}"
     try:
         return decode(message_id + body).type
     except DecodeError:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from actor_system.envelope import Outgoing
 
 BUCKETS = 256  # hashes holding the bodies of one partition's deferred messages
+REMINDER_BUCKETS = 256  # hashes of one partition's index of actors with reminders
 
 
 def actor_hash(actor: str) -> int:
@@ -39,7 +40,10 @@ class Keys:
         return actor_hash(actor) % self.partitions
 
     def part_of_id(self, message_id: str) -> int:
-        """The partition of a message's target, from the target hash inside its id."""
+        """The partition of a message's target, from the target hash inside its id (or the
+        actor a reminder's member names)."""
+        if message_id.startswith("~"):  # reminders.member
+            return self.part_of(message_id[1:].split("\n", 1)[0])
         return int(message_id[16:20], 16) % self.partitions
 
     # -- keys shared by all partitions ({g}) ------------------------------------------------
@@ -107,9 +111,20 @@ class Keys:
         """The long-work lane's actors, each from the ms a long-work worker may take it."""
         return self.part(p, "long")
 
-    def reminders(self, p: int) -> str:
-        """The partition's actors that have reminders, each scored by how many."""
-        return self.part(p, "reminders")
+    def reminders(self, p: int, bucket: int) -> str:
+        """One of the partition's REMINDER_BUCKETS hashes of actors that have reminders
+        (actor -> how many): small enough to stay compact listpacks (about 30 B an actor)
+        up to a few million actors."""
+        return self.part(p, f"rix:{bucket}")
+
+    def reminder_bucket(self, actor: str) -> str:
+        """The index hash that holds ``actor``'s count of reminders."""
+        digest = zlib.crc32(b"rix\x00" + actor.encode())
+        return self.reminders(self.part_of(actor), digest % REMINDER_BUCKETS)
+
+    def reminder_actors(self, p: int) -> str:
+        """How many of the partition's actors have reminders."""
+        return self.part(p, "reminders:a")
 
     def reminder_count(self, p: int) -> str:
         """How many reminders the partition's actors have, all together."""
@@ -144,6 +159,9 @@ class Keys:
         mailbox or to the delay queue (land.lua decides by the time)."""
         keys: list[str] = []
         for item in items:
+            if item.id.startswith("~"):  # a reminder's member: the sorted set alone
+                keys.append(self.due(self.part_of(item.target)))
+                continue
             if either or item.due_ms is not None:
                 keys += [self.due(self.part_of(item.target)), self.bucket(item.target, item.id)]
             if either or item.due_ms is None:
@@ -182,7 +200,7 @@ class Keys:
         keys = [self.actor(actor, n) for n in names] + [self.leases(p), self.ready(p), self.dlq(p)]
         tail = [self.actor(actor, "outbox"), self.outboxes(p)]
         done = [self.actor(actor, "doneold"), self.actor(actor, "donetime")]
-        rem = [self.reminders(p), self.reminder_count(p)]
+        rem = [self.reminder_bucket(actor), self.reminder_count(p), self.reminder_actors(p)]
         return [*keys, self.actor(actor, "err"), self.paused(p), *tail, *done, self.long(p), *rem]
 
     def poll_keys(self, p: int) -> list[str]:

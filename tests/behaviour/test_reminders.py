@@ -39,7 +39,11 @@ def pending(system: ActorSystem) -> int | None:
     delay queue (SQS, Scheduler) holds them: SQS counts a cancelled message until it lands."""
     if system.stats().get("deferred_store"):
         return None
-    return sum(1 for d in system.deferred(1000) if d.type == "Tick")
+    # A pending occurrence is listed as "reminder:<name>" (the Redis delay queue holds its
+    # member alone); one re-sent by Retry(delay=) is an ordinary "Tick".
+    return sum(
+        1 for d in system.deferred(1000) if d.type.startswith("reminder:") or d.type == "Tick"
+    )
 
 
 def armed(system: ActorSystem, ref: ActorRef, clock: ManualClock, **arm: Any) -> int:
@@ -626,6 +630,37 @@ def test_a_bad_name_or_message_is_refused(make_system: Any) -> None:
         system.remind(ref, "", Tick(), delay=1)
     with pytest.raises(UnknownMessageType):
         system.remind(ref, "x", AsyncArm(), delay=1)
+
+
+def test_a_pending_occurrence_in_redis_is_its_member_alone(url: str, clock: ManualClock) -> None:
+    """The Redis delay queue holds a reminder's pending occurrence as the member
+    ``~<actor>\\n<name>`` with no body (the schedule holds the message): one per reminder,
+    listed as ``reminder:<name>``, and not cancellable by id (forget the reminder)."""
+    from actor_system import ActorSystem
+
+    system = ActorSystem.from_url(url, actors=[timer], clock=clock)
+    ref = timer.ref("layout")
+    t0 = armed(system, ref, clock, every=60, n=7)
+    backend: Any = system.backend
+    keys = backend.keys
+    part = keys.part_of(ref.key)
+    member = f"~{ref.key}\ntick"
+    assert backend.client.zrange(keys.due(part), 0, -1, withscores=True) == [
+        (member.encode(), float(t0 + 60_000))
+    ]
+    bodies = sum(backend.client.hlen(keys.part(part, f"m{b}")) for b in range(256))
+    assert bodies == 0
+    [d] = system.deferred()
+    assert (d.type, d.actor) == ("reminder:tick", ref.key)
+    with pytest.raises(InvalidSend):
+        system.cancel(member)
+    advance_and_drain(system, clock, 60)
+    advance_and_drain(system, clock, 60)
+    state = system.state(ref)
+    assert isinstance(state, ReminderState)
+    assert [(g.occurrence_ms - t0, g.n) for g in state.got] == [(60_000, 7), (120_000, 7)]
+    assert backend.client.zcard(keys.due(part)) == 1  # the next one, the same member
+    system.close()
 
 
 def test_an_actor_with_reminders_outlives_its_idle_ttl_until_its_next_occurrence(

@@ -3,8 +3,9 @@
 -- KEYS[5] P:{A}:att  KEYS[6] P:{A}:done  KEYS[7] P:leases  KEYS[8] P:ready  KEYS[9] P:dlq
 -- KEYS[10] P:{A}:err (first error of a message still being retried)  KEYS[11] P:paused
 -- KEYS[12] P:{A}:outbox  KEYS[13] P:outboxes  KEYS[14] P:{A}:doneold  KEYS[15] P:{A}:donetime
--- KEYS[16] P:long (the long-work lane)  KEYS[17] P:reminders (actor -> how many reminders it
--- has)  KEYS[18] P:reminders:n (the partition's reminders, all actors)
+-- KEYS[16] P:long (the long-work lane)  KEYS[17] P:rix:<b> (the actor's index hash: actor ->
+-- how many reminders it has)  KEYS[18] P:reminders:n (the partition's reminders, all actors)
+-- KEYS[19] P:reminders:a (the partition's actors that have some)
 -- (P: the actor's partition)
 -- ARGV[1] prefix  ARGV[2] inline signals  ARGV[3] token  ARGV[4] actor key  ARGV[5] now ms
 -- ARGV[6] state bytes ('' = unchanged)  ARGV[7] fence  ARGV[8] dedup window ms
@@ -178,14 +179,17 @@ if ends then
 end
 if rem >= 0 then
   -- The index of actors with reminders, and the count beside it (stats, reminders list).
-  local had = tonumber(redis.call('ZSCORE', KEYS[17], actor) or '0')
+  local had = tonumber(redis.call('HGET', KEYS[17], actor) or '0')
   if rem ~= had then
     if rem > 0 then
-      redis.call('ZADD', KEYS[17], rem, actor)
+      redis.call('HSET', KEYS[17], actor, rem)
     else
-      redis.call('ZREM', KEYS[17], actor)
+      redis.call('HDEL', KEYS[17], actor)
     end
     redis.call('INCRBY', KEYS[18], rem - had)
+    if had == 0 or rem == 0 then
+      redis.call('INCRBY', KEYS[19], had == 0 and 1 or -1)
+    end
   end
 end
 for j = 1, n_replies do
@@ -205,7 +209,7 @@ end
 for j = 1, n_cancel do
   local k = i + 1 + (j - 1) * 2
   unschedule(prefix, ARGV[k + 1], ARGV[k])
-  if tomb_ms > 0 then
+  if tomb_ms > 0 and not is_member(ARGV[k]) then
     tombstone(prefix, ARGV[k + 1], ARGV[k], tomb_ms)
   end
 end

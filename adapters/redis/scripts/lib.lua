@@ -102,8 +102,39 @@ local function mkey(prefix, part, id)
   return pkey(prefix, part, 'm' .. (tonumber(string.sub(id, 21, 23), 16) % 256))
 end
 
--- Take a deferred message's body out of its bucket; nil if it has none.
+-- A reminder's pending occurrence is its member '~<actor>\n<name>' alone (reminders.py).
+local function is_member(id)
+  return string.byte(id, 1) == 126
+end
+
+-- The mailbox entry a member due at ``due`` (its score) is promoted as: target, id (the same
+-- for the same member and due time: a re-armed occurrence is processed once), compact entry
+-- '<id>\0<actor>\n<name>\n<due ms>' (envelope._compact reads it). Plain arithmetic, no
+-- redis.sha1hex: the embedded fakeredis has none.
+local function hash32(s, mul)
+  local h = 0
+  for i = 1, #s do
+    h = (h * mul + string.byte(s, i)) % 4294967291  -- exact in a double: below 2^38
+  end
+  return h
+end
+
+local function occurrence_of(id, due)
+  local nl = string.find(id, '\n', 2, true)
+  local target = string.sub(id, 2, nl - 1)
+  local ms = tonumber(due)
+  local hi = math.floor(ms / 16777216)
+  -- 32 hex digits: the due time (ids of one actor sort by it), then hashes of the member.
+  local mid = string.format('%06x%06x%08x%08x%04x', hi, ms - hi * 16777216, hash32(id, 31),
+                            hash32(id, 131), hash32(id, 7) % 65536)
+  return target, mid, mid .. '\0' .. string.sub(id, 2) .. '\n' .. string.format('%.0f', ms)
+end
+
+-- Take a deferred message's body out of its bucket; nil if it has none (a member has none).
 local function take_body(prefix, part, id)
+  if is_member(id) then
+    return nil
+  end
   local m = mkey(prefix, part, id)
   local v = redis.call('HGET', m, id)
   if v then
@@ -244,10 +275,17 @@ local function deliver(prefix, now, target, part, id, due, entry)
   end
   local z = pkey(prefix, part, 'due')
   local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
-  -- The body before the id: an id in the queue always has its body (the same for the same
-  -- id, so writing it again changes nothing).
-  redis.call('HSET', mkey(prefix, part, id), id, target .. '\n' .. string.sub(entry, 33))
-  if redis.call('ZADD', z, 'NX', due, id) == 1 then
+  local added
+  if is_member(id) then
+    -- A reminder's occurrence: the member alone, at its (new) due time; one per reminder.
+    added = redis.call('ZADD', z, due, id)
+  else
+    -- The body before the id: an id in the queue always has its body (the same for the
+    -- same id, so writing it again changes nothing).
+    redis.call('HSET', mkey(prefix, part, id), id, target .. '\n' .. string.sub(entry, 33))
+    added = redis.call('ZADD', z, 'NX', due, id)
+  end
+  if added == 1 then
     -- A new earliest due time in this partition: pollers must look at it again, and an
     -- idle worker blocked until a later due time must wake.
     if first[2] == nil or tonumber(due) < tonumber(first[2]) then

@@ -15,7 +15,10 @@ for i = 5, #ARGV do
   if due and tonumber(due) <= now then
     local v = take_body(prefix, part, id)
     redis.call('ZREM', KEYS[1], id)
-    if v then
+    if is_member(id) then
+      local target, mid, entry = occurrence_of(id, due)
+      promoted = promoted + deliver(prefix, timely(due), target, part, mid, '', entry)
+    elseif v then
       local nl = string.find(v, '\n', 1, true)
       promoted = promoted + deliver(prefix, timely(due), string.sub(v, 1, nl - 1), part, id, '',
                                     id .. string.sub(v, nl + 1))
