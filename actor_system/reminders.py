@@ -5,11 +5,14 @@ state (stored_state.py): a reminder is set, replaced, moved on and removed by th
 that writes the state, wherever the state lives (Redis, S3), and a Redis that loses its last
 writes loses it no more than it loses the state.
 
-Each reminder has exactly one pending occurrence: an ordinary deferred message whose envelope
-carries (name, generation, due ms), with an id derived from the three, so that an occurrence
-armed twice (a replayed commit) is one message. When an occurrence is settled (processed, or
-dead-lettered: a failing occurrence never stops the schedule) the same commit arms the next
-one, on the grid:
+Each reminder has exactly one pending occurrence, a deferred message whose envelope carries
+(name, generation, due ms). In the Redis delay queue it is the member ``~<actor>\n<name>``
+alone, scored by its due time: the schedule keeps the message, and the turn expands the
+compact entry promotion puts into the mailbox (``expand``). With a body it goes where a body
+is needed (SQS, Scheduler, a traced occurrence), its id derived from the three, so that an
+occurrence armed twice (a replayed commit) is one message either way. When an occurrence is
+settled (processed, or dead-lettered: a failing occurrence never stops the schedule) the
+same commit arms the next one, on the grid:
 
 - ``every``: occurrence k is due at ``first + k * every``, whatever the lateness of earlier
   deliveries; ``cron``: the cron times in ``tz`` (cronsim: a local time skipped by a DST

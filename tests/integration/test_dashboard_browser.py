@@ -155,6 +155,7 @@ def test_every_page_a_redrive_by_clicks_and_the_live_overview(
     system.send(counter.ref("c9"), Add(n=1))
     system.send(counter.ref("c9"), Add(n=2))
     [tick] = [d.id for d in system.deferred() if d.actor == "timer/t1"]
+    assert tick == "~timer/t1\ntick"
 
     with serving(app(system)) as base:
         # -- overview --------------------------------------------------------------------
@@ -179,7 +180,8 @@ def test_every_page_a_redrive_by_clicks_and_the_live_overview(
             soon: ["counter/c2", "Add"],
             later: ["logger/l1", "Note"],
             doomed: ["logger/l1", "Note"],
-            tick: ["timer/t1", "Tick"],
+            # A reminder's pending occurrence: its member, with no body (and no cancel).
+            "(the reminder's next occurrence)": ["timer/t1", "reminder:tick"],
         }
         bars = driver.find_elements(By.CSS_SELECTOR, "#timeline rect.bar")
         assert len(bars) == 12  # the next hour by 5 minutes
@@ -228,7 +230,9 @@ def test_every_page_a_redrive_by_clicks_and_the_live_overview(
         assert (name, message, left) == ("tick", "Tick", "-")
         assert schedule.startswith("every 3600")
         assert datetime.fromisoformat(due) - datetime.now(UTC) < timedelta(hours=1, minutes=1)
-        assert [row[:2] for row in rows_of(driver, "actor-deferred")] == [[tick, "Tick"]]
+        assert [row[:2] for row in rows_of(driver, "actor-deferred")] == [
+            ["(the reminder's next occurrence)", "reminder:tick"]
+        ]
         shoot(driver, shots, "04-actor-timer")
 
         driver.get(actor_url(base, "counter", "c3"))
