@@ -559,16 +559,19 @@ class Runtime:
             count = 0
         else:
             idle_ms = _idle_ms(kept, idle_ms, int(turn.now_s * 1000))
-        # A name forgotten and set again in this turn is armed under the same member: its
-        # cancel would take the new occurrence (commit.lua delivers before it cancels).
-        armed = {i.id for i in outbox.items if reminders.is_member(i.id)}
+        # A reminder's member is one per name, armed and cancelled in any order within the
+        # turn (commit.lua delivers before it cancels): what the turn leaves decides. A name
+        # it keeps is armed and not cancelled; one it drops is cancelled and not armed.
+        final = set() if turn.deleted else set(kept)
+        items = [i for i in outbox.items if not reminders.is_member(i.id) or _name(i.id) in final]
+        cancels = [c for c in outbox.cancels if not reminders.is_member(c) or _name(c) not in final]
         return replace(
             bare,
             lane=turn.lane,
             state=data,
             delete=turn.deleted,
-            outbox=outbox.items + bare.outbox,
-            cancels=[c for c in outbox.cancels if c not in armed],
+            outbox=items + bare.outbox,
+            cancels=cancels,
             replies=turn.replies + bare.replies,
             state_is_default=data is not None and data == self._default_state(turn.actor),
             reminders=count,
@@ -1359,6 +1362,11 @@ def _traceback(e: BaseException, limit: int) -> str:
 def _error_text(e: BaseException) -> str:
     """The first error kept for a message being retried."""
     return _traceback(e, 2000)
+
+
+def _name(member: str) -> str:
+    """The reminder name of a delay-queue member (reminders.member)."""
+    return member.split("\n", 1)[1]
 
 
 def _other_gen(entry: reminders.Entry, gen: str) -> bool:

@@ -78,6 +78,10 @@ class _S3Turn:
     purge: int | None = None  # a purge message for this tombstone version was claimed
     purged: bool = False  # the commit ends the actor in Redis: remove its object after
     missing: bool = False  # its commit came without a begin here: given back, not written
+    # Replayed commits armed or cancelled reminders' members: one member stands for every
+    # occurrence of a name, so they are not replayed one by one; the schedule this commit
+    # writes is armed whole instead (its last word, whatever order they came in).
+    rearm: bool = False
 
     @property
     def etag(self) -> str | None:
@@ -88,10 +92,12 @@ class _S3Turn:
         sent = {o.id for o in self.resend}
         for c in commits:
             for o in c.outbox:
-                if o.id not in sent:
+                if o.id[:1] == "~":
+                    self.rearm = True  # a reminder's member: armed from the schedule instead
+                elif o.id not in sent:
                     sent.add(o.id)
                     self.resend.append(o)
-            self.recancel += [x for x in c.cancels if x not in self.recancel]
+            self.recancel += [x for x in c.cancels if x not in self.recancel and x[:1] != "~"]
             self.rereply += c.replies  # Redis keeps the first reply of an id
 
 
@@ -515,7 +521,7 @@ class CompositeBackend:
         obj = turn.obj
         if obj is None:  # corrupt object: dead letters only (and their Replied messages)
             return self._redis_commit(c, None, full, c.outbox, []), turn, None
-        outbox = turn.resend + c.outbox
+        outbox = turn.resend + self._schedule_arms(c, turn, obj, now_ms) + c.outbox
         cancels = turn.recancel + c.cancels
         replies = turn.rereply + c.replies
         assert self.state_store is not None
@@ -627,6 +633,24 @@ class CompositeBackend:
             resent += self._recover(actors[start : start + _RECOVER_CHUNK], now_ms)
         return resent
 
+    def _schedule_arms(
+        self, c: Commit, turn: _S3Turn, obj: StateObject, now_ms: int
+    ) -> list[Outgoing]:
+        """For a turn that replays commits which armed reminders: each pending occurrence of
+        the schedule the commit leaves (the state it writes, or the object's), armed again.
+        Still pending or already processed, it is one occurrence (reminders.rearm)."""
+        from actor_system import reminders
+
+        if not turn.rearm:
+            return []
+        turn.rearm = False
+        try:
+            kept = stored_state.reminders_of(c.state if c.state is not None else obj.state)
+            return reminders.rearm(c.actor, kept, now_ms, self.options.max_message_bytes)
+        except (DecodeError, InvalidSend, MessageTooLarge) as e:
+            log.warning("reminders of %s not armed again: %s", c.actor, e)
+            return []
+
     def rearm_reminders(self, now_ms: int) -> int:
         """Arm again the pending occurrence of every reminder that an S3 object holds: after
         Redis lost everything, the occurrences armed before the replay window are gone with
@@ -664,7 +688,9 @@ class CompositeBackend:
                     counts[actor] = len(reminders.load(kept))
                 items += mine
             if items:
-                self.push(items, now)
+                # A live turn may arm a member after its object was read here: it stands.
+                near = self._far_in_full(items, now) if self.delay is not None else items
+                self.push([replace(i, entry=b"nx") if i.id[:1] == "~" else i for i in near], now)
             if counts:
                 self.redis.index_reminders(counts)
             armed += len(items)

@@ -466,3 +466,59 @@ def _reminder_systems(server: Snapshots, aws: AwsResources, clock: ManualClock) 
         return ActorSystem.from_url(server.url, actors=[timer], state=state_url, clock=clock)
 
     return make
+
+
+def test_redis_restored_to_before_two_occurrences_keeps_the_schedule(
+    server: Snapshots, aws: AwsResources
+) -> None:
+    """Two turns each armed the reminder's next occurrence under its one member; Redis lost
+    both. The replay arms the schedule the object holds (the later arm), not the first one
+    it finds, so the reminder goes on, each occurrence once."""
+    from tests.reminder_actors import Arm, ReminderState, timer
+
+    clock = ManualClock()
+    make = _reminder_systems(server, aws, clock)
+    system = make()
+    ref = timer.ref("remind-twice")
+    t0 = round(clock.now() * 1000)
+    system.send(ref, Arm(every=10))
+    system.run_until_idle()
+    server.client().save()  # the first occurrence pending
+    for _ in range(2):
+        clock.advance(10)
+        system.run_until_idle()
+    system.close()
+
+    server.restore()
+    fresh = make()
+    fresh.run_until_idle()
+    for _ in range(3):
+        clock.advance(10)
+        fresh.run_until_idle()
+    state = fresh.state(ref)
+    assert isinstance(state, ReminderState)
+    assert [g.occurrence_ms - t0 for g in state.got] == [10_000, 20_000, 30_000, 40_000, 50_000]
+    fresh.close()
+
+
+def test_rearming_leaves_a_later_arm_of_a_live_turn_alone(
+    server: Snapshots, aws: AwsResources
+) -> None:
+    """recover --reminders arms a member only where there is none: a turn that armed the
+    next occurrence after the object was read keeps it."""
+    from tests.reminder_actors import Arm, timer
+
+    clock = ManualClock()
+    make = _reminder_systems(server, aws, clock)
+    system = make()
+    ref = timer.ref("remind-live")
+    system.send(ref, Arm(every=10))
+    system.run_until_idle()
+    backend: Any = system.backend
+    keys = backend.redis.keys
+    due_key, member = keys.due(keys.part_of(ref.key)), f"~{ref.key}\ntick"
+    [(_, score)] = server.client().zrange(due_key, 0, -1, withscores=True)
+    server.client().zadd(due_key, {member: score + 10_000})  # as a live turn would
+    assert system.rearm_reminders() == 1
+    assert server.client().zscore(due_key, member) == score + 10_000
+    system.close()

@@ -119,14 +119,19 @@ local function hash32(s, mul)
   return h
 end
 
-local function occurrence_of(id, due)
+local function occurrence_of(id, due, part)
   local nl = string.find(id, '\n', 2, true)
+  if not nl then
+    return nil  -- not a member this code wrote: dropped, never an error for the partition
+  end
   local target = string.sub(id, 2, nl - 1)
   local ms = tonumber(due)
   local hi = math.floor(ms / 16777216)
-  -- 32 hex digits: the due time (ids of one actor sort by it), then hashes of the member.
-  local mid = string.format('%06x%06x%08x%08x%04x', hi, ms - hi * 16777216, hash32(id, 31),
-                            hash32(id, 131), hash32(id, 7) % 65536)
+  -- 32 hex digits: the due time (ids of one actor sort by it), hashes of the member, and at
+  -- 17-20 the partition, where every id names its partition (Keys.part_of_id).
+  local mid = string.format('%06x%06x%04x%04x%04x%08x', hi, ms - hi * 16777216,
+                            hash32(id, 31) % 65536, tonumber(part), hash32(id, 7) % 65536,
+                            hash32(id, 131))
   return target, mid, mid .. '\0' .. string.sub(id, 2) .. '\n' .. string.format('%.0f', ms)
 end
 
@@ -278,7 +283,12 @@ local function deliver(prefix, now, target, part, id, due, entry)
   local added
   if is_member(id) then
     -- A reminder's occurrence: the member alone, at its (new) due time; one per reminder.
-    added = redis.call('ZADD', z, due, id)
+    -- 'nx' (recover --reminders): a live turn's own arm, if any, stands.
+    if entry == 'nx' then
+      added = redis.call('ZADD', z, 'NX', due, id)
+    else
+      added = redis.call('ZADD', z, 'CH', due, id)  -- moved earlier: a new earliest, maybe
+    end
   else
     -- The body before the id: an id in the queue always has its body (the same for the
     -- same id, so writing it again changes nothing).

@@ -91,8 +91,10 @@ local function poll_part(part, pops)
       local v = take_body(prefix, part, id)
       redis.call('ZREM', K[4], id)
       if is_member(id) then
-        local target, mid, entry = occurrence_of(id, due[i + 1])
-        promoted = promoted + deliver(prefix, timely(due[i + 1]), target, part, mid, '', entry)
+        local target, mid, entry = occurrence_of(id, due[i + 1], part)
+        if target then
+          promoted = promoted + deliver(prefix, timely(due[i + 1]), target, part, mid, '', entry)
+        end
       elseif v then
         local nl = string.find(v, '\n', 1, true)
         promoted = promoted + deliver(prefix, timely(due[i + 1]), string.sub(v, 1, nl - 1),

@@ -16,8 +16,10 @@ for i = 5, #ARGV do
     local v = take_body(prefix, part, id)
     redis.call('ZREM', KEYS[1], id)
     if is_member(id) then
-      local target, mid, entry = occurrence_of(id, due)
-      promoted = promoted + deliver(prefix, timely(due), target, part, mid, '', entry)
+      local target, mid, entry = occurrence_of(id, due, part)
+      if target then
+        promoted = promoted + deliver(prefix, timely(due), target, part, mid, '', entry)
+      end
     elseif v then
       local nl = string.find(v, '\n', 1, true)
       promoted = promoted + deliver(prefix, timely(due), string.sub(v, 1, nl - 1), part, id, '',
