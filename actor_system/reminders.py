@@ -383,6 +383,12 @@ def is_member(message_id: str) -> bool:
     return message_id.startswith(MEMBER)
 
 
+def member_parts(message_id: str) -> tuple[str, str]:
+    """(actor, reminder name) of a delay-queue member (``member``)."""
+    target, _, name = message_id[len(MEMBER) :].partition("\n")
+    return target, name
+
+
 def expand(entry: bytes, kept: Mapping[str, Entry], max_bytes: int) -> bytes | None:
     """The full mailbox entry of a compact occurrence, from the schedule's entry of its name
     (which holds the message); None when the schedule has moved on or is gone (stale). Any

@@ -563,8 +563,16 @@ class Runtime:
         # turn (commit.lua delivers before it cancels): what the turn leaves decides. A name
         # it keeps is armed and not cancelled; one it drops is cancelled and not armed.
         final = set() if turn.deleted else set(kept)
-        items = [i for i in outbox.items if not reminders.is_member(i.id) or _name(i.id) in final]
-        cancels = [c for c in outbox.cancels if not reminders.is_member(c) or _name(c) not in final]
+        items = [
+            i
+            for i in outbox.items
+            if not reminders.is_member(i.id) or reminders.member_parts(i.id)[1] in final
+        ]
+        cancels = [
+            c
+            for c in outbox.cancels
+            if not reminders.is_member(c) or reminders.member_parts(c)[1] not in final
+        ]
         return replace(
             bare,
             lane=turn.lane,
@@ -691,21 +699,24 @@ class Runtime:
     def _unloadable(self, claim: Claim, token: str, error: ActorSystemError) -> _Done:
         """Nothing can run for this actor (unknown type, unreadable state): dead-letter its
         messages with the reason; the stored state is left as it is."""
-        claim = self._expanded(claim, self._stored_reminders(claim))
+        kept = self._stored_reminders(claim)
+        claim = self._expanded(claim, kept)
         reason = f"{type(error).__name__}: {error}"
         actions: list[Outcome] = [
             self._dead(claim, entry, n + 1, reason, None) for entry, n in claim.entries
         ]
         report = DrainReport(turns=1, dead_letters=len(actions))
         dead = [entry for entry, _ in claim.entries]
-        return self._moved_on(claim, self._bare(claim, token, actions), dead), report, None
+        return self._moved_on(claim, self._bare(claim, token, actions), dead, kept), report, None
 
     def _broken(self, claim: Claim, token: str, error: Exception) -> _Done:
         """A turn that failed outside every handler: nothing of it is written; each claimed
         message is retried with the error, or dead-lettered at max_attempts."""
         log.error("turn of %s failed: %r", claim.actor, error, exc_info=error)
+        kept: dict[str, reminders.Entry] = {}
         try:
-            claim = self._expanded(claim, self._stored_reminders(claim))
+            kept = self._stored_reminders(claim)
+            claim = self._expanded(claim, kept)
         except Exception:  # the fallback of a failed turn must not fail: dead as they are
             log.exception("occurrences of %s not expanded", claim.actor)
         report = DrainReport(turns=1)
@@ -720,20 +731,22 @@ class Runtime:
             else:
                 actions.append(Failed(_error_text(error)))
                 report.retries += 1
-        return self._moved_on(claim, self._bare(claim, token, actions), dead), report, None
+        return self._moved_on(claim, self._bare(claim, token, actions), dead, kept), report, None
 
-    def _moved_on(self, claim: Claim, bare: Commit, dead: list[bytes]) -> Commit:
+    def _moved_on(
+        self, claim: Claim, bare: Commit, dead: list[bytes], kept: dict[str, reminders.Entry]
+    ) -> Commit:
         """``bare`` with the reminders of its dead-lettered occurrences moved on, for a turn
         that ran no handler (an unreadable state, a turn that failed outside every handler):
         a failing occurrence never stops its schedule. The schedule is read from the stored
-        bytes without validating the state, and written back into them, the rest as it was;
-        state that cannot even be unpacked is left alone, and its reminders with it."""
+        bytes (``kept``, read without validating the state) and written back into them, the
+        rest as it was; state that cannot even be unpacked is left alone, and its reminders
+        with it."""
         try:
-            kept = reminders.load(stored_state.reminders_of(claim.state))
             if not kept or claim.state is None:
                 return bare
             now_ms = self._now_ms()
-            outbox = Outbox(self.registry, now_ms / 1000, claim.actor, kept)
+            outbox = Outbox(self.registry, now_ms / 1000, claim.actor, dict(kept))
             moved = [self._settle_dead(now_ms / 1000, entry, outbox) for entry in dead]
             if not any(moved):
                 return bare
@@ -1362,11 +1375,6 @@ def _traceback(e: BaseException, limit: int) -> str:
 def _error_text(e: BaseException) -> str:
     """The first error kept for a message being retried."""
     return _traceback(e, 2000)
-
-
-def _name(member: str) -> str:
-    """The reminder name of a delay-queue member (reminders.member)."""
-    return member.split("\n", 1)[1]
 
 
 def _other_gen(entry: reminders.Entry, gen: str) -> bool:

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from actor_system import stored_state
+from actor_system import reminders, stored_state
 from actor_system.adapters.aws import AwsError
 from actor_system.adapters.delay import Held, SqsDelayQueue, deferred_in
 from actor_system.adapters.redis.backend import RedisBackend
@@ -92,12 +92,14 @@ class _S3Turn:
         sent = {o.id for o in self.resend}
         for c in commits:
             for o in c.outbox:
-                if o.id[:1] == "~":
+                if reminders.is_member(o.id):
                     self.rearm = True  # a reminder's member: armed from the schedule instead
                 elif o.id not in sent:
                     sent.add(o.id)
                     self.resend.append(o)
-            self.recancel += [x for x in c.cancels if x not in self.recancel and x[:1] != "~"]
+            self.recancel += [
+                x for x in c.cancels if x not in self.recancel and not reminders.is_member(x)
+            ]
             self.rereply += c.replies  # Redis keeps the first reply of an id
 
 
@@ -639,8 +641,6 @@ class CompositeBackend:
         """For a turn that replays commits which armed reminders: each pending occurrence of
         the schedule the commit leaves (the state it writes, or the object's), armed again.
         Still pending or already processed, it is one occurrence (reminders.rearm)."""
-        from actor_system import reminders
-
         if not turn.rearm:
             return []
         turn.rearm = False
@@ -657,8 +657,6 @@ class CompositeBackend:
         it, and no commit is left to send them again. Lists every object (ListObjectsV2) and
         reads each, 16 at a time. Arming an occurrence that is still pending, or was already
         processed, delivers nothing twice (``reminders.rearm``). Returns how many were armed."""
-        from actor_system import reminders
-
         store = self.state_store
         if store is None:
             return 0
@@ -690,7 +688,8 @@ class CompositeBackend:
             if items:
                 # A live turn may arm a member after its object was read here: it stands.
                 near = self._far_in_full(items, now) if self.delay is not None else items
-                self.push([replace(i, entry=b"nx") if i.id[:1] == "~" else i for i in near], now)
+                nx = [replace(i, entry=b"nx") if reminders.is_member(i.id) else i for i in near]
+                self.push(nx, now)
             if counts:
                 self.redis.index_reminders(counts)
             armed += len(items)
@@ -729,7 +728,7 @@ class CompositeBackend:
         full form (its own id and body): only the Redis sorted set holds a bare member."""
         return [
             Outgoing(i.entry[:ID_LENGTH].decode(), i.target, i.entry, i.due_ms)
-            if i.id[:1] == "~" and self._is_far(i, now_ms)
+            if reminders.is_member(i.id) and self._is_far(i, now_ms)
             else i
             for i in items
         ]

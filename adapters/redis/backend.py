@@ -33,6 +33,7 @@ from actor_system.ports import (
     Keep,
     Withdraw,
 )
+from actor_system.reminders import is_member, member_parts
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -643,7 +644,7 @@ class RedisBackend:
         if not due:
             return {}
         # A reminder's member names its actor; any other id's body does.
-        rows = [(p, m) for p, ids in due.items() for m in ids if m[0] != "~"]
+        rows = [(p, m) for p, ids in due.items() for m in ids if not is_member(m)]
         bodies = self._pipe(
             "promote", lambda pipe: [pipe.hget(k.bucket_at(p, m), m) for p, m in rows]
         )
@@ -652,10 +653,10 @@ class RedisBackend:
             for (_, m), body in zip(rows, bodies, strict=True)
             if body
         }
-        targets |= {m: m[1:].split("\n", 1)[0] for ids in due.values() for m in ids if m[0] == "~"}
+        targets |= {m: member_parts(m)[0] for ids in due.values() for m in ids if is_member(m)}
         calls = []
         for p, ids in due.items():
-            buckets = [k.bucket_at(p, m) for m in ids if m[0] != "~"]
+            buckets = [k.bucket_at(p, m) for m in ids if not is_member(m)]
             keys = [k.due(p), k.ready(p), k.paused(p), *buckets]
             for m in ids:
                 if m in targets:
@@ -958,7 +959,8 @@ class RedisBackend:
                 # its cancels' and its replies'.
                 keys += k.delivery_keys(local)
                 keys += [k.due(part)] if cancels else []
-                keys += [x for m in cancels if m[0] != "~" for x in (k.delay_msg(m), k.tomb(m))]
+                bodied = [m for m in cancels if not is_member(m)]
+                keys += [x for m in bodied for x in (k.delay_msg(m), k.tomb(m))]
                 keys += [k.part(part, f"reply:{mid}") for mid, _ in c.replies]
             calls.append(("commit", keys, args))
             known = self._next[part]
@@ -1223,11 +1225,11 @@ class RedisBackend:
         stored = iter(
             self._pipe(
                 "deferred bodies",
-                lambda p: [p.hget(self.keys.delay_msg(m), m) for m in ids if m[0] != "~"],
+                lambda p: [p.hget(self.keys.delay_msg(m), m) for m in ids if not is_member(m)],
             )
         )
         # A reminder's member has no body: its actor, and the name the type shows.
-        return [_member_body(m) if m[0] == "~" else next(stored) for m in ids]
+        return [_member_body(m) if is_member(m) else next(stored) for m in ids]
 
     def stats(self) -> dict[str, Any]:
         """Counts for operators: ready actors, leases, mailbox depths (by SCAN of every
@@ -1678,7 +1680,7 @@ def _newest(record: bytes) -> tuple[int, str]:
 def _member_body(member: str) -> bytes:
     """What a listing shows of a reminder's pending occurrence: its actor, then the marker
     ``_type_of`` reads as ``reminder:<name>``."""
-    target, _, name = member[1:].partition("\n")
+    target, name = member_parts(member)
     return f"{target}\n\x00{name}".encode()
 
 

@@ -13,6 +13,8 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from actor_system.reminders import is_member, member_parts
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -42,8 +44,8 @@ class Keys:
     def part_of_id(self, message_id: str) -> int:
         """The partition of a message's target, from the target hash inside its id (or the
         actor a reminder's member names)."""
-        if message_id.startswith("~"):  # reminders.member
-            return self.part_of(message_id[1:].split("\n", 1)[0])
+        if is_member(message_id):
+            return self.part_of(member_parts(message_id)[0])
         return int(message_id[16:20], 16) % self.partitions
 
     # -- keys shared by all partitions ({g}) ------------------------------------------------
@@ -159,7 +161,7 @@ class Keys:
         mailbox or to the delay queue (land.lua decides by the time)."""
         keys: list[str] = []
         for item in items:
-            if item.id.startswith("~"):  # a reminder's member: the sorted set alone
+            if is_member(item.id):  # a reminder's member: the sorted set alone
                 keys.append(self.due(self.part_of(item.target)))
                 continue
             if either or item.due_ms is not None:
