@@ -93,11 +93,12 @@ def throughput(
 
 
 @contextmanager
-def _cli_worker(port: int) -> Iterator[None]:
-    """An ``actor-system worker`` process on the benchmark's Redis, stopped by SIGTERM."""
+def cli_worker(port: int, app: str = "bench.actors") -> Iterator[None]:
+    """An ``actor-system worker`` process of ``app``'s actors on the benchmark's Redis,
+    stopped by SIGTERM."""
     env = {**os.environ, "ACTOR_SYSTEM_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
     worker = subprocess.Popen(
-        [sys.executable, "-m", "actor_system.cli", "--json", "--app", "bench.actors", "worker"],
+        [sys.executable, "-m", "actor_system.cli", "--json", "--app", app, "worker"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -131,7 +132,7 @@ def lateness(port: int, messages: int, spread_s: float) -> dict[str, Any]:
     """Deferred messages due uniformly over ``spread_s``, drained by a live worker process."""
     redis.Redis(port=port).flushall()
     system = make_system(port)
-    with _cli_worker(port):
+    with cli_worker(port):
         time.sleep(1.5)  # the worker is up and idle
         samples = _timed(system, messages, time.time() + 1.0, spread_s)
     return {
@@ -154,7 +155,7 @@ def lateness_under_backlog(
     refs = [counter.ref(str(i)) for i in range(100)]
     for i in range(0, backlog_n, 1000):
         system.send_many([(refs[j % 100], Inc()) for j in range(i, min(i + 1000, backlog_n))])
-    with _cli_worker(port):
+    with cli_worker(port):
         deadline = time.monotonic() + 60
         while system.state(refs[0]).count == 0 and time.monotonic() < deadline:  # type: ignore[attr-defined]
             time.sleep(0.01)  # the worker is draining

@@ -17,14 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
@@ -36,6 +32,7 @@ from pydantic import BaseModel, Field
 from actor_system import ActorSystem, ActorType, Context, ManualClock, Options
 from actor_system.adapters.redis import RedisBackend
 from actor_system.adapters.redis.keys import BUCKETS, REMINDER_BUCKETS
+from bench.ours import cli_worker
 from bench.queues.common import summarize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -364,23 +361,6 @@ def _occurrences(client: redis.Redis, system: ActorSystem, n: int) -> dict[str, 
 # -- lateness -------------------------------------------------------------------------------
 
 
-@contextmanager
-def _cli_worker(port: int) -> Iterator[None]:
-    """An ``actor-system worker`` process for these actors, stopped by SIGTERM."""
-    env = {**os.environ, "ACTOR_SYSTEM_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "actor_system.cli", "--json", "--app", "bench.reminders", "worker"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        yield
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(30)
-
-
 def _tally(system: ActorSystem, ref: Any) -> Tally:
     state = system.state(ref)
     assert isinstance(state, Tally)
@@ -432,7 +412,7 @@ def lateness(port: int, n_actors: int, times: int) -> dict[str, Any]:
     refs = [ticker.ref(str(i)) for i in range(n_actors)]
     once = [oneshot.ref(str(i)) for i in range(n_actors)]
     expected = n_actors * times
-    with _cli_worker(port):
+    with cli_worker(port, "bench.reminders"):
         time.sleep(1.5)  # the worker is up and idle
         first = time.time() + 1.0
         system.send_many(
